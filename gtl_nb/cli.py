@@ -239,26 +239,40 @@ def _read_prompt(prompt: str | None) -> str:
     return _not_blank(text, "standard input")
 
 
-_NOT_UTF8 = (
-    "{where} is not UTF-8 text ({detail}); gtl complete sends the prompt as UTF-8: convert it first "
-    "(iconv -f LATIN1 -t UTF-8, or the encoding it was written in), and nothing was sent"
+_NOT_TEXT = (
+    "{where} is not {encoding} text ({detail}); convert it first (iconv -f ENCODING -t {encoding}), and "
+    "nothing was sent"
 )
 
 
 def _read_stdin() -> str:
-    """Standard input as UTF-8 text, whatever the locale, its line ends as sent (as ``sys.stdin`` reads
-    them): a ``ConfigurationError`` naming the first byte that is not, never a traceback or surrogates."""
+    """Standard input as text in the locale's encoding (UTF-8 where the locale says ASCII, as Python's
+    UTF-8 mode reads the C locale), its line ends as sent (as ``sys.stdin`` reads them): a
+    ``ConfigurationError`` naming the first byte that is not, never a traceback or lone surrogates."""
     buffer = getattr(sys.stdin, "buffer", None)
     if buffer is None:  # (a text stream put in its place: its text is checked by _utf8)
         return sys.stdin.read()
-    reader = io.TextIOWrapper(buffer, encoding="utf-8", errors="strict", newline="")
+    encoding = _input_encoding()
+    reader = io.TextIOWrapper(buffer, encoding=encoding, errors="strict", newline="")
     try:
         return reader.read()
     except UnicodeDecodeError as exc:
-        detail = f"byte 0x{exc.object[exc.start]:02x} is no UTF-8"
-        raise ConfigurationError(_NOT_UTF8.format(where="standard input", detail=detail)) from None
+        detail = f"byte 0x{exc.object[exc.start]:02x} is no {encoding}"
+        raise ConfigurationError(_NOT_TEXT.format(where="standard input", encoding=encoding, detail=detail)) from None
     finally:
         reader.detach()  # (standard input stays open)
+
+
+def _input_encoding() -> str:
+    """The encoding standard input's text is in: the locale's, UTF-8 for an ASCII (C or POSIX) one."""
+    import codecs
+
+    named = getattr(sys.stdin, "encoding", None) or "utf-8"
+    try:
+        name = codecs.lookup(named).name
+    except LookupError:
+        return "UTF-8"
+    return "UTF-8" if name in ("ascii", "utf-8") else named
 
 
 def _utf8(text: str, where: str) -> str:
@@ -269,7 +283,8 @@ def _utf8(text: str, where: str) -> str:
     except UnicodeEncodeError as exc:
         code = ord(text[exc.start])
         detail = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}, a lone surrogate"
-        raise ConfigurationError(_NOT_UTF8.format(where=where, detail=f"{detail} is no UTF-8")) from None
+        said = _NOT_TEXT.format(where=where, encoding="UTF-8", detail=f"{detail} is no UTF-8")
+        raise ConfigurationError(said) from None
     return text
 
 

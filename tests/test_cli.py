@@ -442,3 +442,15 @@ def test_a_prompt_from_standard_input_keeps_its_line_ends_as_sent():  # (read as
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode().startswith('You said: "one\r\ntwo". ')
+
+
+def test_standard_input_is_read_in_the_locales_encoding_when_it_is_not_utf8():
+    result = subprocess.run(
+        [sys.executable, "-m", "gtl_nb", "complete", "-m", "echo", "-"],
+        capture_output=True,
+        env={**os.environ, "GTL_NB_CONFIG": "", "PYTHONIOENCODING": "latin-1"},  # as a Latin-1 locale sets it
+        input="caf\u00e9\n".encode("latin-1"),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode("latin-1").startswith('You said: "caf\u00e9". ')
