@@ -298,7 +298,11 @@ class GtlCell:
         """``--compare``: every model at once, one column each, then the summary table."""
         from gtl_nb.notebook.widgets import ComparisonGrid
 
-        grid = ComparisonGrid(list(dict.fromkeys(models)))
+        distinct = list(dict.fromkeys(models))
+        if len(distinct) < len(models):  # one column a model: say so, or a column seems to be missing
+            twice = ", ".join(dict.fromkeys(model for model in models if models.count(model) > 1))
+            print(f"--compare: {twice} named more than once, compared once (one column each)")
+        grid = ComparisonGrid(distinct)
         grid.display()
         started = time.monotonic()
         try:

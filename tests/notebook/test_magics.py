@@ -1081,3 +1081,12 @@ def test_a_cells_endpoint_that_fails_says_the_notebook_stays_where_it_was(ip):
     assert "the notebook's endpoint is http://127.0.0.1:1" not in refused and "connects again" not in refused
     assert "endpoint  embedded://" in run(ip, "%gtl config")[1]
     assert run(ip, "%%gtl echo\nstill here")[0].success
+
+
+def test_compare_says_a_model_named_twice_is_compared_once(ip):
+    result, text = run(ip, "%%gtl --compare echo echo:echo echo\nhi")
+    assert result.success, text
+    assert "--compare: echo named more than once, compared once (one column each)" in text
+    assert list(ip.user_ns["_gtl"].results) == ["echo", "echo:echo"]
+    _, text = run(ip, "%%gtl --compare echo echo:echo\nhi")
+    assert "named more than once" not in text
