@@ -454,3 +454,17 @@ def test_standard_input_is_read_in_the_locales_encoding_when_it_is_not_utf8():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.decode("latin-1").startswith('You said: "caf\u00e9". ')
+
+
+def test_standard_input_that_is_not_utf8_is_no_traceback_under_a_strict_utf8_locale():
+    # (en_US.UTF-8 and the like read standard input strictly: the bytes raised UnicodeDecodeError out of main)
+    result = subprocess.run(
+        [sys.executable, "-m", "gtl_nb", "complete", "-m", "echo", "-"],
+        capture_output=True,
+        env={**os.environ, "GTL_NB_CONFIG": "", "PYTHONIOENCODING": "utf-8:strict"},
+        input="caf\u00e9\n".encode("latin-1"),
+        timeout=60,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in err, err
+    assert err.startswith("gtl: error: standard input is not UTF-8 text (byte 0xe9 is no UTF-8)")
