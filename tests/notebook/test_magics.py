@@ -488,6 +488,9 @@ def test_configuration_mistakes_name_the_magic_the_user_typed(ip, tmp_path):
     # shell-like splitting takes the quotes of options={"pace":0.2}: the value is no longer JSON
     unquoted = mistake(ip, '%gtl providers local type=echo options={"pace":0.2}')
     assert "is not JSON; quote the whole value" in unquoted and "options='{\"pace\": 0.2}'" in unquoted
+    # a header's value may be a key: a pasted one that is not JSON is not quoted back
+    pasted = mistake(ip, '%gtl providers local type=echo headers={"X-Team":"canary-7f3a"}')
+    assert "headers is not JSON" in pasted and "canary-7f3a" not in pasted
     for empty in ("models=,,", "models=,"):  # a list of nothing: one line too, never argparse's traceback
         assert "expected a comma-separated list" in mistake(ip, f"%gtl providers local type=echo {empty}")
 
