@@ -1103,6 +1103,19 @@ def test_an_anthropic_account_out_of_credit_is_a_billing_error_not_a_bad_request
         simulator.set_faults(None)
 
 
+def test_the_gateways_own_block_is_a_rate_limit_not_a_bill(tmp_path):
+    """A principal the gateway lets send nothing (``requests_per_minute = 0``) is refused with a
+    non-retryable ``RATE_LIMIT`` of the gateway's own: no provider's account ran out of credit, so the
+    Anthropic SDK gets a 429 ``rate_limit_error``, as for every other limit of the gateway's, not 402."""
+    tables = {"providers.echo": {}, "ledger": {"path": str(tmp_path / "ledger.sqlite")}}
+    tables["budgets"] = {"requests_per_minute": 0}
+    with serving(write_toml(tmp_path / "gtl.toml", tables)) as served:
+        claude = anthropic.Anthropic(base_url=served.url, api_key="unused", max_retries=0)
+        with pytest.raises(anthropic.RateLimitError) as caught:
+            claude.messages.create(model="echo", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
+    assert caught.value.status_code == 429 and caught.value.body["error"]["type"] == "rate_limit_error"
+
+
 def test_a_provider_refusing_the_gateways_key_is_a_server_error(guarded):
     oai = openai.OpenAI(base_url=f"{guarded[0]}/v1", api_key=TOKEN, max_retries=0)
     with pytest.raises(openai.InternalServerError) as caught:

@@ -73,8 +73,9 @@ def _answered_as(error: Error) -> tuple[int, str]:
     low", OpenAI's ``insufficient_quota``, Bedrock's ``ServiceQuotaExceededException``, Gemini's daily
     quota): waiting will not help, so it is Anthropic's ``402`` ``billing_error`` (the SDK's
     ``PaymentRequiredError``, never retried), not a ``429`` ``rate_limit_error`` that says "wait", nor a
-    ``400`` that blames the request."""
-    if error.code == "RATE_LIMIT" and not error.retryable:
+    ``400`` that blames the request. The gateway's own refusal (a principal's ``requests_per_minute = 0``:
+    no ``provider``) is no bill: a ``429`` as every other limit of the gateway's."""
+    if error.code == "RATE_LIMIT" and not error.retryable and error.provider is not None:
         return _BILLING
     return ERRORS.get(error.code, ERRORS["INTERNAL"])
 
