@@ -65,6 +65,7 @@ class ModelLists:
         self.failed_for = failed_for
         self._kept: dict[tuple[str, str | None], _Kept] = {}
         self._asking: dict[tuple[str, str | None], tuple[Deployment, asyncio.Task[_Kept]]] = {}
+        self._began: dict[tuple[str, str | None], float] = {}  # when each call under way was started
 
     async def names(self, deployment: Deployment, key_name: str | None = None) -> list[str]:
         """The live model list of ``deployment`` as its own key — or the vault's key ``key_name`` — sees
@@ -76,6 +77,20 @@ class ModelLists:
         time (``Engine.listed_models``); the same call as ``names``, and its error."""
         return dict((await self._list(deployment, key_name)).times)
 
+    async def times_within(self, deployment: Deployment, key_name: str | None, wait: float) -> dict[str, int]:
+        """``times``, waited for at most ``wait`` seconds from when the provider was asked: a call already
+        under way that long (a provider that accepts and never answers) is not waited for again, so it
+        delays one listing, not each; ``{}`` then, and for a listing that failed."""
+        which = (deployment.name, key_name)
+        began = self._began.get(which)
+        left = wait if began is None else wait - (self.clock() - began)
+        if left <= 0:
+            return {}
+        try:
+            return await asyncio.wait_for(self.times(deployment, key_name), left)
+        except (GTLError, asyncio.TimeoutError):
+            return {}
+
     async def _list(self, deployment: Deployment, key_name: str | None) -> _Kept:
         which = (deployment.name, key_name)
         kept = self._kept.get(which)
@@ -84,6 +99,7 @@ class ModelLists:
             if asking is None or asking[0] is not deployment:
                 task = asyncio.get_running_loop().create_task(self._ask(deployment, key_name), name="gtl-model-list")
                 self._asking[which] = asking = (deployment, task)
+                self._began[which] = self.clock()
             # shielded: a caller that goes away (its connection closed) does not cancel the others' call;
             # the call's own answer, never what another configuration's call left kept meanwhile
             kept = await asyncio.shield(asking[1])
@@ -111,6 +127,7 @@ class ModelLists:
             current = self._asking.get(which, (None,))[0] is deployment
             if current:
                 del self._asking[which]
+                self._began.pop(which, None)
         if current:
             self._kept[which] = kept
         return kept

@@ -227,3 +227,51 @@ def test_a_provider_list_that_cannot_be_had_leaves_created_unknown_and_the_list_
     assert listed["refused:gpt-4o-mini"] == 0  # its list refused the gateway's key: the time is unknown
     assert listed["east:gpt-4o-mini"] == provider_list(sims["east"], "openai")["gpt-4o-mini"]
     assert listed["gpt-4o-mini"] == listed["east:gpt-4o-mini"]  # the owner whose list has it
+
+
+def test_a_provider_whose_model_list_never_comes_delays_one_listing_and_no_retrieve_long(tmp_path):
+    """An upstream that accepts connections and never answers: the first ``GET /v1/models`` waits for its
+    list ``LISTING_WAIT`` seconds at most, later ones not again while that call is under way, and a
+    retrieve that only the live list could confirm is a 502 provider_unavailable within the same bound."""
+    import socket
+    import threading
+    import time
+
+    import httpx
+
+    from gtl_nb.gateway.compat.models import LISTING_WAIT
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    held: list[socket.socket] = []
+
+    def accept() -> None:
+        while True:
+            try:
+                held.append(silent.accept()[0])  # accepted, never answered
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    deployment = {"type": "openai", "api_key": SIM_KEY, "models": ["gpt-4o-mini"]}
+    deployment["base_url"] = f"http://127.0.0.1:{silent.getsockname()[1]}/v1"
+    config = {"providers.echo": {}, "providers.hang": deployment, "ledger": {"path": str(tmp_path / "l.sqlite")}}
+    try:
+        with serving(write_toml(tmp_path / "gtl.toml", config)) as served, httpx.Client(timeout=30) as http:
+            took = []
+            for _ in range(3):
+                started = time.monotonic()
+                listed = http.get(f"{served.url}/v1/models")
+                took.append(time.monotonic() - started)
+                assert listed.status_code == 200 and "hang:gpt-4o-mini" in listed.text
+            assert took[0] < LISTING_WAIT + 1.5 and max(took[1:]) < LISTING_WAIT / 2, took
+            started = time.monotonic()
+            unconfirmed = http.get(f"{served.url}/v1/models/hang:ft:gpt-4o-mini:acme::x1")
+            assert time.monotonic() - started < LISTING_WAIT + 1.5
+            assert unconfirmed.status_code == 502, unconfirmed.text  # (provider_unavailable, as for a call)
+            assert "did not come within" in unconfirmed.text
+    finally:
+        silent.close()
+        for connection in held:
+            connection.close()

@@ -34,7 +34,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
 from gtl_nb.engine.routing import OPEN_MODEL_TYPES, Target
 from gtl_nb.gateway.model_lists import model_lists
-from gtl_nb.protocol.errors import GTLError, InvalidRequestError, ModelNotFoundError
+from gtl_nb.protocol.errors import GTLError, InvalidRequestError, ModelNotFoundError, ProviderUnavailableError
 from gtl_nb.protocol.messages import CompletionRequest, ProviderInfo
 from gtl_nb.providers.registry import get_provider, is_local
 
@@ -106,11 +106,7 @@ async def listed_times(engine: Engine, context: RequestContext, infos: list[Prov
         deployment = engine.deployments.get(name)
         if deployment is None or not hasattr(get_provider(deployment.type), "model_times"):
             return name, {}
-        try:
-            asked = lists.times(deployment, context.provider_keys.get(name))
-            return name, await asyncio.wait_for(asked, LISTING_WAIT)
-        except (GTLError, asyncio.TimeoutError):
-            return name, {}
+        return name, await lists.times_within(deployment, context.provider_keys.get(name), LISTING_WAIT)
 
     found = await asyncio.gather(*(one(info.provider) for info in infos))
     return {name: times for name, times in found if times}
@@ -285,7 +281,7 @@ async def _serves(engine: Engine, context: RequestContext, target: Target, asked
     provider = get_provider(deployment.type)
     if not is_local(provider) and not hasattr(provider, "models_request"):
         return True  # no list to ask: nothing but the provider's answer to a completion could say otherwise
-    listed = set(await model_lists(engine).names(deployment, context.provider_keys.get(deployment.name)))
+    listed = set(await _live_names(engine, context, deployment))
     if deployment.type == "ollama":  # Ollama reads a name without a tag as ``:latest``
         names |= {f"{name}:latest" for name in names if ":" not in name}
     return not names.isdisjoint(listed)
@@ -302,9 +298,21 @@ async def _offer(engine: Engine, context: RequestContext, target: Target, asked:
     deployment = target.deployment
     known = set(router.served_names(deployment))
     try:
-        known.update(await model_lists(engine).names(deployment, context.provider_keys.get(deployment.name)))
+        known.update(await _live_names(engine, context, deployment))
     except GTLError:
         pass  # (an offer without the live list)
     shown = sorted(name for name in known if visible(deployment.name, name))
     close = difflib.get_close_matches(router.bare_model(asked), shown, n=5, cutoff=0.6)
     return [f"{deployment.name}:{name}" for name in close]
+
+
+async def _live_names(engine: Engine, context: RequestContext, deployment: Any) -> list[str]:
+    """The deployment's live model list on the caller's key, waited for ``LISTING_WAIT`` seconds at most
+    (a provider that never answers is a retryable ``PROVIDER_UNAVAILABLE``, not a minute's wait)."""
+    asked = model_lists(engine).names(deployment, context.provider_keys.get(deployment.name))
+    try:
+        return await asyncio.wait_for(asked, LISTING_WAIT)
+    except asyncio.TimeoutError:
+        raise ProviderUnavailableError(
+            f"the model list of {deployment.name} did not come within {LISTING_WAIT:g} s", provider=deployment.name
+        ) from None
