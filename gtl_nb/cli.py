@@ -42,7 +42,7 @@ GATEWAY_ENV = "GTL_NB_GATEWAY"
 """The gateway ``complete`` and ``models`` use when ``--gateway`` is not given."""
 TOKEN_ENV = TOKEN_VARIABLES[0]
 """The variable every message names for the gateway's token (``$GTL_TOKEN``): read from the environment
-only, so it never shows in a process list — by ``client.environment_token``, in the SDK's and the
+only, so it never shows in a process list — by ``client.sendable_environment_token``, in the SDK's and the
 notebook's order (``TOKEN_VARIABLES``), so the terminal and ``gtl_nb.connect`` send the same token."""
 FALLBACK_TOKEN_ENV = TOKEN_VARIABLES[1]
 """The older variable (``$GTL_NB_TOKEN``), read when ``$GTL_TOKEN`` is unset."""
@@ -158,7 +158,7 @@ def _optional_subcommands(sub: Any) -> None:
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from gtl_nb.client import connect, environment_token, is_embedded
+    from gtl_nb.client import connect, is_embedded, sendable_environment_token
 
     if args.gateway:
         if args.config is not None:
@@ -166,9 +166,9 @@ def _client(args: argparse.Namespace) -> Any:
                 f"--config configures this process's engine; a gateway (--gateway or ${GATEWAY_ENV}) has its own: "
                 "give one of them"
             )
-        token = environment_token()  # the same variables, in the same order, as gtl_nb.connect's
-        if is_embedded(args.gateway):  # $GTL_NB_GATEWAY=embedded://: the engine here, which takes no token
-            token = None
+        # $GTL_NB_GATEWAY=embedded://: the engine here, which takes no token; a gateway's is read from the
+        # same variables, in the same order, as gtl_nb.connect's
+        token = None if is_embedded(args.gateway) else sendable_environment_token()
         return connect(args.gateway, token=token)
     if args.config is not None and not Path(args.config).expanduser().is_file():
         raise ConfigurationError(f"--config {args.config}: no such file")

@@ -110,6 +110,12 @@ def environment_token() -> str | None:
     return found[1] if found else None
 
 
+def sendable_environment_token() -> str | None:
+    """``environment_token`` as a gateway is sent it (``sendable_token``): a refusal names the variable."""
+    found = _token_variable()
+    return sendable_token(found[1], found[0]) if found else None
+
+
 def _token_variable() -> tuple[str, str] | None:
     """``(variable, token)`` of ``environment_token``."""
     for name in TOKEN_VARIABLES:
@@ -118,23 +124,25 @@ def _token_variable() -> tuple[str, str] | None:
     return None
 
 
-def sendable_token(token: object) -> str | None:
+def sendable_token(token: object, variable: str | None = None) -> str | None:
     """``token`` as a gateway is sent it: without the whitespace around it — a file's last newline, a
     secret mounted into the environment — or a ``ConfigurationError`` that never quotes it when what is
     left cannot be a token (one line of printable ASCII: it travels in an ``Authorization`` header, and
-    a header library that refused it would quote the whole value in its error)."""
+    a header library that refused it would quote the whole value in its error). ``variable``: the
+    environment variable it was read from, which the refusal names."""
     if token is None:
         return None
+    which = "the gateway token" if variable is None else f"the gateway token in ${variable}"
     if not isinstance(token, str):
         raise ConfigurationError(f"token= takes the gateway token as a str, not {a_kind_of(token)}")
     stripped = token.strip()
     if not stripped:
-        raise ConfigurationError("the gateway token is empty: give the token `gtl token mint` printed")
+        raise ConfigurationError(f"{which} is empty: give the token `gtl token mint` printed")
     if _header_safe(stripped):
         return stripped
     position, character = next((index, char) for index, char in enumerate(stripped) if not _header_safe(char))
     raise ConfigurationError(
-        f"the gateway token cannot be sent: its character {position + 1} of {len(stripped)} is "
+        f"{which} cannot be sent: its character {position + 1} of {len(stripped)} is "
         f"{_named_character(character)}, and a token is one line of printable ASCII (was something else "
         "copied with it?)"
     )
@@ -211,7 +219,7 @@ def connect(
     from gtl_nb.transports.endpoints import backend_for
 
     found = _token_variable() if token is None else None
-    token = sendable_token(found[1] if found else token)
+    token = sendable_token(found[1], found[0]) if found else sendable_token(token)
     backend: Backend = backend_for(endpoint, token=token, user=user, verify=verify)
     client = Client(backend=backend, user=user)
     try:
@@ -307,7 +315,7 @@ async def _connected(endpoint: str, token: str | None, options: dict[str, Any]) 
         from gtl_nb.transports.endpoints import open_backend
 
         found = _token_variable() if token is None else None
-        token = sendable_token(found[1] if found else token)
+        token = sendable_token(found[1], found[0]) if found else sendable_token(token)
         with _saying_where_the_token_came_from(found[0] if found else None):
             backend = await open_backend(endpoint, token=token, user=user, verify=verify, loop=CallersLoop())
         return Client(backend=backend, user=user)

@@ -105,9 +105,9 @@ class NotebookSession:
                     options["providers"] = {**added, **self._from_the_environment(added)}  # the added first
                 if self.settings.config_file:
                     options["config"] = self.settings.config_file
-            from gtl_nb.client import environment_token
+            from gtl_nb.client import sendable_environment_token
 
-            token = None if is_embedded(url) else self._token or environment_token()  # a gateway's only
+            token = None if is_embedded(url) else self._token or sendable_environment_token()  # a gateway's only
             client = gtl_nb.connect(url, token, **options)
             self._clients[url] = client
         return client

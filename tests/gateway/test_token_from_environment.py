@@ -114,3 +114,18 @@ def test_an_empty_or_non_text_token_is_refused(url):
         gtl_nb.connect(url, token=" \n").close()
     with pytest.raises(ConfigurationError, match="takes the gateway token as a str, not a bytes"):
         gtl_nb.connect(url, token=TOKEN.encode()).close()
+
+
+def test_a_token_no_header_can_carry_in_the_environment_names_its_variable(url, monkeypatch):
+    monkeypatch.delenv("GTL_TOKEN", raising=False)
+    monkeypatch.setenv("GTL_NB_TOKEN", f"{TOKEN}\n{SECRET_PART}")
+    with pytest.raises(ConfigurationError, match=r"the gateway token in \$GTL_NB_TOKEN cannot be sent") as refused:
+        gtl_nb.connect(url).close()
+    assert SECRET_PART not in str(refused.value)
+
+    async def awaited() -> None:
+        async with gtl_nb.aconnect(url.replace("http://", "ws://")):
+            pass
+
+    with pytest.raises(ConfigurationError, match=r"\$GTL_NB_TOKEN cannot be sent"):
+        asyncio.run(awaited())
