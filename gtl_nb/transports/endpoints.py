@@ -207,6 +207,10 @@ _QUERY_REFUSED = (
     "may be a token (gtl_nb never sends one in a URL): give the gateway's token with token= (the gtl command: "
     "$GTL_TOKEN)"
 )
+_FRAGMENT_REFUSED = (
+    "a gateway address has no #fragment; this one has one, not shown as it may be a token (gtl_nb never "
+    "sends one in a URL): give the gateway's token with token= (the gtl command: $GTL_TOKEN)"
+)
 MAX_ADDRESS_CHARS = 2048
 """The longest gateway address taken: an error may quote the address, and none is longer."""
 
@@ -216,13 +220,16 @@ def unusable_address(endpoint: str) -> str | None:
     any address (``MAX_ADDRESS_CHARS``), or holding what may be a password — an ``@`` anywhere but in a
     ``stdio://`` path (``https://user:pa/ss@HOST``: a check of the authority alone stops at the ``/``,
     and the rest would be echoed by the error of whatever read it next), or a query with anything but
-    ``compression=`` (``?token=…``: no part of it is quoted, since a bare ``?eyJ…`` is a token too)."""
+    ``compression=`` (``?token=…``: no part of it is quoted, since a bare ``?eyJ…`` is a token too), or a
+    ``#fragment`` (``#eyJ…``, as some tools hand a token over)."""
     if len(endpoint) > MAX_ADDRESS_CHARS:
         return f"a gateway address is at most {MAX_ADDRESS_CHARS:,} characters; this one has {len(endpoint):,}"
     scheme, separator, _ = endpoint.partition("://")
     is_path = separator and scheme.lower() == "stdio"  # (a file's name may hold any character)
     if "@" in endpoint and not is_path:
         return _CREDENTIALS_REFUSED
+    if "#" in endpoint and not is_path:
+        return _FRAGMENT_REFUSED
     _, asks, query = endpoint.partition("?")
     if asks and not is_path:  # ?token=…, ?access_token=…, a bare ?eyJ…: quoted by the next error that read it
         for item in query.partition("#")[0].split("&"):

@@ -50,7 +50,13 @@ def test_https_is_discovery_or_by_its_path_the_http_transport(endpoint, factory)
     assert _entry_of(endpoint)[1].factory.split(":")[0].endswith(factory)
 
 
-@pytest.mark.parametrize("endpoint", ["https://h:1/v1/gtl/sse", "https://h:1/gtl", "https://h:1/x#frag"])
+@pytest.mark.parametrize("endpoint", ["https://h:1/v1/gtl/sse", "https://h:1/gtl"])
 def test_another_https_path_is_refused_rather_than_dropped_by_discovery(endpoint):
     with pytest.raises(ConfigurationError, match=r"https://HOST:PORT/v1/gtl is the HTTP transport over TLS"):
         backend_for(endpoint)
+
+
+def test_a_fragment_is_refused_without_being_quoted():
+    with pytest.raises(ConfigurationError, match=r"has no #fragment") as refused:
+        backend_for("https://h:1/x#frag")
+    assert "frag" not in str(refused.value).replace("fragment", "")
