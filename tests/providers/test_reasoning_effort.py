@@ -202,6 +202,12 @@ GEMINI_512 = Deployment(name="g", type="gemini", api_key="AIza-k", options={"thi
         ("gemini-2.5-flash", {"reasoning_budget": 3000}, GEMINI_512, {"thinkingBudget": 3000}),
         ("gemini-2.5-flash", {"reasoning_effort": "low", "reasoning_budget": 700}, GEMINI, {"thinkingBudget": 700}),
         ("gemini-2.5-flash", {"reasoning_effort": "none"}, GEMINI_512, {"thinkingBudget": 0}),
+        ("gemini-2.5-flash", {"reasoning_effort": "max"}, GEMINI, {"thinkingBudget": 24576}),  # Flash's most
+        ("gemini-2.5-flash-lite", {"reasoning_effort": "none"}, GEMINI, {"thinkingBudget": 0}),
+        ("gemini-2.5-pro", {"reasoning_effort": "none"}, GEMINI, {"thinkingBudget": 128}),  # Pro cannot stop
+        ("models/gemini-2.5-pro", {"reasoning_effort": "max"}, GEMINI, {"thinkingBudget": 32768}),
+        ("gemini-2.5-pro", {"reasoning_budget": 0}, GEMINI, {"thinkingBudget": 0}),  # the caller's, as given
+        ("gemini-2.5-flash", {"reasoning_budget": 30000}, GEMINI, {"thinkingBudget": 30000}),
         ("gemini-2.5-flash", {"reasoning": True}, GEMINI_512, {"includeThoughts": True, "thinkingBudget": 512}),
         ("gemini-2.5-flash", {}, GEMINI_512, None),
         ("gemini-3-pro-preview", {"reasoning_effort": "medium"}, GEMINI_512, {"thinkingLevel": "high"}),

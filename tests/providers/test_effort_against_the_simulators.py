@@ -1,0 +1,60 @@
+"""Every effort a caller may ask, to models that take each API's knob differently, through the embedded client
+and each dialect to its simulator — which refuses, as the real APIs do, ``reasoning_effort`` to an OpenAI model
+that does not reason, ``thinking`` to a Claude model that does not think and a Gemini 2.5 ``thinkingBudget``
+outside the model's range. An effort is a hint: each dialect sends only what the model takes, so every one is
+answered; a budget the caller gives is sent as given, and the API's refusal reaches the caller in its words."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import gtl_nb
+from gtl_nb import sim
+from gtl_nb.protocol.errors import InvalidRequestError
+from gtl_nb.protocol.messages import REASONING_EFFORTS
+
+CASES = {
+    "openai": ("gpt-4o", "gpt-4.1-mini", "gpt-3.5-turbo", "o4-mini", "gpt-5-mini"),
+    "azure": ("gpt-4o", "o4-mini"),
+    "anthropic": ("claude-3-5-haiku-latest", "claude-haiku-4-5"),
+    "gemini": ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-3-pro-preview"),
+}
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[gtl_nb.Client]:
+    started = {name: sim.serve(name, seed=7) for name in CASES}
+    providers: dict[str, dict[str, Any]] = {
+        name: {"api_key": "sim-key", "base_url": simulator.base_url} for name, simulator in started.items()
+    }
+    providers["azure"]["api_version"] = "2024-10-21"
+    connected = gtl_nb.connect(providers=providers, config={"ledger": {"enabled": False}}, environ={})
+    yield connected
+    connected.close()
+    for simulator in started.values():
+        simulator.close()
+
+
+@pytest.mark.parametrize(("provider", "model"), [(p, m) for p, models in CASES.items() for m in models])
+def test_every_effort_is_answered_whatever_the_model_takes(provider: str, model: str, client: gtl_nb.Client) -> None:
+    for effort in REASONING_EFFORTS:
+        answer = client.complete(f"{provider}:{model}", "Say hello", reasoning_effort=effort, max_tokens=64)
+        assert answer.text, (provider, model, effort)
+
+
+@pytest.mark.parametrize(
+    ("model", "budget", "words"),
+    [
+        ("gemini-2.5-flash", 30000, "The thinking budget (30000) is invalid."),
+        ("gemini-2.5-pro", 0, "Budget 0 is invalid. This model only works in thinking mode."),
+    ],
+)
+def test_a_budget_the_caller_gives_is_sent_as_given_and_refused_in_the_apis_words(
+    model: str, budget: int, words: str, client: gtl_nb.Client
+) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        client.complete(f"gemini:{model}", "Say hello", reasoning_budget=budget, max_tokens=64)
+    assert words in str(refused.value)
