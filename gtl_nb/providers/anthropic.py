@@ -53,8 +53,10 @@ Request mapping (``build_request``):
   takes, so one conversion serves them all.
 * ``tool_choice`` ("auto", "none", "required", a tool name, or an OpenAI-style
   ``{"type": "function", "function": {"name": …}}``) is sent only when tools are.
-* Images: ``data:`` URLs → ``base64`` sources, other URLs → ``url`` sources; in the order of the
-  message's ``parts`` when it has them, else placed before the text of user and tool messages
+* Images: ``data:`` URLs → ``base64`` sources (the ``media_type`` lower-cased, ``image/jpg`` as
+  ``image/jpeg``: the API takes its four types spelled as it lists them), other URLs → ``url``
+  sources; in the order of the message's ``parts`` when it has them, else placed before the text of
+  user and tool messages
   (Anthropic's advice). Assistant messages carry no images. A user or tool message's ``parts`` are
   its blocks, several texts too: adjacent text blocks stay blocks (a tool result's as its
   ``content`` list), never one text joined with a newline the caller did not send.
@@ -128,6 +130,7 @@ from gtl_nb.providers.base import (
     error_boundary,
     error_event,
     header,
+    image_media_type,
     parse_json_body,
     parse_tool_choice,
     refuse_empty_turn,
@@ -268,8 +271,8 @@ def _tool_choice(choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
 def _image_block(url: str) -> dict[str, Any]:
     inline = split_data_url(url)
     if inline is not None:
-        media_type, data = inline
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        media_type, data = inline  # (the API takes four types, spelled as it lists them)
+        return {"type": "image", "source": {"type": "base64", "media_type": image_media_type(media_type), "data": data}}
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 
