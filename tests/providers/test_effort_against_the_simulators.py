@@ -1,8 +1,9 @@
 """Every effort a caller may ask, to models that take each API's knob differently, through the embedded client
 and each dialect to its simulator — which refuses, as the real APIs do, ``reasoning_effort`` to an OpenAI model
-that does not reason, ``thinking`` to a Claude model that does not think and a Gemini 2.5 ``thinkingBudget``
-outside the model's range. An effort is a hint: each dialect sends only what the model takes, so every one is
-answered; a budget the caller gives is sent as given, and the API's refusal reaches the caller in its words."""
+that does not reason, ``thinking`` to a Claude model that does not think, a Gemini 2.5 ``thinkingBudget``
+outside the model's range and Ollama's ``think`` to a model that does not think. An effort is a hint: each
+dialect sends only what the model takes, so every one is answered; a budget the caller gives is sent as given,
+and the API's refusal reaches the caller in its words."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ CASES = {
     "azure": ("gpt-4o", "o4-mini"),
     "anthropic": ("claude-3-5-haiku-latest", "claude-haiku-4-5"),
     "gemini": ("gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.5-flash-lite", "gemini-3-pro-preview"),
+    "ollama": ("llama3.1:8b", "qwen3:8b", "gpt-oss:20b"),
 }
 
 
@@ -31,6 +33,7 @@ def client() -> Iterator[gtl_nb.Client]:
         name: {"api_key": "sim-key", "base_url": simulator.base_url} for name, simulator in started.items()
     }
     providers["azure"]["api_version"] = "2024-10-21"
+    providers["ollama"] = {"base_url": started["ollama"].base_url}
     connected = gtl_nb.connect(providers=providers, config={"ledger": {"enabled": False}}, environ={})
     yield connected
     connected.close()

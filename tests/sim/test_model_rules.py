@@ -11,6 +11,7 @@ from typing import Any
 
 import anthropic
 import boto3
+import httpx
 import openai
 import pytest
 from botocore.config import Config
@@ -330,3 +331,20 @@ def test_bedrock_refuses_a_tool_name_outside_its_pattern(monkeypatch: pytest.Mon
         )
         tools[1] = {"toolSpec": {"name": "fine-name_2", **spec}}
         assert client.converse(modelId="us.amazon.nova-micro-v1:0", messages=messages, toolConfig={"tools": tools})
+
+
+# -- Ollama ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("think", [True, "high"])
+def test_ollama_refuses_think_to_a_model_that_does_not_think(think: Any, serve_sim: Any) -> None:
+    s = serve_sim("ollama")
+    body = {"model": "llama3.1:8b", "messages": USER, "think": think, "stream": False}
+    refused = httpx.post(f"{s.base_url}/api/chat", json=body)
+    assert (refused.status_code, refused.json()) == (400, {"error": '"llama3.1:8b" does not support thinking'})
+    for model, think_value in (("llama3.1:8b", False), ("qwen3:8b", True), ("gpt-oss:20b", "high")):
+        body = {"model": model, "messages": USER, "think": think_value, "stream": False}
+        assert httpx.post(f"{s.base_url}/api/chat", json=body).status_code == 200
+    shown = httpx.post(f"{s.base_url}/api/show", json={"model": "llama3.1:8b"}).json()
+    assert "thinking" not in shown["capabilities"]
+    assert "thinking" in httpx.post(f"{s.base_url}/api/show", json={"model": "qwen3:8b"}).json()["capabilities"]
