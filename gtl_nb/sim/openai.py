@@ -13,7 +13,8 @@ Written from the recorded fixtures (``tests/fixtures/wire/openai``, ``…/azure`
 
 Both refuse a ``reasoning_effort`` outside the SDK's values with OpenAI's 400 for an invalid value (``param``
 ``reasoning_effort``, ``code`` ``invalid_value``), and any ``reasoning_effort`` to a model that does not reason
-(GPT-4, GPT-3.5: "Unsupported parameter"); which of the values a reasoning model takes is not simulated. Both
+(GPT-4, GPT-3.5: "Unsupported parameter") and an effort an o-series or first GPT-5 model does not take
+(``none``; ``minimal`` before GPT-5: "Unsupported value"); which values later models take is not simulated. Both
 refuse what a model cannot take or the API cannot read, in the API's words (``_model_refusal``,
 ``_tool_name_refusal``): a function name outside ``^[a-zA-Z0-9_-]{1,64}$``, an image to a model that cannot see,
 a data URL image of a type other than PNG, JPEG, GIF or WebP. An alias is answered with its dated snapshot in
@@ -102,6 +103,29 @@ OPENAI_SNAPSHOTS: dict[str, str] = {
 #: The account's models that do not reason (every GPT-4 and GPT-3.5 model): ``reasoning_effort`` sent to one is
 #: the API's 400 "Unsupported parameter".
 _NOT_REASONING = ("gpt-4", "gpt-3.5")
+#: The efforts the account's older reasoning models take (the API's 400 "Unsupported value" names them for any
+#: other): the o-series low to high, the first GPT-5 models ``minimal`` too; neither takes ``none``, which came
+#: with GPT-5.1. A reasoning model not here (GPT-5.1 and later) is not checked: which of the values it takes is
+#: not simulated. Keyed by the name as asked, its dated snapshot included.
+_EFFORTS_TAKEN: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        (
+            "o1",
+            "o1-2024-12-17",
+            "o3",
+            "o3-2025-04-16",
+            "o3-mini",
+            "o3-mini-2025-01-31",
+            "o4-mini",
+            "o4-mini-2025-04-16",
+        ),
+        ("low", "medium", "high"),
+    ),
+    **dict.fromkeys(
+        ("gpt-5", "gpt-5-2025-08-07", "gpt-5-mini", "gpt-5-mini-2025-08-07", "gpt-5-nano", "gpt-5-nano-2025-08-07"),
+        ("minimal", "low", "medium", "high"),
+    ),
+}
 #: The account's models that cannot see: an ``image_url`` part sent to one is the API's 400 "Invalid content
 #: type" (o3-mini and GPT-3.5 take text only).
 _BLIND = frozenset(("gpt-3.5-turbo", "o3-mini"))
@@ -188,9 +212,8 @@ def _structured(response_format: Any) -> dict[str, Any] | None:
 
 
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
-#: ``reasoning_effort``'s values (the OpenAI SDK's ``ReasoningEffort``); which of them a reasoning model takes
-#: is not simulated: every one is accepted for every reasoning model, anything else refused as the API refuses
-#: a value (a model that does not reason refuses the parameter itself: ``_model_refusal``).
+#: ``reasoning_effort``'s values (the OpenAI SDK's ``ReasoningEffort``): anything else is refused as the API
+#: refuses a value; which of them a model takes is ``_model_refusal``'s (``_EFFORTS_TAKEN``).
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
@@ -368,7 +391,10 @@ def _model_refusal(body: dict[str, Any], model: str) -> dict[str, Any] | None:
     """The API's 400s for what ``model`` cannot take: ``reasoning_effort`` to a model that does not reason
     ("Unsupported parameter: 'reasoning_effort' is not supported with this model.", ``code``
     ``unsupported_parameter``, the API's wording for a parameter a model lacks, as for ``max_tokens`` on a
-    reasoning model), an image to a model that cannot see ("Invalid content type. image_url is only supported
+    reasoning model), an effort an older reasoning model does not take ("Unsupported value:
+    'reasoning_effort' does not support 'none' with this model. Supported values are: …", ``code``
+    ``unsupported_value`` — the recorded fixture's code for a value a model refuses, and the wording
+    Kilo-Org/cloud#3807 quotes), an image to a model that cannot see ("Invalid content type. image_url is only supported
     by certain models.", ``param`` ``messages.[N].content.[M].type``, ``code`` null — vllm-project/vllm#11629,
     zou-group/textgrad#210), and a data URL of a type the API does not read (``invalid_image_format``,
     STranslate/STranslate#277)."""
@@ -377,6 +403,17 @@ def _model_refusal(body: dict[str, Any], model: str) -> dict[str, Any] | None:
             "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
             "invalid_request_error",
             "unsupported_parameter",
+            "reasoning_effort",
+        )
+    taken = _EFFORTS_TAKEN.get(model)
+    effort = body.get("reasoning_effort")
+    if taken is not None and effort is not None and effort not in taken:
+        listed = ", ".join(repr(value) for value in taken[:-1]) + f", and {taken[-1]!r}"
+        return _error(
+            f"Unsupported value: 'reasoning_effort' does not support {effort!r} with this model. Supported values "
+            f"are: {listed}.",
+            "invalid_request_error",
+            "unsupported_value",
             "reasoning_effort",
         )
     for index, position, url in _image_parts(body):

@@ -41,11 +41,34 @@ def client() -> Iterator[gtl_nb.Client]:
         simulator.close()
 
 
+#: OpenAI's reasoning models take ``reasoning_effort`` natively: an effort the caller gives goes as given, and
+#: the values an older one refuses are OpenAI's to refuse (below); every other model's effort is converted.
+NATIVE = {("openai", "o4-mini"), ("openai", "gpt-5-mini"), ("azure", "o4-mini")}
+BUDGETS = (0, 512, 1024, 2048, 8192, 16384, 24576, 32768, 100000)
+
+
 @pytest.mark.parametrize(("provider", "model"), [(p, m) for p, models in CASES.items() for m in models])
-def test_every_effort_is_answered_whatever_the_model_takes(provider: str, model: str, client: gtl_nb.Client) -> None:
-    for effort in REASONING_EFFORTS:
+def test_every_effort_and_budget_is_answered_whatever_the_model_takes(
+    provider: str, model: str, client: gtl_nb.Client
+) -> None:
+    efforts = ("low", "medium", "high") if (provider, model) in NATIVE else REASONING_EFFORTS
+    for effort in efforts:
         answer = client.complete(f"{provider}:{model}", "Say hello", reasoning_effort=effort, max_tokens=64)
         assert answer.text, (provider, model, effort)
+    if provider == "gemini":
+        return  # (a Gemini 2.5 budget goes as given: below)
+    for budget in BUDGETS:  # read as an effort (OpenAI, Ollama) or sent as thinking tokens (Claude)
+        answer = client.complete(f"{provider}:{model}", "Say hello", reasoning_budget=budget, max_tokens=64)
+        assert answer.text, (provider, model, budget)
+
+
+@pytest.mark.parametrize(("model", "effort"), [("o4-mini", "none"), ("o4-mini", "minimal"), ("gpt-5-mini", "none")])
+def test_an_effort_an_openai_model_does_not_take_is_refused_in_its_words(
+    model: str, effort: str, client: gtl_nb.Client
+) -> None:
+    with pytest.raises(InvalidRequestError) as refused:
+        client.complete(f"openai:{model}", "Say hello", reasoning_effort=effort, max_tokens=64)
+    assert f"'reasoning_effort' does not support '{effort}' with this model" in str(refused.value)
 
 
 @pytest.mark.parametrize(

@@ -58,7 +58,6 @@ OPENAI_LOW = Deployment(name="o", type="openai", api_key="k", options={"reasonin
         ({"reasoning_budget": 50000}, OPENAI, "high"),
         ({"reasoning_effort": "minimal", "reasoning_budget": 30000}, OPENAI, "minimal"),  # both: the native one
         ({"reasoning_effort": "none"}, OPENAI_LOW, "none"),
-        ({"reasoning_budget": 0}, OPENAI_LOW, "none"),
         ({}, OPENAI_LOW, "low"),  # neither: the deployment's option
         ({}, OPENAI, None),
     ],
@@ -70,6 +69,27 @@ def test_openai_sends_the_requests_effort_or_its_budget_converted(fields, deploy
         body(OpenAIDialect(), request(model="gpt-5", reasoning=True, **fields), deployment).get("reasoning_effort")
         == sent
     )  # (reasoning alone changes nothing: Chat Completions shows no reasoning)
+
+
+@pytest.mark.parametrize(
+    ("model", "sent"),
+    [
+        ("o4-mini", "low"),
+        ("o3-2025-04-16", "low"),
+        ("gpt-5", "minimal"),
+        ("gpt-5-mini-2025-08-07", "minimal"),
+        ("gpt-5.1", "none"),
+        ("gpt-5.4-mini", "none"),
+    ],
+)
+def test_a_budget_of_0_is_the_least_effort_the_model_takes(model, sent):
+    """The o-series and the first GPT-5 models cannot stop thinking and refuse ``none`` ("Unsupported
+    value"); a budget of 0 read as an effort is the dialect's reading, so it sends what the model takes. An
+    effort of ``none`` the caller gave goes as given: OpenAI's to refuse, in its words."""
+    assert body(OpenAIDialect(), request(model=model, reasoning_budget=0), OPENAI)["reasoning_effort"] == sent
+    assert body(OpenAIDialect(), request(model=model, reasoning_effort="none"), OPENAI)["reasoning_effort"] == "none"
+    azure = Deployment(name="a", type="azure", api_key="k", base_url="https://r.openai.azure.com")
+    assert body(AzureDialect(), request(model=model, reasoning_budget=0), azure)["reasoning_effort"] == sent
 
 
 def test_a_model_that_does_not_reason_is_not_sent_the_requests_effort():
