@@ -17,12 +17,14 @@
     gtl ledger prune ...                the ledger's retention, by hand (docs/ledger.md)
 
 Errors a user can fix print one line (``gtl: error: …``) and exit with status 2; provider errors
-print their GTL code and exit with status 1.
+print their GTL code and exit with status 1, and so does a refusal that passes in time (a retryable
+``RATE_LIMIT``).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import math
 import os
 import re
@@ -230,11 +232,60 @@ def _read_prompt(prompt: str | None) -> str:
     if prompt is None and (sys.stdin is None or sys.stdin.isatty()):  # (None: no standard input at all)
         raise ConfigurationError(_NEEDS_A_PROMPT)
     if prompt is not None and prompt != "-":
-        return _not_blank(prompt, "the prompt given")
-    text = sys.stdin.read()
+        return _not_blank(_utf8(prompt, "the prompt given"), "the prompt given")
+    text = _utf8(_read_stdin(), "standard input")
     if text.endswith("\n"):
         text = text[:-2] if text.endswith("\r\n") else text[:-1]
     return _not_blank(text, "standard input")
+
+
+_NOT_TEXT = (
+    "{where} is not {encoding} text ({detail}); convert it first (iconv -f ENCODING -t {encoding}), and "
+    "nothing was sent"
+)
+
+
+def _read_stdin() -> str:
+    """Standard input as text in the locale's encoding (UTF-8 where the locale says ASCII, as Python's
+    UTF-8 mode reads the C locale), its line ends as sent (as ``sys.stdin`` reads them): a
+    ``ConfigurationError`` naming the first byte that is not, never a traceback or lone surrogates."""
+    buffer = getattr(sys.stdin, "buffer", None)
+    if buffer is None:  # (a text stream put in its place: its text is checked by _utf8)
+        return sys.stdin.read()
+    encoding = _input_encoding()
+    reader = io.TextIOWrapper(buffer, encoding=encoding, errors="strict", newline="")
+    try:
+        return reader.read()
+    except UnicodeDecodeError as exc:
+        detail = f"byte 0x{exc.object[exc.start]:02x} is no {encoding}"
+        raise ConfigurationError(_NOT_TEXT.format(where="standard input", encoding=encoding, detail=detail)) from None
+    finally:
+        reader.detach()  # (standard input stays open)
+
+
+def _input_encoding() -> str:
+    """The encoding standard input's text is in: the locale's, UTF-8 for an ASCII (C or POSIX) one."""
+    import codecs
+
+    named = getattr(sys.stdin, "encoding", None) or "utf-8"
+    try:
+        name = codecs.lookup(named).name
+    except LookupError:
+        return "UTF-8"
+    return "UTF-8" if name in ("ascii", "utf-8") else named
+
+
+def _utf8(text: str, where: str) -> str:
+    """``text``, refused when it holds what no UTF-8 can carry: bytes of another encoding that Python
+    decoded to lone surrogates (an argument, or input read with ``surrogateescape``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        detail = f"byte 0x{code - 0xDC00:02x}" if 0xDC80 <= code <= 0xDCFF else f"U+{code:04X}, a lone surrogate"
+        said = _NOT_TEXT.format(where=where, encoding="UTF-8", detail=f"{detail} is no UTF-8")
+        raise ConfigurationError(said) from None
+    return text
 
 
 def _not_blank(prompt: str, where: str) -> str:
@@ -393,7 +444,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except RequestError as exc:
         print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)
-        return 2
+        # a refusal that passes (a rate limit, after the engine's own retries; a revocation list that could
+        # not be read): the provider's or gateway's state, not the command's mistake, so a script may retry
+        # on 1; an exhausted quota (not retryable) stays a 2, as sending again will not help
+        return 1 if exc.retryable else 2
     except GTLError as exc:  # the provider's or the gateway's trouble, not the command's: exit status 1
         # (a refused connection already asks whether the gateway runs: transports/unreached.py)
         print(f"gtl: error: {_for_the_shell(str(exc))}", file=sys.stderr)

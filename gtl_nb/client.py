@@ -118,6 +118,42 @@ def _token_variable() -> tuple[str, str] | None:
     return None
 
 
+def sendable_token(token: object) -> str | None:
+    """``token`` as a gateway is sent it: without the whitespace around it — a file's last newline, a
+    secret mounted into the environment — or a ``ConfigurationError`` that never quotes it when what is
+    left cannot be a token (one line of printable ASCII: it travels in an ``Authorization`` header, and
+    a header library that refused it would quote the whole value in its error)."""
+    if token is None:
+        return None
+    if not isinstance(token, str):
+        raise ConfigurationError(f"token= takes the gateway token as a str, not {a_kind_of(token)}")
+    stripped = token.strip()
+    if not stripped:
+        raise ConfigurationError("the gateway token is empty: give the token `gtl token mint` printed")
+    if _header_safe(stripped):
+        return stripped
+    position, character = next((index, char) for index, char in enumerate(stripped) if not _header_safe(char))
+    raise ConfigurationError(
+        f"the gateway token cannot be sent: its character {position + 1} of {len(stripped)} is "
+        f"{_named_character(character)}, and a token is one line of printable ASCII (was something else "
+        "copied with it?)"
+    )
+
+
+def _header_safe(text: str) -> bool:
+    """Whether ``text`` is printable ASCII with no space: what a bearer token may hold."""
+    return text.isascii() and text.isprintable() and " " not in text
+
+
+def _named_character(character: str) -> str:
+    """How a message names a character a token cannot hold, without showing the token's own text."""
+    if character == " ":
+        return "a space"
+    if character.isascii():
+        return f"a control character (U+{ord(character):04X})"
+    return f"not ASCII (U+{ord(character):04X})"
+
+
 @contextlib.contextmanager
 def _saying_where_the_token_came_from(variable: str | None) -> Generator[None, None, None]:
     """A refused token's error names the variable it was read from: a caller who gave no ``token=`` cannot
@@ -175,7 +211,7 @@ def connect(
     from gtl_nb.transports.endpoints import backend_for
 
     found = _token_variable() if token is None else None
-    token = found[1] if found else token
+    token = sendable_token(found[1] if found else token)
     backend: Backend = backend_for(endpoint, token=token, user=user, verify=verify)
     client = Client(backend=backend, user=user)
     try:
@@ -271,7 +307,7 @@ async def _connected(endpoint: str, token: str | None, options: dict[str, Any]) 
         from gtl_nb.transports.endpoints import open_backend
 
         found = _token_variable() if token is None else None
-        token = found[1] if found else token
+        token = sendable_token(found[1] if found else token)
         with _saying_where_the_token_came_from(found[0] if found else None):
             backend = await open_backend(endpoint, token=token, user=user, verify=verify, loop=CallersLoop())
         return Client(backend=backend, user=user)

@@ -389,3 +389,82 @@ def test_the_close_choice_is_found_in_linear_time_whatever_the_user_typed():
     started = time.perf_counter()
     assert with_close_choice(huge) == huge
     assert time.perf_counter() - started < 1.0  # (quadratic: minutes; linear: milliseconds)
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "retryable"),
+    [
+        (gtl_nb.sim.Fault.http(429), 1, True),  # the provider's load, retried already: may pass later
+        (gtl_nb.sim.Fault.http(429, kind="quota"), 2, False),  # an exhausted quota: sending again will not help
+    ],
+)
+def test_a_rate_limit_exits_by_whether_it_passes(tmp_path, capsys, fault, status, retryable):
+    with gtl_nb.sim.serve("openai", fault) as served:
+        config = tmp_path / "gtl.toml"
+        config.write_text(
+            f'[providers.openai]\napi_key = "sim-key"\nbase_url = "{served.base_url}"\n'
+            "[routing.retry]\nmax_attempts = 1\n"
+        )
+        assert main(["--config", str(config), "complete", "--json", "x", "--model", "gpt-4o-mini"]) == status
+    out, err = capsys.readouterr()
+    assert "RATE_LIMIT [openai]" in err and err.count("\n") == 1
+    error = json.loads(out.strip().splitlines()[-1])
+    assert error["type"] == "error" and error.get("retryable", False) is retryable
+
+
+@pytest.mark.parametrize("locale", ["C.UTF-8", "C"])  # (C: Python reads standard input with surrogateescape)
+def test_standard_input_that_is_not_utf8_is_refused_as_such_before_sending(tmp_path, locale):
+    ledger = tmp_path / "ledger.sqlite3"
+    config = tmp_path / "gtl.toml"
+    config.write_text(f'[ledger]\npath = "{ledger}"\n')
+    env = {**os.environ, "GTL_NB_CONFIG": str(config), "LC_ALL": locale, "PYTHONUTF8": "0"}
+    result = subprocess.run(
+        [sys.executable, "-m", "gtl_nb", "complete", "-m", "echo", "-"],
+        capture_output=True,
+        env=env,
+        input="caf\u00e9 au lait\n".encode("latin-1"),  # a Latin-1 file piped in
+        timeout=60,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 2 and result.stdout == b"", err
+    assert err.startswith("gtl: error: standard input is not UTF-8 text (byte 0xe9 is no UTF-8)")
+    assert err.count("\n") == 1
+    assert "surrogate" not in err and "Traceback" not in err and not ledger.exists()  # nothing was sent
+
+
+def test_a_prompt_from_standard_input_keeps_its_line_ends_as_sent():  # (read as bytes now: nothing else changed)
+    result = subprocess.run(
+        [sys.executable, "-m", "gtl_nb", "complete", "-m", "echo", "-"],
+        capture_output=True,
+        env={**os.environ, "GTL_NB_CONFIG": ""},
+        input=b"one\r\ntwo\r\n",
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode().startswith('You said: "one\r\ntwo". ')
+
+
+def test_standard_input_is_read_in_the_locales_encoding_when_it_is_not_utf8():
+    result = subprocess.run(
+        [sys.executable, "-m", "gtl_nb", "complete", "-m", "echo", "-"],
+        capture_output=True,
+        env={**os.environ, "GTL_NB_CONFIG": "", "PYTHONIOENCODING": "latin-1"},  # as a Latin-1 locale sets it
+        input="caf\u00e9\n".encode("latin-1"),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.decode("latin-1").startswith('You said: "caf\u00e9". ')
+
+
+def test_standard_input_that_is_not_utf8_is_no_traceback_under_a_strict_utf8_locale():
+    # (en_US.UTF-8 and the like read standard input strictly: the bytes raised UnicodeDecodeError out of main)
+    result = subprocess.run(
+        [sys.executable, "-m", "gtl_nb", "complete", "-m", "echo", "-"],
+        capture_output=True,
+        env={**os.environ, "GTL_NB_CONFIG": "", "PYTHONIOENCODING": "utf-8:strict"},
+        input="caf\u00e9\n".encode("latin-1"),
+        timeout=60,
+    )
+    err = result.stderr.decode()
+    assert result.returncode == 2 and "Traceback" not in err, err
+    assert err.startswith("gtl: error: standard input is not UTF-8 text (byte 0xe9 is no UTF-8)")

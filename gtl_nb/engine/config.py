@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import configparser
 import difflib
+import ipaddress
 import os
 import re
 import sys
@@ -1055,7 +1056,7 @@ def _build_deployment(
         # (surrounding whitespace is no part of a URL, and would make every request unsendable)
         values["base_url"] = values["base_url"].strip() or None  # "": the provider's default, as unset
     if provider_type == "ollama" and values.get("base_url"):
-        values["base_url"] = ollama_url(values["base_url"])
+        values["base_url"] = ollama_url(values["base_url"], sources["base_url"])
     if values.get("base_url"):
         # (Ollama's host is taken as Ollama takes OLLAMA_HOST: only credentials in it are refused)
         _check_base_url(values["base_url"], sources["base_url"], as_url=provider_type != "ollama")
@@ -1099,18 +1100,87 @@ def _check_base_url(url: str, source: str, *, as_url: bool = True) -> None:
         raise ConfigurationError(f"{source} must be an http:// or https:// URL with a host")
 
 
-def ollama_url(value: str) -> str:
-    """``OLLAMA_HOST`` as a base URL. Like Ollama, accept ``host``, ``host:port`` or a full URL;
-    the scheme defaults to ``http`` and the port to 11434 (443 for ``https``)."""
-    value = value.strip().rstrip("/")
-    scheme, sep, rest = value.partition("://")
-    if not sep:
-        scheme, rest = "http", value
-    host, slash, path = rest.partition("/")
-    has_port = "]:" in host if host.startswith("[") else ":" in host  # "[::1]:11434" is IPv6
-    if not has_port:
-        host = f"{host or '127.0.0.1'}:{443 if scheme == 'https' else _OLLAMA_PORT}"
-    return f"{scheme}://{host}{slash}{path}"
+def ollama_url(value: str, source: str = "OLLAMA_HOST") -> str:
+    """``OLLAMA_HOST`` (or an Ollama deployment's ``base_url``, named by ``source``) as a base URL, read as
+    Ollama reads it: ``host``, ``host:port``, ``:port`` (the local machine), an IPv6 address alone
+    (``::1``) or in brackets with a port (``[::1]:11434``), or ``http(s)://`` any of those, with a path.
+    Without a scheme it is ``http`` and the port 11434 (``ollama.com`` alone: ``https://ollama.com``);
+    ``http://`` without a port is port 80, ``https://`` 443, as for Ollama's own command. Anything else —
+    another scheme, a port that is no port, an unbracketed IPv6 address with a port, a host with spaces
+    — is a ``ConfigurationError`` that says what Ollama takes. A value with ``user:password@`` is left for
+    ``_check_base_url`` to refuse, never quoted. Every step is a plain string operation (linear time)."""
+    text = value.strip()
+    scheme, sep, rest = text.partition("://")
+    if sep:
+        scheme = scheme.lower()
+        if scheme not in ("http", "https"):
+            raise ConfigurationError(f"{source}: Ollama is reached over http:// or https://, {_not_this(scheme)}")
+        default_port = 80 if scheme == "http" else 443
+    else:
+        if text.lower() == "ollama.com":  # (Ollama's own shorthand for its cloud)
+            return "https://ollama.com:443"
+        scheme, rest, default_port = "http", text, _OLLAMA_PORT
+    authority, slash, path = rest.partition("/")
+    path = (slash + path).rstrip("/")
+    if "@" in authority:  # credentials: ``_check_base_url`` refuses them without quoting the value
+        return f"{scheme}://{authority}{path}"
+    host, port = _ollama_host_and_port(authority, source)
+    return f"{scheme}://{host}:{_ollama_port(port, default_port, source)}{path}"
+
+
+_OLLAMA_FORMS = "host, host:port, :port, [IPv6]:port or http(s)://host:port"
+_HOST_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+
+
+def _not_this(text: str) -> str:
+    """``not 'text'`` for a message, cut short (the value is the operator's, but may be long)."""
+    return f"not {text[:60] + '…' if len(text) > 60 else text!r}"
+
+
+def _ollama_host_and_port(authority: str, source: str) -> tuple[str, str | None]:
+    """An Ollama host's ``host`` (IPv6 in brackets; the local machine for none) and its port as written
+    (``None``: none)."""
+    if authority.startswith("["):
+        inside, closed, after = authority[1:].partition("]")
+        if not closed or (after and not after.startswith(":")):
+            raise ConfigurationError(
+                f"{source}: an IPv6 address is written in brackets, then an optional :port "
+                f"([::1]:11434), {_not_this(authority)}"
+            )
+        return _ipv6(inside, authority, source), after[1:] if after else None
+    if authority.count(":") > 1:  # an IPv6 address alone (``::1``), as Ollama takes it
+        if not _is_ipv6(authority):
+            raise ConfigurationError(
+                f"{source}: an IPv6 address with a port is written in brackets ([::1]:11434), {_not_this(authority)}"
+            )
+        return _ipv6(authority, authority, source), None
+    host, colon, port = authority.partition(":")
+    if host and not set(host) <= _HOST_CHARACTERS:
+        raise ConfigurationError(f"{source}: Ollama's host is {_OLLAMA_FORMS}, {_not_this(authority)}")
+    return host or "127.0.0.1", port if colon else None  # (``:11434``: this machine, as Ollama reads it)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _ipv6(address: str, written: str, source: str) -> str:
+    if not _is_ipv6(address):
+        raise ConfigurationError(f"{source}: {_not_this(written)[4:]} holds no IPv6 address between its brackets")
+    return f"[{ipaddress.IPv6Address(address).compressed}]"
+
+
+def _ollama_port(port: str | None, default: int, source: str) -> int:
+    """The port written (``None`` or empty: ``default``, as Ollama takes ``host:``), or a ``ConfigurationError``."""
+    if not port:
+        return default
+    if not (port.isascii() and port.isdigit() and len(port) <= 5 and 0 < int(port) <= 65535):
+        raise ConfigurationError(f"{source}: the port is a number from 1 to 65535, {_not_this(port)}")
+    return int(port)
 
 
 #: Deployment fields that hold secrets: checked when configured (``clean_credential``), never shown.

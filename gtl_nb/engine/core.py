@@ -1370,6 +1370,10 @@ class Engine:
                         return
                     failed = outcome.error
                     assert failed is not None
+                    if failed.retryable and _refuses_the_request(failed):
+                        # the provider's words on the request's content (a proxy's ``x-should-retry: true``
+                        # on its 400, say): no retry, no failover, no verdict on the provider's breaker
+                        failed = outcome.error = msgspec.structs.replace(failed, retryable=False, retry_after=None)
                     if outcome.uncallable:
                         # this process cannot call it (``_uncallable``: its operator's set-up), or its API
                         # cannot carry the request (``NotServedHere``): no verdict on the provider for a
@@ -1430,6 +1434,14 @@ class Engine:
             record.model = target.model  # (the row's deployment is the error's: its model with it)
             yield [_with_attempts(failed, called)]
             return
+        would_refuse = self._refusal_without_call(request, [t for t in targets if t.name in refused])
+        if would_refuse is not None:
+            # every deployment whose circuit is open would refuse this request anyway: its reason is
+            # the caller's to hear, not a wait that would end in that refusal
+            target, failed = would_refuse
+            record.model = target.model
+            yield [_with_attempts(failed, called)]
+            return
         snapshots = await breakers.snapshots(refused)
         # a circuit open until a time says so; one half-open whose probe is under way (here or on
         # another replica) names no time: its verdict comes with that call, so ask again shortly
@@ -1448,6 +1460,38 @@ class Engine:
             retry_after=wait,
         )
         yield [every_circuit_open]
+
+    def _refusal_without_call(self, request: CompletionRequest, targets: list[Target]) -> tuple[Target, Error] | None:
+        """The first of ``targets`` with its refusal when each of them would refuse ``request`` before any
+        call — a ``max_tokens`` above what its model writes, what its API cannot carry (``NotServedHere``),
+        a request its dialect refuses — asked of the dialect without calling it (its circuit is open).
+        ``None`` when one of them might answer, or cannot be asked (a local provider, credentials this
+        process lacks): then the circuits are what the caller hears of."""
+        first: tuple[Target, Error] | None = None
+        sid = request.session_id
+        for target in targets:
+            refused: Error | None = None
+            if request.max_tokens is not None:
+                refused = self._over_output_limit(request.max_tokens, target, sid)
+            if refused is None:
+                try:
+                    provider = get_provider(target.deployment.type)
+                    if is_local(provider):
+                        return None
+                    deployment, _ = self._credentials_for(target)
+                except Exception:  # (the call would have said so; here it is only not knowable)
+                    return None
+                sent = msgspec.structs.replace(request, model=target.model, provider=target.name, providers=None)
+                try:
+                    provider.build_request(sent, deployment, now=self.wall_clock())
+                except InvalidRequestError as exc:  # the caller's request, as the call would have refused it
+                    refused = _with_provider(_scrubbed(exc.to_event(sid), deployment), target)
+                except Exception:
+                    return None
+            if refused is None:
+                return None
+            first = first or (target, refused)
+        return first
 
     async def _acquire(self, deployment: str) -> str | None:
         """``BreakerStore.acquire``, safe against a cancel: a probe slot granted while the caller was
@@ -1655,10 +1699,19 @@ class Engine:
         """Live model listing from the provider's own endpoint (local providers list their models),
         asked with the deployment's key — or the stored key ``key_name`` (a token's ``provider_keys``
         choice: a fine-tuned model of one team's account is listed to that team only)."""
+        names, _ = await self.listed_models(deployment_name, key_name)
+        return names
+
+    async def listed_models(
+        self, deployment_name: str, key_name: str | None = None
+    ) -> tuple[list[str], dict[str, int]]:
+        """``list_models``'s names, and when the listing says each was made (Unix seconds), for the
+        models whose provider's list gives a time (``model_times``: OpenAI's ``created``, Anthropic's
+        ``created_at``); one call to the provider either way."""
         deployment = self.router._deployment(deployment_name)
         provider = get_provider(deployment.type)
         if is_local(provider):
-            return [model.name for model in provider.models()]
+            return [model.name for model in provider.models()], {}
         if not hasattr(provider, "models_request"):
             raise InvalidRequestError(f"{deployment.type} has no model listing endpoint")
         deployment = self.caller_credentials(deployment, key_name)  # a set-up mistake: the operator's log
@@ -1682,7 +1735,8 @@ class Engine:
                 event = self._for_gateway_caller(event, Target(deployment, ""), deployment)
             raise error_from_event(event)
         try:
-            return provider.parse_models(body)
+            times = getattr(provider, "model_times", None)
+            return provider.parse_models(body), times(body) if times is not None else {}
         except ValueError as exc:
             raise ProviderUnavailableError(f"unreadable model list from {deployment.name}: {exc}") from None
 
@@ -1990,6 +2044,24 @@ def _never_waits(store: Any) -> bool:
     counters). Such a call is awaited directly: nothing can cancel it half-way, so it needs neither a
     task of its own nor a shield, which cost more than the call itself."""
     return type(store) in (MemoryBreakerStore, MemoryBudgetCounter)
+
+
+_SERVER_SIDE_CODES = frozenset({"RATE_LIMIT", "OVERLOADED", "TIMEOUT", "PROVIDER_UNAVAILABLE", "INTERNAL"})
+_RETRIED_CLIENT_STATUSES = frozenset({408, 409, 424, 429})  # (409: a lock; 424: Bedrock's model failure)
+
+
+def _refuses_the_request(error: Error) -> bool:
+    """Whether ``error`` is a provider's ``4xx`` about the request itself (its content, its parameters):
+    the same request would be refused again, so it is never retried nor counted against the
+    deployment's breaker, whatever else the answer said (a proxy's ``x-should-retry: true``). A code of
+    the provider's side (a throttle some APIs send as 400) keeps its retry."""
+    status = error.http_status
+    return (
+        status is not None
+        and 400 <= status < 500
+        and status not in _RETRIED_CLIENT_STATUSES
+        and error.code not in _SERVER_SIDE_CODES
+    )
 
 
 def _momentary_limit(error: Error) -> bool:

@@ -218,7 +218,11 @@ def _print_usage(args: argparse.Namespace, groups: list[tuple[Any, ...]], source
     """The groups as JSON lines or a table; which ledger was read on standard error (the table pipes alone)."""
     if args.json:
         for group in groups:
-            print(json.dumps({args.by: group[0], **dict(zip(_USAGE_FIELDS, group[1:], strict=True))}))
+            fields = dict(zip(_USAGE_FIELDS, group[1:], strict=True))
+            # a sum of floats carries noise in its last digits (0.1 + 0.2): to 12 places, the finest the
+            # table ever shows (words.dollars), a sum reads as money and no paid request rounds to 0
+            fields["cost"] = round(fields["cost"], 12)
+            print(json.dumps({args.by: group[0], **fields}))
         return 0
     if not groups:
         window = f" in the last {args.days:g} day(s)" if args.days is not None else ""
@@ -449,6 +453,9 @@ def _prune(args: argparse.Namespace) -> int:
             )
         print(f"gtl: no ledger at {os.path.abspath(path)}: nothing to prune", file=sys.stderr)
         return 0
+    # a file that is no SQLite database is the caller's mistake, said as `gtl usage` says it (exit 2),
+    # before the writer would call it the ledger's INTERNAL trouble
+    _read_only(path, lambda conn: conn.execute("PRAGMA schema_version").fetchone())
     pruned = prune_file(path, Retention(days=days, max_rows=rows), vacuum=args.vacuum)
     vacuumed = ", then vacuumed" if args.vacuum else ""
     print(f"{path}: deleted {pruned.by_age} row(s) by age and {pruned.by_size} by size{vacuumed}{_kept(pruned)}")

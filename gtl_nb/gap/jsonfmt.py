@@ -24,7 +24,15 @@ from gtl_nb.gap.limits import (
     json_too_deep,
     number_too_long,
 )
-from gtl_nb.gap.model import GAP_VERSION, Entity, TransformHints, WrappedMessage, default_pronoun_map
+from gtl_nb.gap.model import (
+    GAP_VERSION,
+    TIMESTAMP_FORMS,
+    Entity,
+    TransformHints,
+    WrappedMessage,
+    default_pronoun_map,
+    iso_timestamp,
+)
 from gtl_nb.words import a_kind_of
 
 _MISSING = object()
@@ -194,12 +202,20 @@ def _from_dict(data: Any) -> WrappedMessage:
         chat_id=_field(source, "chat_id", "message.source", str),
         role=role,
         model=_field(source, "model", "message.source", str, None),
-        timestamp=_field(source, "timestamp", "message.source", str, None),
+        timestamp=_timestamp(source),
         thread_id=_field(context, "thread_id", "message.context", str, None),
         parent_messages=tuple(parents),
         entities=entities,
         transform_hints=hints,
     )
+
+
+def _timestamp(source: Mapping[str, Any]) -> str | None:
+    """``message.source.timestamp``: null, or an ISO-8601 time (``model.iso_timestamp``), kept as written."""
+    timestamp = _field(source, "timestamp", "message.source", str, None)
+    if timestamp is not None and iso_timestamp(timestamp) is None:
+        raise GAPFormatError(f"expected {TIMESTAMP_FORMS}, got {_shown(timestamp)}", path="message.source.timestamp")
+    return timestamp
 
 
 def from_json(text: str | bytes) -> WrappedMessage:

@@ -32,7 +32,7 @@ from typing import Any
 from gtl_nb.gap.errors import GAPFormatError
 from gtl_nb.gap.jsonfmt import check_version, hints_from_dict, hints_to_dict, unique_keys
 from gtl_nb.gap.limits import MAX_JSON_DEPTH, check_text, json_too_deep, number_too_long
-from gtl_nb.gap.model import Entity, TransformHints, WrappedMessage
+from gtl_nb.gap.model import TIMESTAMP_FORMS, Entity, TransformHints, WrappedMessage, iso_timestamp
 
 START, CONTENT, END = "[GAP:START]", "[GAP:CONTENT]", "[GAP:END]"
 _MARKERS = (START, CONTENT, END)
@@ -227,9 +227,13 @@ def _parse_context(cur: _Cursor, header: _Header) -> None:
         return
     lead = len(cur.text) - len(cur.text.lstrip())
     sub = _Cursor(timestamp, cur.line, cur.offset + lead + match.start("ts"), cur.label)
+    start = _Cursor(timestamp, cur.line, sub.offset, cur.label)  # (an error points at the timestamp's start)
     header.values["timestamp"] = sub.value()
     if not sub.at_end():
         raise sub.error("unexpected text after the timestamp")
+    if header.values["timestamp"] is not None and iso_timestamp(header.values["timestamp"]) is None:
+        shown = header.values["timestamp"][:60]
+        raise start.error(f"the timestamp must be {TIMESTAMP_FORMS}, not {shown!r}")
 
 
 def _parse_entities(cur: _Cursor, header: _Header) -> None:

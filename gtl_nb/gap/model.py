@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 from gtl_nb.gap.limits import MAX_PRONOUN_MAP
@@ -122,6 +123,50 @@ def _check_no_merged_keys(name: str, given: Mapping[str, Any], joined: Mapping[s
         raise ValueError(f"{name} holds two keys that are the same text once their surrogate pairs are joined")
 
 
+TIMESTAMP_FORMS = (
+    "an ISO-8601 date or date and time, such as 2024-05-01, 2024-05-01T12:00:00Z or 2024-05-01T12:00:00.5+02:00"
+)
+
+
+def iso_timestamp(text: str) -> datetime | None:
+    """``text`` read as a GAP timestamp, or ``None`` when it is not one.
+
+    The forms taken are ISO-8601's extended ones every writer of GAP uses (RFC 3339 and Python's
+    ``isoformat()``): ``YYYY-MM-DD``, then optionally ``T`` (or ``t``, or a space) and ``hh:mm``,
+    ``:ss``, a fraction of any length after ``.`` or ``,``, and ``Z`` or an offset. The same on every
+    Python gtl_nb runs on: Python 3.10's ``fromisoformat`` reads no ``Z`` and only 3 or 6 fraction
+    digits, so both are brought to its form before it checks the numbers' ranges."""
+    if not text.isascii() or len(text) < 10 or text[4] != "-" or text[7] != "-":
+        return None
+    if not (text[:4] + text[5:7] + text[8:10]).isdigit():
+        return None
+    body = text
+    if body[-1] in "Zz":
+        body = body[:-1] + "+00:00"
+    if len(body) > 10:
+        if body[10] not in "Tt " or len(body) < 16 or not body[11:13].isdigit():
+            return None  # (a time has hours and minutes at least)
+        body = body[:10] + "T" + body[11:]
+        mark = max(body.find(".", 11), body.find(",", 11))
+        if mark != -1:
+            end = mark + 1
+            while end < len(body) and body[end].isdigit():
+                end += 1
+            digits = body[mark + 1 : end]
+            if not digits:
+                return None
+            body = f"{body[:mark]}.{(digits + '000000')[:6]}{body[end:]}"
+    try:
+        return datetime.fromisoformat(body)
+    except ValueError:  # a month 13, an hour 25, a letter where a digit goes
+        return None
+
+
+def _check_timestamp(value: str | None) -> None:
+    if value is not None and iso_timestamp(value) is None:
+        raise ValueError(f"timestamp must be {TIMESTAMP_FORMS}; got {value[:60]!r}")
+
+
 def _check_optional_str(name: str, value: object) -> None:
     if value is not None and not isinstance(value, str):
         raise TypeError(f"{name} must be a string or None, not {type(value).__name__}")
@@ -214,6 +259,7 @@ class WrappedMessage:
         _check_role(self.role)
         _check_optional_str("model", self.model)
         _check_optional_str("timestamp", self.timestamp)
+        _check_timestamp(self.timestamp)
         _check_optional_str("thread_id", self.thread_id)
         if isinstance(self.parent_messages, str):
             raise TypeError("parent_messages must be a sequence of chat ids, not a single string")

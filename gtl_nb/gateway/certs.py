@@ -19,9 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gtl_nb.protocol.errors import ConfigurationError
+
 __all__ = ["DevCertificates", "add_subcommands", "make_dev_certificates"]
 
 DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
+MAX_DAYS = 3650
+"""The longest validity ``gtl certs`` writes (ten years: a development pair, not a root of trust)."""
+_DNS_LABEL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 
 
 @dataclass(frozen=True)
@@ -37,16 +42,29 @@ def make_dev_certificates(
     directory: str | os.PathLike[str], names: Sequence[str] = DEFAULT_NAMES, *, days: int = 30
 ) -> DevCertificates:
     """Write a development CA certificate and a server certificate + key for ``names`` (DNS names
-    or IP addresses) into ``directory``, valid for ``days`` days from now."""
+    or IP addresses) into ``directory``, valid for ``days`` days from now; a ``ConfigurationError`` says
+    what is wrong with them, or why the directory cannot take the files."""
+    if not names:
+        raise ConfigurationError("a server certificate needs at least one name")
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+        raise ConfigurationError(f"days (--days) must be a whole number from 1 to {MAX_DAYS}, got {days!r}")
+    alternative = [_general_name(name) for name in names]
+    folder = Path(directory)
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return _write_certificates(folder, names, alternative, days)
+    except OSError as exc:
+        why = "a file of that name is there" if isinstance(exc, FileExistsError) else exc.strerror or str(exc)
+        raise ConfigurationError(f"cannot write the certificates into {str(directory)!r}: {why}") from None
+
+
+def _write_certificates(folder: Path, names: Sequence[str], alternative: list[Any], days: int) -> DevCertificates:
+    """``make_dev_certificates`` once its arguments are checked and ``folder`` exists."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-    if not names:
-        raise ValueError("a server certificate needs at least one name")
-    folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     now = datetime.datetime.now(datetime.timezone.utc)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)
 
@@ -80,7 +98,6 @@ def make_dev_certificates(
     )
 
     server_key = ec.generate_private_key(ec.SECP256R1())
-    alternative = [_general_name(name) for name in names]
     server_cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
@@ -107,12 +124,32 @@ def make_dev_certificates(
 
 
 def _general_name(name: str) -> Any:
+    """``name`` as the certificate lists it: an IP address, else a DNS name (``*.`` first for a wildcard),
+    or a ``ConfigurationError`` for one no client could ever match."""
     from cryptography import x509
 
     try:
         return x509.IPAddress(ipaddress.ip_address(name))
     except ValueError:
-        return x509.DNSName(name)
+        pass
+    host = name[2:] if name.startswith("*.") else name
+    labels = host.split(".")
+    if len(name) > 253 or not all(_is_dns_label(label) for label in labels):
+        raise ConfigurationError(
+            f"--name {name!r} is neither an IP address nor a DNS name (letters, digits and hyphens, "
+            "dot-separated, each part 1 to 63 long and not starting or ending with a hyphen)"
+        )
+    return x509.DNSName(name)
+
+
+def _is_dns_label(label: str) -> bool:
+    """Whether ``label`` is one dot-separated part of a host name (RFC 1123)."""
+    return (
+        0 < len(label) <= 63
+        and not label.startswith("-")
+        and not label.endswith("-")
+        and all(character in _DNS_LABEL_CHARACTERS for character in label)
+    )
 
 
 def _write_private(path: Path, data: bytes) -> None:

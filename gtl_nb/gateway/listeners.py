@@ -19,7 +19,9 @@ says so and why.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import errno
+import functools
 import ipaddress
 import math
 import ssl
@@ -30,6 +32,7 @@ from pathlib import Path
 
 from gtl_nb.gateway.principal_sessions import DEFAULT_MAX_SESSIONS_PER_PRINCIPAL
 from gtl_nb.gateway.proxies import TrustedProxies
+from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.negotiation import FEATURES
@@ -44,6 +47,8 @@ __all__ = [
     "TlsFiles",
     "is_loopback",
 ]
+
+log = get_logger("gateway.tls")
 
 TRANSPORTS = ("http", "grpc", "quic")
 """The listener tables of ``[gateway]``: ``http`` serves HTTP, SSE, WebSocket, discovery and health."""
@@ -74,6 +79,32 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+CERTIFICATE_RENEWAL_DAYS = 7
+"""How close to its end a listener's certificate is when the gateway warns at start."""
+
+
+@functools.lru_cache(maxsize=64)
+def _warn_of_dates(path: str, modified_ns: int) -> None:
+    """``TlsFiles.say_if_out_of_date`` for the file at ``path`` as it was at ``modified_ns``."""
+    from cryptography import x509
+
+    try:
+        certificate = x509.load_pem_x509_certificate(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return  # the TLS library loaded it: a form this reader does not take is no reason to stop
+    now = datetime.datetime.now(datetime.timezone.utc)
+    starts, ends = certificate.not_valid_before_utc, certificate.not_valid_after_utc
+    renew = "renew it (`gtl certs DIR` makes a development pair)"
+    if ends <= now:
+        log.warning("the TLS certificate %s expired on %s: clients that check will refuse it; %s", path, ends, renew)
+    elif starts > now:
+        log.warning(
+            "the TLS certificate %s is valid only from %s: clients that check will refuse it until then", path, starts
+        )
+    elif ends - now < datetime.timedelta(days=CERTIFICATE_RENEWAL_DAYS):
+        log.warning("the TLS certificate %s expires on %s: %s", path, ends, renew)
+
+
 @dataclass(frozen=True)
 class TlsFiles:
     """A server certificate chain and its private key (PEM files, as ``gtl certs`` writes them)."""
@@ -89,9 +120,20 @@ class TlsFiles:
             context.load_cert_chain(self.cert, self.key)
         except (OSError, ssl.SSLError) as exc:
             raise ConfigurationError(f"cannot load the TLS certificate {self.cert} and key {self.key}: {exc}") from None
+        self.say_if_out_of_date()
         if alpn:
             context.set_alpn_protocols(list(alpn))
         return context
+
+    def say_if_out_of_date(self) -> None:
+        """Log a warning, once a file, when the certificate is not valid now or runs out within
+        ``CERTIFICATE_RENEWAL_DAYS``: the listener still starts (a client may not check), but every
+        client that does will refuse it, and its error says only that the certificate was refused."""
+        try:
+            stat = self.cert.stat()
+        except OSError:
+            return
+        _warn_of_dates(str(self.cert), stat.st_mtime_ns)
 
 
 @dataclass(frozen=True)

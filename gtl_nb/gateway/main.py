@@ -354,7 +354,8 @@ def _reloading(reloader: Any, reporter: Any) -> Callable[[], None]:
                 try:
                     prepared = await asyncio.to_thread(reloader.prepare)
                     line = reloader.apply(prepared)
-                    partial = prepared.not_renewed is not None  # the token policy: to ask for again
+                    # the token policy (to ask for again), or settings that apply only at a restart
+                    partial = prepared.not_renewed is not None or bool(prepared.restart)
                 except Exception as exc:  # a bad file, or a bug: either way the old configuration keeps serving
                     why = str(exc) if isinstance(exc, ConfigurationError) else f"{type(exc).__name__}: {exc}"
                     why = " ".join(why.split())  # one line, whatever the message

@@ -35,6 +35,14 @@ the protocol's; anything else is ``other`` (``none`` where there is no value: a 
 before routing). So a client naming a thousand random models adds no series, and no label carries a
 principal, a token, a key or any text of a request: per-principal figures are in the usage ledger.
 
+One way past the lists, bounded too: a model the deployment answered a request for (status ``ok``)
+gets its own label even when no list has it — a model pulled on the Ollama deployment that takes any
+name, a dated id the provider answers under (``gpt-4o-mini-2024-07-18``), a fine-tune — so a real
+model is never hidden in ``other``. A name the provider refused (a typo: its ``404``) never does, and
+at most ``SERVED_LABELS`` such names per deployment are taken (a server that answers whatever name it
+is sent could otherwise be made to mint a series per name), nor one shaped like a credential. Past
+that bound they count as ``other``; the lists' own names keep the common case one set lookup.
+
 A cached answer counts as a request and a cache hit but adds no tokens or cost (nothing was spent
 upstream). The time to first token needs ``RequestFinished.ttft_ms`` (docs/operations.md); without it
 that histogram stays empty.
@@ -66,7 +74,7 @@ from gtl_nb.engine.hooks import (
 )
 from gtl_nb.gateway.gc_pauses import GcPauses
 from gtl_nb.gateway.refusals import UNCHECKABLE_RETRY_AFTER, unavailable_status
-from gtl_nb.log import get_logger
+from gtl_nb.log import get_logger, redact
 from gtl_nb.protocol.codec import encode
 from gtl_nb.protocol.errors import (
     ERROR_CLASSES,
@@ -80,6 +88,7 @@ __all__ = [
     "BREAKER_VALUES",
     "METRICS_KEYS",
     "OTHER",
+    "SERVED_LABELS",
     "STORES",
     "TRANSPORTS",
     "Metrics",
@@ -103,6 +112,9 @@ BREAKER_VALUES: Mapping[str, int] = {"closed": 0, "half_open": 1, "open": 2}
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, math.inf)
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, math.inf)
 _MAX_PENDING = 65_536
+SERVED_LABELS = 50
+"""Models no list names that a deployment may still show under their own label, once it served them
+(the module docstring): the first this many it answers; later ones are ``other``."""
 
 METRICS_KEYS: Mapping[str, str] = {
     "enabled": "serve GET /metrics on the HTTP listener (default true once the [gateway.metrics] table exists)",
@@ -156,6 +168,7 @@ class Metrics:
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._models = {name: frozenset(names) for name, names in (models or {}).items()}
+        self._served: dict[str, set[str]] = {}  # deployment → names no list has that it answered (``SERVED_LABELS``)
         self._clock = clock
         self._started: dict[object, float] = {}  # by the request's hook handle: ids are the clients
         self._unsubscribe: list[Callable[[], None]] = []
@@ -268,10 +281,25 @@ class Metrics:
             return NONE
         return deployment if deployment in self._models else OTHER
 
-    def model_label(self, deployment: str | None, model: str | None) -> str:
+    def model_label(self, deployment: str | None, model: str | None, *, served: bool = False) -> str:
+        """``model``'s label at ``deployment``: its own name when the deployment's list has it or it was
+        answered under it (``served``: this request was; ``SERVED_LABELS`` a deployment at most), else
+        ``other``."""
         if not model:
             return NONE
-        return model if model in self._models.get(deployment or "", ()) else OTHER
+        if model in self._models.get(deployment or "", ()):
+            return model
+        answered = self._served.get(deployment or "")
+        if answered is not None and model in answered:
+            return model
+        if not served or deployment not in self._models or redact(model) != model:
+            return OTHER
+        if answered is None:
+            answered = self._served[deployment] = set()
+        if len(answered) >= SERVED_LABELS:
+            return OTHER
+        answered.add(model)
+        return model
 
     # -- the hook subscriber (the engine's loop)
 
@@ -309,6 +337,7 @@ class Metrics:
         deployment gets its own label (and a closed breaker gauge), a removed one's gauge goes."""
         fresh = {name: frozenset(names) for name, names in models.items()}
         for gone in self._models.keys() - fresh.keys():
+            self._served.pop(gone, None)
             with contextlib.suppress(KeyError):
                 self.breakers.remove(gone)
         for added in fresh.keys() - self._models.keys():
@@ -320,7 +349,7 @@ class Metrics:
         if event.context.transport:
             self.session_closed(event.context.transport)
         provider = self.provider_label(event.deployment)
-        model = self.model_label(event.deployment, event.model)
+        model = self.model_label(event.deployment, event.model, served=event.status == "ok")
         status = event.status if event.status in STATUSES else OTHER
         self.requests.labels(provider, model, status).inc()
         if event.error_code:

@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from gtl_nb.engine.core import Engine
 from gtl_nb.log import get_logger, quotes_secret, redact
@@ -45,6 +45,7 @@ class _Kept:
     until: float
     names: tuple[str, ...] = ()
     error: Error | None = None
+    times: Mapping[str, int] = field(default_factory=dict)  # when the listing says a model was made
 
 
 class ModelLists:
@@ -68,6 +69,14 @@ class ModelLists:
     async def names(self, deployment: Deployment, key_name: str | None = None) -> list[str]:
         """The live model list of ``deployment`` as its own key — or the vault's key ``key_name`` — sees
         it; raises the listing's ``GTLError`` (its copy)."""
+        return list((await self._list(deployment, key_name)).names)
+
+    async def times(self, deployment: Deployment, key_name: str | None = None) -> dict[str, int]:
+        """When the models of that list were made, in Unix seconds, for those the provider's list gives a
+        time (``Engine.listed_models``); the same call as ``names``, and its error."""
+        return dict((await self._list(deployment, key_name)).times)
+
+    async def _list(self, deployment: Deployment, key_name: str | None) -> _Kept:
         which = (deployment.name, key_name)
         kept = self._kept.get(which)
         if kept is None or kept.deployment is not deployment or kept.until <= self.clock():
@@ -80,16 +89,17 @@ class ModelLists:
             kept = await asyncio.shield(asking[1])
         if kept.error is not None:
             raise error_from_event(kept.error)
-        return list(kept.names)
+        return kept
 
     async def _ask(self, deployment: Deployment, key_name: str | None) -> _Kept:
         """Ask the provider once; what it said is kept while this call is still the deployment's own (a
         reload that changed the deployment meanwhile started another, whose answer counts)."""
         which = (deployment.name, key_name)
         try:
-            listed = await self.engine.list_models(deployment.name, key_name)
+            listed, times = await self.engine.listed_models(deployment.name, key_name)
             names = _without_secrets(listed, self.engine.caller_credentials(deployment, key_name))  # (its key)
-            kept = _Kept(deployment, self.clock() + self.fresh_for, names=tuple(names))
+            times = {name: made for name, made in times.items() if name in names}
+            kept = _Kept(deployment, self.clock() + self.fresh_for, names=tuple(names), times=times)
         except GTLError as exc:
             kept = _Kept(deployment, self.clock() + self.failed_for, error=exc.to_event(""))
         except Exception as exc:  # a body no parser expected: kept like any failure, never asked again at once

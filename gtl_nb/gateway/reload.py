@@ -19,9 +19,10 @@ already authenticated keep their context, but for what a new token policy takes 
 secret refuses them, and deployments taken out of ``default_deployments`` are taken from their next
 completion and query (``TokenAuthenticator.recheck``). What a reload cannot change in place — the listener
 tables, the ``[gateway]`` limits (``max_frame_bytes``, ``trusted_proxies``, …), the event loop and
-``advertise``, the auth mode, the ledger and the other stores' backends, the HTTP client of
-``[upstream]``, the audit log, ``/metrics``, the vault — is reported in the reload's line as "restart
-to apply"."""
+``advertise``, the ledger and the other stores' backends, the HTTP client of ``[upstream]``, the audit
+log, ``/metrics``, the vault — is reported in the reload's line as "restart to apply", the rest being
+applied (``gtl reload`` exits 3: taken in part). A change of the auth mode refuses the whole reload: the
+rest of the file may count on it (a deployment added for callers who now need a token)."""
 
 from __future__ import annotations
 
@@ -169,6 +170,8 @@ class Reloader:
         except OSError as exc:
             raise ConfigurationError(f"cannot read the configuration: {exc.strerror or exc}") from None
         options = GatewaySettings.from_settings(settings)
+        if options.auth != self.options.auth:
+            raise ConfigurationError(_auth_needs_restart(self.options.auth, options.auth))
         catalog = _catalog(settings)
         # the vault is opened once (not reloadable): the open one is rebound to the new file's fallback
         # credentials, so a deployment the reload adds finds its key as a new start would
@@ -228,6 +231,17 @@ class Reloader:
     def reload(self) -> str:
         """``prepare`` then ``apply`` (for callers already off the event loop's hot path)."""
         return self.apply(self.prepare())
+
+
+def _auth_needs_restart(running: str, asked: str) -> str:
+    """Why a reload that changes the ``auth`` mode is refused whole: who may connect is decided when the
+    listeners start, and the rest of the file was written for the new mode (deployments, budgets and
+    token defaults meant for checked callers) — applied without it, they would serve every caller."""
+    return (
+        f'[gateway] auth changes from "{running}" to "{asked}", which a running gateway cannot apply (who may '
+        "connect is set when its listeners start), and the rest of the file may count on it, so nothing was "
+        "reloaded: restart the gateway to apply the file"
+    )
 
 
 def _unread_revocations(new: Any, current: Any) -> str | None:

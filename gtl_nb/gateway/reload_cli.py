@@ -7,7 +7,8 @@ reloaded, or why it kept the previous configuration (``gateway.reload``). A gate
 ``--pidfile`` also keeps that line in ``FILE.reload`` (``gateway.reload_report``): ``gtl reload``
 waits for the reload its signal asked for and prints the line — exit status 0 when it was taken,
 1 when it was refused or no answer came in time, 3 when it was taken but for a part to ask for
-again. A gateway's report appears once it handles SIGHUP: until then ``gtl reload`` waits (a
+again or settings that apply only at a restart (the line names them; they are also said on standard
+error). A gateway's report appears once it handles SIGHUP: until then ``gtl reload`` waits (a
 gateway that has written its pid file counts a SIGHUP and reloads once it is up, but the answer
 would be lost). A report that never comes — one the gateway cannot write (it logs why) — does not
 stop the reload: the signal goes after the wait, and the gateway's standard error says the rest.
@@ -166,7 +167,8 @@ def _alive(pid: int) -> bool:
 
 
 TAKEN_IN_PART = 3
-"""``gtl reload``'s exit status for a reload taken but for a part to ask for again."""
+"""``gtl reload``'s exit status for a reload taken but for a part to ask for again, or for settings that
+apply only at a restart."""
 
 
 def _reload(args: argparse.Namespace) -> int:
@@ -207,9 +209,30 @@ def _reload(args: argparse.Namespace) -> int:
         return 1
     if outcome.ok:
         print(f"gateway {pid}: {outcome.line}")
-        return TAKEN_IN_PART if outcome.partial else 0
+        if not outcome.partial:
+            return 0
+        print(f"gtl reload: gateway {pid} took the reload in part: {_what_is_left(outcome.line)}", file=sys.stderr)
+        return TAKEN_IN_PART
     print(f"gtl reload: gateway {pid}: {outcome.line}", file=sys.stderr)
     return 1
+
+
+_RESTART = "changed but not reloadable, restart to apply: "
+_NOT_RENEWED = "token policy not renewed"
+_WARNING = "; warning: "
+
+
+def _what_is_left(line: str | None) -> str:
+    """What a reload taken in part left undone, from its line: the settings that need a restart, the
+    token policy to ask for again."""
+    text, left = line or "", []
+    # (the line's order: what changed; the token policy not renewed; the restart list; warnings)
+    token, restart = text.find(_NOT_RENEWED), text.find(_RESTART)
+    if token >= 0:
+        left.append(text[token : restart - 2 if restart > token else len(text)].split(_WARNING)[0])
+    if restart >= 0:
+        left.append(f"restart the gateway to apply {text[restart + len(_RESTART) :].split(_WARNING)[0]}")
+    return "; ".join(left) or "its line says what was left undone"
 
 
 def _without_report(pid: int, report: Path) -> int:

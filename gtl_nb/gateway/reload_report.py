@@ -13,7 +13,8 @@ renamed: a reader never sees half of it) at start, on each SIGHUP and after each
 * ``ok``, ``line``, ``at`` — the last finished reload: taken or refused, its one line (what changed,
   or why nothing did), and when (seconds since the epoch); ``null`` before the first;
 * ``partial`` — a reload taken but for a part that must be asked for again (a token policy whose new
-  revocation list could not be read yet: the previous policy still checks tokens).
+  revocation list could not be read yet: the previous policy still checks tokens), or for settings
+  that apply only at a restart (the line names them: "restart to apply: …").
 
 The report is written only once the gateway handles SIGHUP (before, a SIGHUP would end it): ``gtl
 reload`` sends nothing to a gateway whose report is not there yet.

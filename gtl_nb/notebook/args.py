@@ -33,6 +33,7 @@ __all__ = [
     "output_name",
     "parse_assignments",
     "parse_bool",
+    "refuse_credential_values",
     "refuse_secret_settings",
     "refuse_secrets",
     "split",
@@ -46,6 +47,18 @@ TOKEN_REFUSAL = (
 )
 # Settings that hold secrets: refused as literal values, accepted as the name of an environment variable.
 SECRET_KEYS = ("api_key", "aws_secret_access_key", "aws_session_token", "token")
+# Header names that carry a credential: each provider type's own key header, and the generic ones.
+CREDENTIAL_HEADERS = frozenset(
+    ("authorization", "proxy-authorization", "cookie", "x-api-key", "api-key", "x-goog-api-key")
+)
+# Words that make a header or an option name a credential's (``x-auth-token``, ``Ocp-Apim-Subscription-Key``,
+# ``azure_ad_token``, ``client_secret``); ``max_tokens`` ends in ``tokens`` and is no credential.
+_CREDENTIAL_ENDINGS = ("key", "token", "secret", "password", "passwd")
+_KEY_INSTEAD = (
+    "name the environment variable holding the provider's key with api_key_env=VAR (each type sends it in its "
+    "own header: Authorization: Bearer, x-api-key, api-key, x-goog-api-key), or put the setting in a config "
+    "file read with `%gtl config file=PATH`"
+)
 
 
 _UNRECOGNIZED = "unrecognized arguments: "  # argparse's words for options no action takes
@@ -373,6 +386,32 @@ def export_parser() -> Parser:
 
 def help_text(parser: Parser) -> str:
     return parser.format_help().rstrip()
+
+
+def _names_a_credential(name: str, *, header: bool) -> bool:
+    """Whether a header's or an option's name says its value is a credential."""
+    lowered = name.strip().lower()
+    if header and lowered in CREDENTIAL_HEADERS:
+        return True
+    last = lowered.replace("-", "_").rsplit("_", 1)[-1]
+    return last in _CREDENTIAL_ENDINGS or lowered in ("authorization", "auth", "credentials")
+
+
+def refuse_credential_values(settings: Mapping[str, Any]) -> None:
+    """Refuse a ``%gtl providers`` header or option whose name says it holds a credential
+    (``headers='{"Authorization": "Bearer ..."}'``, ``options='{"api_key": ...}'``): typed in a cell, it is
+    saved in the notebook as ``api_key=...`` would be. The name is said, the value never."""
+    for setting in ("headers", "options"):
+        values = settings.get(setting)
+        if not isinstance(values, Mapping):
+            continue  # (not a table: the configuration says so)
+        for name in values:
+            if isinstance(name, str) and _names_a_credential(name, header=setting == "headers"):
+                what = f"header {name!r}" if setting == "headers" else f"option {name!r}"
+                raise ArgumentError(
+                    f"refusing {what} in {setting}=...: a secret typed in a cell is saved in the notebook; "
+                    f"{_KEY_INSTEAD}"
+                )
 
 
 def refuse_secret_settings(settings: dict[str, str]) -> None:

@@ -68,6 +68,12 @@ _REWORDED = (
     (f"or give it to gtl_nb.connect as its token argument {CONNECT_READS}", f"or, in a notebook, {_NOTEBOOK_TOKEN}"),
     # (the same from a gateway older than CONNECT_READS: after the longer form, which holds it)
     ("or give it to gtl_nb.connect as its token argument", f"or, in a notebook, {_NOTEBOOK_TOKEN}"),
+    # (a base_url with user:password@: a notebook's header typed in a cell would be saved in it, as api_key=)
+    (
+        "put the provider's key in api_key or api_key_env, or an authorization header in headers",
+        "name the environment variable holding the provider's key with api_key_env=VAR, or put a proxy's "
+        "authorization header in a config file read with `%gtl config file=PATH`",
+    ),
     ("`gtl models`", "`%gtl models`"),
     ("the models query (gtl_nb's client.models())", "`%gtl models`"),
     ("reading usage (client.usage())", "`%gtl usage`"),
@@ -142,7 +148,19 @@ def client_for(session: NotebookSession, endpoint: str | None) -> Any:
         url = endpoint or session.settings.endpoint
         if is_embedded(url):
             raise
-        raise UsageError(f"{in_notebook_words(str(exc))} {no_gateway(url)}") from None
+        staying = session.settings.endpoint
+        way_out = no_gateway(url) if url == staying else cell_endpoint_failed(staying)
+        raise UsageError(f"{in_notebook_words(str(exc))} {way_out}") from None
+
+
+def cell_endpoint_failed(staying: str) -> str:
+    """What a cell whose own ``--endpoint`` gave no connection is told (said after why): the notebook
+    itself is still on ``staying``, and the cell sent the notebook's token, else ``$GTL_TOKEN``."""
+    return (
+        f"(that was this cell's --endpoint; the notebook stays on {staying}. A cell's --endpoint sends the "
+        "notebook's token, else $GTL_TOKEN; `%gtl connect URL --token-env VAR` moves the notebook there "
+        "with a token of its own)"
+    )
 
 
 def no_gateway(url: str) -> str:

@@ -42,15 +42,17 @@ class GtlCell:
     def __init__(self, shell: Any, session: NotebookSession) -> None:
         self.shell = shell
         self.session = session
+        self._out: str | None = None  # the running cell's --out, once its options are read
 
     def run(self, line: str, cell: str) -> None:
         """Ask the model(s) the ``%%gtl`` line names, with the cell (its ``{name}`` substituted) as prompt."""
         answers_before = self.session.last_result
+        self._out = None
         try:
             self._run(line, cell)
         except BaseException as exc:
             if self.session.last_result is answers_before:  # failed before any answer: none to wrap now
-                self.session.forget_last(exc)
+                self.session.forget_last(exc, self._out)
             raise
 
     def _run(self, line: str, cell: str) -> None:
@@ -59,6 +61,7 @@ class GtlCell:
         if opts is None or opts.help:
             print(cli.help_text(parser))
             return
+        self._out = opts.out  # the error is the cell's result too, should it fail before an answer
         check_cell_options(opts)
         ns = self.shell.user_ns
         prompt = render(cell.strip("\n"), ns)
@@ -109,14 +112,18 @@ class GtlCell:
             self.shell.set_next_input(code_of(final.text), replace=False)
 
     def _system(self, opts: Any, client: Any, models: Sequence[str]) -> str | None:
-        """``--system``, the format's instruction and the ``--context`` message, as one system prompt."""
+        """The ``--context`` message, ``--system`` and the format's instruction, as one system prompt.
+
+        The context leads: it is the long part that stays the same from cell to cell, so a provider's
+        cached prefix still holds when ``--system`` changes, and the instructions come after what they are
+        about, where models weigh them most."""
         parts = []
+        if opts.context:
+            parts.append(self._context_text(opts.context, client, models))
         if opts.system:
             parts.append(opts.system)  # {name} was substituted with the rest of the line
         if opts.format in FORMAT_INSTRUCTIONS:
             parts.append(FORMAT_INSTRUCTIONS[opts.format])
-        if opts.context:
-            parts.append(self._context_text(opts.context, client, models))
         return "\n\n".join(parts) or None
 
     def _context_text(self, name: str, client: Any, models: Sequence[str]) -> str:
@@ -291,7 +298,11 @@ class GtlCell:
         """``--compare``: every model at once, one column each, then the summary table."""
         from gtl_nb.notebook.widgets import ComparisonGrid
 
-        grid = ComparisonGrid(list(dict.fromkeys(models)))
+        distinct = list(dict.fromkeys(models))
+        if len(distinct) < len(models):  # one column a model: say so, or a column seems to be missing
+            twice = ", ".join(dict.fromkeys(model for model in models if models.count(model) > 1))
+            print(f"--compare: {twice} named more than once, compared once (one column each)")
+        grid = ComparisonGrid(distinct)
         grid.display()
         started = time.monotonic()
         try:

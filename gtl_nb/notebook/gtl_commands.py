@@ -278,7 +278,9 @@ class GtlCommands:
                 raise UsageError(
                     f"%gtl providers {name}: give its settings as key=value (base_url=, api_key_env=, ...)"
                 )
-            self.session.providers[name] = {key: setting_value(key, value) for key, value in raw.items()}
+            settings = {key: setting_value(key, value) for key, value in raw.items()}
+            cli.refuse_credential_values(settings)
+            self.session.providers[name] = settings
         try:
             client = self.session.reconnect()
         except ValueError as exc:  # ConfigurationError names the bad key
@@ -398,8 +400,9 @@ def setting_value(key: str, value: str) -> Any:
         except ValueError:
             if text[0] in "[{":  # meant as JSON: most often its quotes were taken by the line's own quoting
                 example = '{"pace": 0.2}' if key == "options" else '{"name": "value"}'
+                shown = "" if key in ("headers", "options") else f"={value}"  # (a pasted header may hold a key)
                 raise UsageError(
-                    f"%gtl providers: {key}={value} is not JSON; quote the whole value so its own quotes stay: "
+                    f"%gtl providers: {key}{shown} is not JSON; quote the whole value so its own quotes stay: "
                     f"{key}='{example}'"
                 ) from None
     return value

@@ -210,9 +210,15 @@ class NotebookSession:
         if out:
             self.shell.user_ns[out] = result
 
-    def forget_last(self, why: BaseException) -> None:
-        """A ``%%gtl`` cell failed before it had an answer: ``--from-last`` has nothing to wrap now."""
+    def forget_last(self, why: BaseException, out: str | None = None) -> None:
+        """A ``%%gtl`` cell failed before it had an answer: ``--from-last`` has nothing to wrap now, and
+        ``_gtl`` (and ``out``) is the error — never an older cell's answer, which ``_gtl.text`` would read
+        without a sign. (An interrupt is no result: it leaves them as they were.)"""
         self.last_result = why
+        if isinstance(why, Exception):
+            self.shell.user_ns[RESULT_NAME] = why
+            if out:
+                self.shell.user_ns[out] = why
 
     @property
     def last_completion(self) -> Completion | None:

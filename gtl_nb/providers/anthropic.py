@@ -53,6 +53,12 @@ Request mapping (``build_request``):
   takes, so one conversion serves them all.
 * ``tool_choice`` ("auto", "none", "required", a tool name, or an OpenAI-style
   ``{"type": "function", "function": {"name": …}}``) is sent only when tools are.
+* A request without tools whose history holds tool calls or results (a conversation that used tools
+  and goes on without them) has them written as text (``base.tool_history_as_text``), as the Bedrock
+  dialect does: the API has refused ``tool_use`` and ``tool_result`` blocks in a request without
+  ``tools`` ("Requests which include `tool_use` or `tool_result` blocks must define tools.",
+  anthropics/anthropic-sdk-python#494), and declaring the history's tools with ``tool_choice`` "none"
+  would invent their schemas (docs/providers.md).
 * Images: ``data:`` URLs → ``base64`` sources (the ``media_type`` lower-cased, ``image/jpg`` as
   ``image/jpeg``: the API takes its four types spelled as it lists them), other URLs → ``url``
   sources; in the order of the message's ``parts`` when it has them, else placed before the text of
@@ -95,6 +101,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any, ClassVar
 
 from gtl_nb.protocol.errors import InvalidRequestError
@@ -130,7 +137,9 @@ from gtl_nb.providers.base import (
     error_boundary,
     error_event,
     header,
+    holds_tool_history,
     image_media_type,
+    out_of_credit,
     parse_json_body,
     parse_tool_choice,
     refuse_empty_turn,
@@ -140,6 +149,7 @@ from gtl_nb.providers.base import (
     safe_tool_id,
     schema_asked,
     split_data_url,
+    tool_history_as_text,
 )
 from gtl_nb.providers.catalog import Catalog
 from gtl_nb.providers.effort import asked_budget
@@ -171,7 +181,7 @@ _TYPE_CODES: dict[str, str] = {
     "invalid_request_error": "INVALID_REQUEST",
     "authentication_error": "AUTH_FAILED",
     "permission_error": "FORBIDDEN",
-    "billing_error": "FORBIDDEN",
+    "billing_error": "RATE_LIMIT",  # (not retryable: the account's credit, as OpenAI's insufficient_quota)
     "not_found_error": "MODEL_NOT_FOUND",
     "request_too_large": "INVALID_REQUEST",
     "rate_limit_error": "RATE_LIMIT",
@@ -212,17 +222,26 @@ def classify_error(status: int, error_type: Any, message: str, error: Any = None
     """The GTL code and retryability of an Anthropic error (``error`` is the raw error object)."""
     if isinstance(error_type, str) and error_type in _TYPE_CODES:
         code, retryable = _TYPE_CODES[error_type], error_type in _RETRYABLE_TYPES
-    elif status == 402:
-        code, retryable = "FORBIDDEN", False
+    elif status == 402:  # payment required: the account's credit
+        code, retryable = "RATE_LIMIT", False
     else:
         code, retryable = code_for_status(status), retryable_for_status(status)
     if code == "INVALID_REQUEST" and _CONTEXT_TEXT.search(message):
         code = "CONTEXT_LENGTH_EXCEEDED"
-    elif code == "INVALID_REQUEST" and status == 400 and about_the_account(message):  # the account's credits
+    elif code == "INVALID_REQUEST" and status == 400 and out_of_credit(message):  # "Your credit balance is too low"
+        code, retryable = "RATE_LIMIT", False
+    elif code == "INVALID_REQUEST" and status == 400 and about_the_account(message):
         code, retryable = "FORBIDDEN", False
     if code == "RATE_LIMIT" and _is_spend_limit(error, message):
         retryable = False
     return code, retryable
+
+
+def _final_4xx(status: int) -> bool:
+    """Whether an Anthropic error answered with ``status`` is final: a ``4xx`` but 408, 409 and 429 is about
+    the request or the account (its credit), refused again if asked again, whatever an ``x-should-retry:
+    true`` (a proxy's, in front of the API) says."""
+    return 400 <= status < 500 and status not in (408, 409, 429)
 
 
 def _is_spend_limit(error: Any, message: str) -> bool:
@@ -447,7 +466,10 @@ THINKING_LEAST_TOP_P = 0.95
 
 def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
     """The JSON body of a Messages API call."""
-    system, turns = convert_messages(request.messages, cache_points(request.messages))
+    history = request.messages
+    if not request.tools and holds_tool_history(history):
+        history = tool_history_as_text(history)  # the API refuses tool blocks in a request without tools
+    system, turns = convert_messages(history, cache_points(history))
     max_tokens = int(request.max_tokens or deployment.options.get("max_tokens") or DEFAULT_MAX_TOKENS)
     body: dict[str, Any] = {"model": request.model, "max_tokens": max_tokens, "messages": turns}
     if system:
@@ -753,7 +775,7 @@ class AnthropicDialect:
             message = error_body_text(body) or f"HTTP {status} from Anthropic"
         code, retryable = classify_error(status, error_type, message, error)
         should_retry = (header(headers, "x-should-retry") or "").strip().lower()
-        if should_retry in ("true", "false"):
+        if should_retry == "false" or (should_retry == "true" and not _final_4xx(status)):
             retryable = should_retry == "true"
         return error_event(
             request,
@@ -779,3 +801,29 @@ class AnthropicDialect:
         data = parse_json_body(body)
         entries = data.get("data") if isinstance(data, dict) else None
         return [entry["id"] for entry in entries or [] if isinstance(entry, dict) and isinstance(entry.get("id"), str)]
+
+    def model_times(self, body: bytes) -> dict[str, int]:
+        """When a ``/v1/models`` page's models were released, in Unix seconds, from each one's ``created_at``
+        (RFC 3339); a model without a time it can read is left out."""
+        data = parse_json_body(body)
+        entries = data.get("data") if isinstance(data, dict) else None
+        times: dict[str, int] = {}
+        for entry in entries or []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
+                continue
+            made = _unix_seconds(entry["created_at"]) if isinstance(entry.get("created_at"), str) else None
+            if made is not None:
+                times.setdefault(entry["id"], made)
+        return times
+
+
+def _unix_seconds(stamp: str) -> int | None:
+    """An RFC 3339 time (``2025-02-19T00:00:00Z``) in Unix seconds, or ``None`` when it is not one."""
+    try:
+        made = datetime.fromisoformat(stamp[:40].replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if made.tzinfo is None:
+        return None
+    seconds = int(made.timestamp())
+    return seconds if seconds > 0 else None

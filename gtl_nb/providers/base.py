@@ -153,6 +153,54 @@ def said_failed(text: str) -> str:
     return f"Error: {text}" if text else "Error"
 
 
+def holds_tool_history(messages: Sequence[Message]) -> bool:
+    """Whether ``messages`` hold a tool call or a tool result (blocks some APIs take only beside tools)."""
+    return any(message.role == "tool" or message.tool_calls for message in messages)
+
+
+def tool_history_as_text(messages: Sequence[Message]) -> list[Message]:
+    """``messages`` with every tool call and tool result written as text, for an API that refuses tool
+    blocks in a request offering no tools (Bedrock's Converse: "The toolConfig field must be defined when
+    using toolUse and toolResult content blocks"; Anthropic's Messages API: "Requests which include
+    `tool_use` or `tool_result` blocks must define tools"). Nothing of the meaning is lost: an assistant
+    message keeps its text and says each call it made — ``[tool call <id>: <name> <arguments>]``, the
+    arguments as the model wrote them —, and a tool result becomes a user message that opens with
+    ``[tool result for <id> (<name>)]`` (``… failed]`` for a failed tool's), then the result's own text
+    and images in their order. The ids pair a result with its call as the blocks did. Every other field
+    stays: a message's place (so its ``cache_point``), an assistant's ``provider_data``."""
+    names = {call.id: call.name for message in messages for call in message.tool_calls}
+    out: list[Message] = []
+    for message in messages:
+        if message.role == "assistant" and message.tool_calls:
+            said = [message.content] if message.content else []
+            said += [
+                f"[tool call {call.id}: {call.name} {call.arguments.strip() or '{}'}]" for call in message.tool_calls
+            ]
+            out.append(msgspec.structs.replace(message, content="\n".join(said), tool_calls=[]))
+        elif message.role == "tool":
+            out.append(_tool_result_as_text(message, names))
+        else:
+            out.append(message)
+    return out
+
+
+def _tool_result_as_text(message: Message, names: Mapping[str, str]) -> Message:
+    """A tool result as the user message ``tool_history_as_text`` says."""
+    call_id = message.tool_call_id or ""
+    name = message.name or names.get(call_id)
+    opening = f"[tool result for {call_id}" + (f" ({name})" if name else "")
+    opening += " failed]" if message.tool_error else "]"
+    pieces = message.in_order()
+    if pieces is None:
+        pieces = [("text", message.content)] if message.content else []
+        pieces += [("image", url) for url in message.images]
+    if pieces and pieces[0][0] == "text":  # the opening and the result's first text: one text
+        pieces = [("text", f"{opening}\n{pieces[0][1]}"), *pieces[1:]]
+    else:
+        pieces = [("text", opening), *pieces]
+    return Message.from_pieces("user", pieces, cache_point=message.cache_point, cache_ttl=message.cache_ttl)
+
+
 @dataclass(frozen=True)
 class HttpRequest:
     """A request description the engine's HTTP runner executes."""
@@ -344,16 +392,27 @@ def is_retryable_code(code: str) -> bool:
 
 
 ACCOUNT_PHRASES = (
-    "your credit balance is too low",  # Anthropic's 400 invalid_request_error when the credits run out
     "your organization must be verified",  # OpenAI's 400 for a model the account may not use yet
 )
-"""How a provider's ``400`` begins when it is about the account calling it — its credits, its
-verification — though sent as one about the request: ``FORBIDDEN``, the account's (so a gateway words
-it for its caller, and the operator reads the provider's in the log). Matched at the start of the
-message only: a message quoting the caller's own text ("… input_value='my credit balance is too low'")
-is the caller's."""
-ACCOUNT_CODES = frozenset({"billing_hard_limit_reached", "account_deactivated"})
+"""How a provider's ``400`` begins when it is about the account calling it — its verification — though
+sent as one about the request: ``FORBIDDEN``, the account's (so a gateway words it for its caller, and
+the operator reads the provider's in the log). Matched at the start of the message only: a message
+quoting the caller's own text ("… input_value='my organization must be verified'") is the caller's.
+Credit used up is ``CREDIT_PHRASES``'s."""
+ACCOUNT_CODES = frozenset({"account_deactivated"})
 """OpenAI's error codes for the same."""
+
+
+CREDIT_PHRASES = ("your credit balance is too low",)
+"""How a provider's ``400`` begins when the calling account's credit is used up (Anthropic's
+``invalid_request_error``): read as OpenAI's ``insufficient_quota`` is — ``RATE_LIMIT``, not retryable
+(waiting will not help, another request will not either), never ``INVALID_REQUEST``."""
+
+
+def out_of_credit(message: str) -> bool:
+    """Whether a provider's ``400`` says the calling account's credit is used up (``CREDIT_PHRASES``,
+    at the start of the message only, as ``about_the_account`` reads)."""
+    return message.lstrip()[:100].lower().startswith(CREDIT_PHRASES)
 
 
 def about_the_account(message: str, code: str = "") -> bool:
@@ -603,13 +662,19 @@ def one_call_at_most(request: CompletionRequest) -> bool:
     return choice is not None and not choice.parallel and choice.mode != "none"
 
 
+ONE_CALL_PARAM = "tool_choice.parallel"
+"""What a refusal of the one-call limit names first: GTL's field, which each compatible endpoint says
+as its caller sent it (``parallel_tool_calls``, ``tool_choice.disable_parallel_tool_use``)."""
+
+
 def refuse_one_call_at_most(request: CompletionRequest, api: str) -> None:
     """``NotServedHere`` for an API that cannot be told to make at most one tool call, when the request
     asks it: another deployment may serve it, else the caller learns why (never more calls than asked)."""
     if one_call_at_most(request):
         raise NotServedHere(
-            f"tool_choice: {api} cannot be limited to one tool call per answer (parallel: false / "
-            "parallel_tool_calls: false / disable_parallel_tool_use); drop the limit or use another deployment"
+            f"{ONE_CALL_PARAM}: {api} cannot limit an answer to one tool call; leave the limit out (the "
+            "answer may then hold several calls) or send the request to a deployment that can keep it "
+            "(OpenAI, Azure OpenAI, Anthropic)"
         )
 
 

@@ -27,9 +27,17 @@ Body mapping:
   deployment may serve it) rather than dropped, which would silently answer in prose.
 * tools → ``toolConfig.tools[].toolSpec{name, description, inputSchema.json}``; ``tool_choice``
   ``"auto"`` → ``{auto: {}}``, ``"required"`` / ``"any"`` → ``{any: {}}``, a named function →
-  ``{tool: {name}}``. Converse has no "none": the tools are then left out, unless the history
-  holds tool blocks (Bedrock requires ``toolConfig`` then), in which case they are sent without a
-  ``toolChoice``.
+  ``{tool: {name}}``. Converse has no "none": the tools are then left out.
+* A request that sends no ``toolConfig`` (no tools, or ``tool_choice`` "none") while its history holds
+  tool calls or results — a conversation that used tools and goes on without them — has them written
+  as text (``base.tool_history_as_text``: ``[tool call <id>: <name> <arguments>]`` in the assistant's
+  turn, ``[tool result for <id> (<name>)]`` and the result in a user turn), since Converse refuses
+  ``toolUse`` and ``toolResult`` blocks without a ``toolConfig`` ("The toolConfig field must be defined
+  when using toolUse and toolResult content blocks."). Why not a ``toolConfig`` rebuilt from the names
+  the history used: with no "none" to send, the model could call one of those tools in a request whose
+  caller offered none, and that call would then have to be refused or dropped after the model spent its
+  turn on it; the text keeps the meaning (who called what with which arguments, what came back, the ids
+  pairing each result with its call) and lets the model call nothing (docs/providers.md).
 * images: ``data:`` URLs → ``{image: {format, source: {bytes}}}`` (png, jpeg, gif, webp); Bedrock
   cannot fetch ``https:`` images, so ``build_request`` refuses them with ``InvalidRequestError``.
 * assistant tool calls → ``toolUse{toolUseId, name, input}``; role ``tool`` results →
@@ -112,6 +120,7 @@ from gtl_nb.providers.base import (
     error_boundary,
     error_event,
     header,
+    holds_tool_history,
     parse_json_body,
     parse_tool_choice,
     path_segment,
@@ -123,6 +132,7 @@ from gtl_nb.providers.base import (
     said_failed,
     schema_asked,
     split_data_url,
+    tool_history_as_text,
 )
 from gtl_nb.providers.eventstream import EventStreamDecoder, EventStreamError, EventStreamMessage
 from gtl_nb.providers.limits import (
@@ -419,14 +429,14 @@ def _tool_choice(tool_choice: str | dict[str, Any] | None) -> dict[str, Any] | N
     return {"any": {}} if parsed.mode == "required" else {"auto": {}}
 
 
-def _has_tool_blocks(messages: list[dict[str, Any]]) -> bool:
-    return any("toolUse" in block or "toolResult" in block for m in messages for block in m["content"])
+def offers_tools(request: CompletionRequest) -> bool:
+    """Whether ``request`` is sent a ``toolConfig``: it has tools and a ``tool_choice`` other than "none"
+    (Converse has no "none": the tools are left out)."""
+    return bool(request.tools) and not calls_no_tool(request.tool_choice)
 
 
-def _tool_config(request: CompletionRequest, messages: list[dict[str, Any]]) -> dict[str, Any] | None:
-    if not request.tools:
-        return None
-    if calls_no_tool(request.tool_choice) and not _has_tool_blocks(messages):
+def _tool_config(request: CompletionRequest) -> dict[str, Any] | None:
+    if not offers_tools(request):
         return None
     refuse_one_call_at_most(request, "Bedrock's Converse")
     tools = []
@@ -436,7 +446,7 @@ def _tool_config(request: CompletionRequest, messages: list[dict[str, Any]]) -> 
             spec["description"] = tool.description
         tools.append({"toolSpec": spec})
     config: dict[str, Any] = {"tools": tools}
-    choice = None if calls_no_tool(request.tool_choice) else _tool_choice(request.tool_choice)
+    choice = _tool_choice(request.tool_choice)
     if choice is not None:
         config["toolChoice"] = choice
     return config
@@ -449,7 +459,10 @@ def _is_anthropic(model: str) -> bool:
 def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
     """The Converse JSON body for ``request``."""
     output_config = _output_config(request.response_format)
-    system, messages = _messages(request.messages, request.model)
+    history = request.messages
+    if not offers_tools(request) and holds_tool_history(history):
+        history = tool_history_as_text(history)  # Converse refuses tool blocks without a toolConfig
+    system, messages = _messages(history, request.model)
     inference: dict[str, Any] = {}
     if request.max_tokens is not None:
         inference["maxTokens"] = request.max_tokens
@@ -464,7 +477,7 @@ def build_body(request: CompletionRequest, deployment: Deployment) -> dict[str, 
     body: dict[str, Any] = {"messages": messages}
     if system:
         body["system"] = system
-    tool_config = _tool_config(request, messages)
+    tool_config = _tool_config(request)
     budget = 0
     if _is_anthropic(request.model):
         budget = thinking_budget(request, deployment.options, DEFAULT_THINKING_BUDGET, "bedrock")

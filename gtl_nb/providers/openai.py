@@ -91,6 +91,7 @@ from gtl_nb.providers.openai_chat import (
     ChatCompletionsDecoder,
     error_from_response,
 )
+from gtl_nb.providers.openai_chat import model_times as _model_times
 from gtl_nb.providers.openai_chat import parse_models as _parse_models
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -424,6 +425,10 @@ class _ChatCompletionsDialect:
     def parse_models(self, body: bytes) -> list[str]:
         """Model ids of the listing (``data[].id``)."""
         return _parse_models(body)
+
+    def model_times(self, body: bytes) -> dict[str, int]:
+        """When the listing's models were made, in Unix seconds (``data[].created``; Azure's ``created_at``)."""
+        return _model_times(body)
 
 
 class OpenAIDialect(_ChatCompletionsDialect):

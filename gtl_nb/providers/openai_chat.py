@@ -83,6 +83,7 @@ from gtl_nb.providers.base import (
     error_event,
     header,
     is_retryable_code,
+    out_of_credit,
     parse_json_body,
     retry_after_seconds,
 )
@@ -227,12 +228,14 @@ def classify_error(status: int | None, err: Mapping[str, Any]) -> tuple[str, boo
         return "AUTH_FAILED", False
     if status == 403:
         return "FORBIDDEN", False
+    if status == 400 and (code == "billing_hard_limit_reached" or out_of_credit(message)):  # as insufficient_quota
+        return "RATE_LIMIT", False
     if status == 400 and about_the_account(message, code):  # billing, verification: the account's, as a 400
         return "FORBIDDEN", False
     if status == 429 or code in ("rate_limit_exceeded", "429") or kind in ("tokens", "requests"):
         return "RATE_LIMIT", True
-    if "overload" in f"{keys} {message}":
-        return "OVERLOADED", True
+    if (status is None or status >= 500) and "overload" in f"{keys} {message}":
+        return "OVERLOADED", True  # (a 4xx's message may quote the caller's text: the status says whose fault)
     if status is None:
         if kind == "invalid_request_error":
             return "INVALID_REQUEST", False
@@ -298,6 +301,24 @@ def parse_models(body: bytes) -> list[str]:
     if not isinstance(items, list):
         raise ValueError("model listing is not a JSON object with a 'data' list")
     return [item["id"] for item in items if isinstance(item, dict) and isinstance(item.get("id"), str)]
+
+
+def model_times(body: bytes) -> dict[str, int]:
+    """When each model of a ``GET …/models`` listing was made, in Unix seconds, as the listing says it:
+    OpenAI's ``created``, Azure's ``created_at`` (a whole number either way); a model with neither, or
+    with another kind of value, is left out. Raises ``ValueError`` as ``parse_models`` does."""
+    payload = parse_json_body(body)
+    items = payload.get("data") if isinstance(payload, dict) else payload
+    if not isinstance(items, list):
+        raise ValueError("model listing is not a JSON object with a 'data' list")
+    times: dict[str, int] = {}
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str):
+            continue
+        made = item.get("created", item.get("created_at"))
+        if type(made) is int and made > 0:
+            times.setdefault(item["id"], made)
+    return times
 
 
 # ----------------------------------------------------------------------------------------------

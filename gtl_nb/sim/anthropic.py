@@ -12,7 +12,8 @@ service's 400) read and write a prompt cache of the simulator's own (``sim.promp
 the usage's ``cache_read_input_tokens`` / ``cache_creation_input_tokens``. A ``tool_use`` id or
 ``tool_use_id`` outside ``^[a-zA-Z0-9_-]+$`` is the service's 400, naming the block's path; so are
 ``tool_use`` ids without a ``tool_result`` in the next message and a ``tool_result`` whose id the previous
-message did not call (in the service's words, ``_unpaired_tool_blocks``). With
+message did not call (in the service's words, ``_unpaired_tool_blocks``); so are tool blocks in a request
+without ``tools`` (``_TOOLS_UNDEFINED``). With
 thinking on, a tool loop's last assistant turn must start with its thinking block, as the service
 requires (its 400 otherwise); an enabled ``thinking``'s ``budget_tokens`` must be at least 1,024 and
 below ``max_tokens`` (its 400s, in its words). ``output_config.effort`` is accepted and changes nothing.
@@ -357,6 +358,28 @@ def _unpaired_tool_blocks(body: dict[str, Any]) -> str | None:
     return None
 
 
+_CREDIT_TOO_LOW = (
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or "
+    "purchase credits."
+)
+_BILLING_402 = "There's an issue with your account's billing or payment information."
+
+
+_TOOLS_UNDEFINED = "Requests which include `tool_use` or `tool_result` blocks must define tools."
+"""The API's 400 for tool blocks in a request without ``tools`` (anthropics/anthropic-sdk-python#494,
+BerriAI/litellm#4689)."""
+
+
+def _holds_tool_blocks(body: dict[str, Any]) -> bool:
+    """Whether a message of ``body`` holds a ``tool_use`` or ``tool_result`` block."""
+    messages = body.get("messages")
+    return any(
+        _blocks(message, "tool_use") or _blocks(message, "tool_result")
+        for message in (messages if isinstance(messages, list) else [])
+        if isinstance(message, dict)
+    )
+
+
 def _error_body(type_: str, message: str, request_id: str = "req_011Sim0000000000000000") -> dict[str, Any]:
     return {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
 
@@ -649,6 +672,8 @@ class AnthropicSim:
         unpaired = _unpaired_tool_blocks(body)
         if unpaired is not None:
             return self._error(400, "invalid_request_error", unpaired)
+        if not body.get("tools") and _holds_tool_blocks(body):
+            return self._error(400, "invalid_request_error", _TOOLS_UNDEFINED)
         budget_problem = _thinking_budget_problem(body)
         if budget_problem is not None:
             return self._error(400, "invalid_request_error", budget_problem)
@@ -783,7 +808,9 @@ class AnthropicSim:
     # -- faults ----------------------------------------------------------------------------------------------
 
     def error_response(self, status: int, kind: str, retry_after: float | None) -> SimResponse:
-        """429 rate_limit_error (+ retry-after), 529 overloaded_error, 500 api_error; "quota": spend limit."""
+        """429 rate_limit_error (+ retry-after), 529 overloaded_error, 500 api_error; "quota": spend limit;
+        "billing": the account's credit used up — a 400 ``invalid_request_error`` "Your credit balance is
+        too low…", as the API answers it, or a 402 ``billing_error`` when asked for that status."""
         headers: dict[str, str] = {}
         if retry_after is not None:
             headers["retry-after"] = str(int(retry_after)) if float(retry_after).is_integer() else f"{retry_after:g}"
@@ -796,6 +823,11 @@ class AnthropicSim:
             body["error"]["details"] = {"error_code": "enforced_spend_limit_reached"}
             headers["x-should-retry"] = "false"
             return json_response(429 if status == 429 else status, body, headers)
+        if kind == "billing":
+            headers["x-should-retry"] = "false"
+            if status == 402:
+                return self._error(status, "billing_error", _BILLING_402, headers)
+            return self._error(status, "invalid_request_error", _CREDIT_TOO_LOW, headers)
         if kind == "rate_limit" or status == 429:
             headers["x-should-retry"] = "true"
             return self._error(

@@ -125,7 +125,8 @@ class ProviderSim(Protocol):
     def error_response(self, status: int, kind: str, retry_after: float | None) -> SimResponse:
         """The provider's real error envelope for an injected fault.
 
-        ``kind`` is one of "rate_limit", "server_error", "overloaded", "quota".
+        ``kind`` is one of "rate_limit", "server_error", "overloaded", "quota", "billing" (Anthropic's credit used up;
+        the others answer it as the status alone).
         """
         ...
 

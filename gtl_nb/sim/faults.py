@@ -19,7 +19,7 @@ from dataclasses import dataclass
 __all__ = ["Fault", "FaultScript", "kind_for_status"]
 
 #: the error kinds a provider's ``error_response`` / ``stream_error_chunk`` knows by name
-ERROR_KINDS = ("rate_limit", "server_error", "overloaded", "quota")
+ERROR_KINDS = ("rate_limit", "server_error", "overloaded", "quota", "billing")
 
 
 def kind_for_status(status: int) -> str:

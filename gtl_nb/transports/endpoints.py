@@ -113,11 +113,28 @@ def certificate_refused(exc: BaseException, label: str) -> ConfigurationError | 
     for current in _chain(exc):
         if isinstance(current, ssl.SSLCertVerificationError):
             why = current.verify_message or current.reason or "certificate verify failed"
-            return ConfigurationError(
-                f"the {label} presented a certificate this client does not accept ({why}): pass verify= the CA "
-                "file that signed it (`gtl certs` writes ca.pem), and connect by a name the certificate lists"
-            )
+            advice = _CERTIFICATE_ADVICE.get(current.verify_code, _TRUST_AND_NAME)
+            said = f"the {label} presented a certificate this client does not accept ({why})"
+            return ConfigurationError(f"{said}: {advice}")
     return None
+
+
+_TRUST_AND_NAME = (
+    "pass verify= the CA file that signed it (`gtl certs` writes ca.pem), and connect by a name the certificate lists"
+)
+_TRUST = "pass verify= the CA file that signed it (`gtl certs` writes ca.pem)"
+_NAME = "connect by a name the certificate lists (`gtl certs --name` adds one)"
+_CERTIFICATE_ADVICE = {
+    9: "it is not valid yet: check the clocks of this machine and the gateway's",  # X509_V_ERR_CERT_NOT_YET_VALID
+    10: "the gateway needs a new one (`gtl certs DIR` makes a development pair)",  # X509_V_ERR_CERT_HAS_EXPIRED
+    18: _TRUST,  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+    19: _TRUST,  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+    20: _TRUST,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21: _TRUST,  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+    62: _NAME,  # X509_V_ERR_HOSTNAME_MISMATCH
+    64: _NAME,  # X509_V_ERR_IP_ADDRESS_MISMATCH
+}
+"""What to do about a refused certificate, by OpenSSL's verify code; another code gets ``_TRUST_AND_NAME``."""
 
 
 _TLS_TWIN = {"http": "https", "sse": "sses", "ws": "wss", "grpc": "grpcs"}
@@ -185,6 +202,11 @@ _CREDENTIALS_REFUSED = (
     "a gateway address carries no credentials (user:password@ is not used, and would be shown in errors); "
     "give the gateway's token with token= (the gtl command: $GTL_TOKEN)"
 )
+_QUERY_REFUSED = (
+    "a gateway address's query takes compression=none alone; this one holds something else, not shown as it "
+    "may be a token (gtl_nb never sends one in a URL): give the gateway's token with token= (the gtl command: "
+    "$GTL_TOKEN)"
+)
 MAX_ADDRESS_CHARS = 2048
 """The longest gateway address taken: an error may quote the address, and none is longer."""
 
@@ -193,12 +215,19 @@ def unusable_address(endpoint: str) -> str | None:
     """Why ``endpoint`` cannot be a gateway address whatever its scheme, quoting none of it: longer than
     any address (``MAX_ADDRESS_CHARS``), or holding what may be a password — an ``@`` anywhere but in a
     ``stdio://`` path (``https://user:pa/ss@HOST``: a check of the authority alone stops at the ``/``,
-    and the rest would be echoed by the error of whatever read it next)."""
+    and the rest would be echoed by the error of whatever read it next), or a query with anything but
+    ``compression=`` (``?token=…``: no part of it is quoted, since a bare ``?eyJ…`` is a token too)."""
     if len(endpoint) > MAX_ADDRESS_CHARS:
         return f"a gateway address is at most {MAX_ADDRESS_CHARS:,} characters; this one has {len(endpoint):,}"
     scheme, separator, _ = endpoint.partition("://")
-    if "@" in endpoint and not (separator and scheme.lower() == "stdio"):
+    is_path = separator and scheme.lower() == "stdio"  # (a file's name may hold any character)
+    if "@" in endpoint and not is_path:
         return _CREDENTIALS_REFUSED
+    _, asks, query = endpoint.partition("?")
+    if asks and not is_path:  # ?token=…, ?access_token=…, a bare ?eyJ…: quoted by the next error that read it
+        for item in query.partition("#")[0].split("&"):
+            if item and item.partition("=")[0] != "compression":
+                return _QUERY_REFUSED
     return None
 
 

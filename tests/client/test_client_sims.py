@@ -134,6 +134,32 @@ def test_a_tool_loop_split_by_another_message_is_taken_by_every_provider(setup, 
     assert follow.text or follow.tool_calls
 
 
+@pytest.mark.parametrize("offered", ["no tools", "tools with tool_choice none"])
+def test_a_conversation_that_used_tools_goes_on_without_them_on_every_provider(setup, offered):
+    """A tool loop, then the same history and a new question with no tools to call — a notebook's next
+    cell, a summary at the end of an agent's loop: every provider answers it. Bedrock's Converse refuses
+    tool blocks without a toolConfig and Anthropic's API tool blocks without tools, and Converse has no
+    "none": those requests carry the calls and results as text; the other APIs take the blocks as they
+    are."""
+    provider, model, simulator, client = setup
+    first = client.complete(model, "What is the weather in Oslo?", tools=[WEATHER])
+    call = first.tool_calls[0]
+    history = [
+        {"role": "user", "content": "What is the weather in Oslo?"},
+        first.message,
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21 C"},
+    ]
+    second = client.complete(model, history, tools=[WEATHER])
+    history += [second.message, {"role": "user", "content": "Thanks. Now just summarise."}]
+    options = {} if offered == "no tools" else {"tools": [WEATHER], "tool_choice": "none"}
+    follow = client.complete(model, history, **options)
+    assert follow.finish_reason == "stop" and "summarise" in follow.text and not follow.tool_calls
+    sent = simulator.requests[-1].body.decode()
+    as_text = provider == "bedrock" or (provider == "anthropic" and offered == "no tools")
+    assert ("[tool result for " in sent) is as_text
+    assert (call.name in sent and json.dumps(call.id)[1:-1] in sent) or not as_text  # who was called, paired
+
+
 def test_a_typo_after_the_deployment_prefix_gets_did_you_mean_from_the_providers_404():
     simulator = sim.serve("anthropic", seed=3)
     client = gtl_nb.connect(providers={"anthropic": CASES["anthropic"][1](simulator.base_url)}, environ={})

@@ -545,6 +545,66 @@ def test_ollama_host_accepts_what_ollama_accepts(value, expected):
     assert ollama_url(value) == expected
 
 
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (":11434", "http://127.0.0.1:11434"),  # no host: this machine, as Ollama's own command reaches it
+        (":8080", "http://127.0.0.1:8080"),
+        ("::1", "http://[::1]:11434"),  # an IPv6 address alone takes the default port
+        ("[::1]", "http://[::1]:11434"),
+        ("[::1]:8080", "http://[::1]:8080"),
+        ("http://[::1]:8080/", "http://[::1]:8080"),
+        ("[0:0:0:0:0:0:0:1]:11434", "http://[::1]:11434"),
+        ("fd00::2", "http://[fd00::2]:11434"),
+        ("http://gpu-box", "http://gpu-box:80"),  # a scheme without a port: the scheme's port, as Ollama says
+        ("HTTPS://gpu-box/ollama/", "https://gpu-box:443/ollama"),
+        ("ollama.com", "https://ollama.com:443"),  # Ollama's shorthand for its cloud
+        ("gpu-box:", "http://gpu-box:11434"),  # an empty port is the default one
+        ("  gpu_box.lan:9000  ", "http://gpu_box.lan:9000"),
+    ],
+)
+def test_ollama_host_reads_ports_and_ipv6_as_ollama_does(value, expected):
+    assert ollama_url(value) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("ftp://gpu-box", "Ollama is reached over http:// or https://, not 'ftp'"),
+        ("unix:///run/ollama.sock", "Ollama is reached over http:// or https://, not 'unix'"),
+        ("gpu-box:abc", "the port is a number from 1 to 65535, not 'abc'"),
+        ("gpu-box:70000", "the port is a number from 1 to 65535, not '70000'"),
+        ("gpu-box:0", "the port is a number from 1 to 65535, not '0'"),
+        ("::1:11434", "an IPv6 address with a port is written in brackets ([::1]:11434), not '::1:11434'"),
+        ("[::1", "an IPv6 address is written in brackets, then an optional :port ([::1]:11434), not '[::1'"),
+        ("[::1]11434", "an IPv6 address is written in brackets, then an optional :port"),
+        ("[gpu-box]:11434", "'[gpu-box]:11434' holds no IPv6 address between its brackets"),
+        ("gpu box", "Ollama's host is host, host:port, :port, [IPv6]:port or http(s)://host:port, not 'gpu box'"),
+    ],
+)
+def test_ollama_host_refuses_what_ollama_cannot_reach_and_says_what_it_takes(value, says):
+    with pytest.raises(ConfigurationError) as refused:
+        ollama_url(value)
+    assert str(refused.value).startswith(f"OLLAMA_HOST: {says}"), refused.value
+
+
+def test_a_bad_ollama_host_is_refused_at_load_naming_its_source(home):
+    assert load(home, {"OLLAMA_HOST": "::1"}).deployments["ollama"].base_url == "http://[::1]:11434"
+    with pytest.raises(ConfigurationError, match=r"^\$OLLAMA_HOST: an IPv6 address with a port is written in brackets"):
+        load(home, {"OLLAMA_HOST": "::1:11434"})
+    with pytest.raises(ConfigurationError, match=r"^base_url in \[providers\.local\]: the port is a number"):
+        load(home, providers={"local": {"type": "ollama", "base_url": "gpu-box:port"}})
+
+
+def test_a_long_ollama_host_is_read_in_one_pass_and_quoted_short():
+    """Every step is a plain string operation: a hostile value of a million colons or brackets is
+    refused at once, and the message quotes only its beginning."""
+    for hostile in (":" * 1_000_000, "[" * 1_000_000, "[::1]" + ":" * 1_000_000, "a" * 1_000_000 + ":x"):
+        with pytest.raises(ConfigurationError) as refused:
+            ollama_url(hostile)
+        assert len(str(refused.value)) < 300, str(refused.value)[:300]
+
+
 def test_ollama_base_url_in_the_file_is_normalised_too(home):
     config = load(home, providers={"ollama": {"base_url": "gpu-box"}})
     assert config.deployments["ollama"].base_url == "http://gpu-box:11434"

@@ -216,6 +216,19 @@ def test_the_command_says_when_there_is_nothing_to_prune_by(tmp_path: Path, caps
         gtl_ledger("ledger", "prune", "--ledger", str(path), "--days", "0.5")
 
 
+def test_the_command_says_a_file_that_is_no_ledger_is_the_callers_mistake_as_usage_does(tmp_path: Path, capsys):
+    from gtl_nb.cli import main
+
+    wrong = tmp_path / "notes.sqlite3"
+    wrong.write_bytes(b"these are my notes, not a database\n" * 100)
+    assert main(["usage", "--ledger", str(wrong)]) == 2
+    said_by_usage = capsys.readouterr().err
+    assert main(["ledger", "prune", "--max-rows", "1", "--ledger", str(wrong)]) == 2
+    err = capsys.readouterr().err
+    assert err == said_by_usage and "cannot read it as a usage ledger" in err and "INTERNAL" not in err
+    assert wrong.read_bytes().startswith(b"these are my notes")  # untouched
+
+
 def test_the_command_refuses_a_ledger_file_that_is_not_there_rather_than_making_one(tmp_path: Path, capsys):
     # a typo in a cron job's --ledger made an empty file and said "deleted 0 row(s)" for ever
     missing = tmp_path / "ledgr.sqlite3"

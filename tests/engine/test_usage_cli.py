@@ -55,6 +55,21 @@ def test_usage_sums_each_model_the_busiest_first_with_a_total(ledger, capsys):
     assert total[:3] == ["total", "6", "1"] and total[-1] == priced[-1]
 
 
+def test_usage_as_json_writes_a_sums_cost_without_float_noise(ledger, tmp_path, capsys):
+    """Summed binary floats carry noise in their last digits (0.1 + 0.2 is 0.30000000000000004): the
+    JSON gives the cost to 12 decimal places, the finest the table ever shows, so a sum reads as money."""
+    noisy = tmp_path / "noisy.sqlite3"
+    with sqlite3.connect(ledger) as source, sqlite3.connect(noisy) as copy:
+        source.backup(copy)
+        ids = [row[0] for row in copy.execute("SELECT id FROM requests WHERE model = 'gpt-4o-mini' ORDER BY id")]
+        for row_id, cost in zip(ids, (0.1, 0.2), strict=True):
+            copy.execute("UPDATE requests SET cost = ? WHERE id = ?", (cost, row_id))
+    status, out, _ = usage(capsys, "--ledger", str(noisy), "--json")
+    assert status == 0
+    line = next(line for line in out.splitlines() if '"gpt-4o-mini"' in line)
+    assert '"cost": 0.3,' in line and json.loads(line)["cost"] == 0.3
+
+
 def test_usage_as_json_agrees_with_the_rows(ledger, capsys):
     status, out, _ = usage(capsys, "--ledger", str(ledger), "--json", "--by", "status")
     groups = {group["status"]: group for group in map(json.loads, out.splitlines())}

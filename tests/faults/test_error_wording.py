@@ -252,13 +252,19 @@ def _canary_pieces(words: str) -> list[str]:
 OPENAI_HEADERS = {"authorization": f"Bearer {SIM_KEY}"}
 ANTHROPIC_HEADERS = {"x-api-key": SIM_KEY, "anthropic-version": "2023-06-01"}
 CASES = {
-    # deployment: (the provider's own path and headers, the caller's status, the gateway's words)
-    "limited": ("/chat/completions", OPENAI_HEADERS, 429, "is rate-limiting the gateway (HTTP 429); retry in 30 s"),
-    "quota": ("/chat/completions", OPENAI_HEADERS, 429, "the gateway's quota with it is used up (HTTP 429)"),
+    # deployment: (the provider's own path and headers, the caller's status — OpenAI's SDK, Anthropic's —,
+    # the gateway's words); a quota used up is Anthropic's 402 billing_error, as it says it
+    "limited": (
+        "/chat/completions",
+        OPENAI_HEADERS,
+        (429, 429),
+        "is rate-limiting the gateway (HTTP 429); retry in 30 s",
+    ),
+    "quota": ("/chat/completions", OPENAI_HEADERS, (429, 402), "the gateway's quota with it is used up (HTTP 429)"),
     "claude-limited": (
         "/v1/messages",
         ANTHROPIC_HEADERS,
-        429,
+        (429, 429),
         "is rate-limiting the gateway (HTTP 429); retry in 30 s",
     ),
 }
@@ -267,12 +273,13 @@ CASES = {
 @pytest.mark.parametrize("name", list(CASES))
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_a_providers_account_text_never_reaches_the_gateways_caller(served, upstreams, name, stream):
-    path, headers, status, worded = CASES[name]
+    path, headers, statuses, worded = CASES[name]
     canaries = _canary_pieces(_providers_own_words(upstreams[name], path, headers))
     assert len(canaries) >= 3
     model = f"{name}:{'claude-haiku-4-5' if name.startswith('claude') else 'gpt-4o-mini'}"
     sdks = _sdks(served)
-    for error in (_openai_error(sdks, model, stream), _anthropic_error(sdks, model, stream)):
+    errors = (_openai_error(sdks, model, stream), _anthropic_error(sdks, model, stream))
+    for error, status in zip(errors, statuses, strict=True):
         said = _said(error)
         assert isinstance(error, (openai.APIStatusError, anthropic.APIStatusError))
         text = said + error.response.text

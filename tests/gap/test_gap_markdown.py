@@ -104,14 +104,14 @@ def test_values_that_need_it_are_quoted():
         platform="a | b",
         chat_id="-",
         thread_id="",
-        timestamp=" padded ",
+        timestamp="2024-05-01 12:00:00Z",
         model="line\nbreak",
         parent_messages=("x,y", "none", '"q"'),
         entities={"k": Entity("weird; type", "v", "has (parens)")},
     )
     lines = to_markdown(wrapped).splitlines()
     assert lines[1] == 'From: "a | b" | Thread: ""'
-    assert lines[2] == 'Context: assistant message from " padded "'
+    assert lines[2] == "Context: assistant message from 2024-05-01 12:00:00Z"  # (an ISO-8601 time needs no quotes)
     assert lines[3] == 'Entities: "k" = "v" ("weird; type"; "has (parens)")'
     assert 'Chat: "-"' in lines and 'Model: "line\\nbreak"' in lines
     assert 'Parents: "x,y", "none", "\\"q\\""' in lines

@@ -30,6 +30,18 @@ TRICKY = [
 
 texts = st.lists(st.one_of(st.text(max_size=12), st.sampled_from(TRICKY)), max_size=6).map("".join)
 optional_texts = st.none() | texts
+# a timestamp is ISO-8601 (gap.model.iso_timestamp): as isoformat() writes it, with Z, or a date alone
+timestamps = st.none() | st.builds(
+    lambda moment, form: (
+        moment.isoformat()
+        if form == "iso"
+        else moment.date().isoformat()
+        if form == "date"
+        else moment.replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
+    ),
+    st.datetimes(timezones=st.none() | st.timezones()),
+    st.sampled_from(("iso", "date", "z")),
+)
 
 entities = st.dictionaries(
     texts.filter(bool),  # an entity key is never empty
@@ -49,7 +61,7 @@ messages = st.builds(
     chat_id=texts,
     role=st.sampled_from(ROLES),
     model=optional_texts,
-    timestamp=optional_texts,
+    timestamp=timestamps,
     thread_id=optional_texts,
     parent_messages=st.lists(texts, max_size=4).map(tuple),
     entities=entities,

@@ -3,6 +3,7 @@ loopback, for each of the default names, and the key is private to its owner."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import ssl
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gtl_nb.gateway.certs import make_dev_certificates
+from gtl_nb.gateway.listeners import TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,3 +90,52 @@ def test_gtl_certs_writes_the_three_files(tmp_path):
     assert done.returncode == 0, done.stderr
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"ca.pem", "server.pem", "server-key.pem"}
     assert "verify=" in done.stdout
+
+
+def gtl_certs(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gtl_nb.cli", "certs", *arguments],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        (["afile"], "cannot write the certificates into 'afile': a file of that name is there"),
+        (["afile/sub"], "cannot write the certificates into 'afile/sub': Not a directory"),
+        (["--days", "0", "out"], "days (--days) must be a whole number from 1 to 3650, got 0"),
+        (["--days", "-5", "out"], "days (--days) must be a whole number from 1 to 3650, got -5"),
+        (["--days", "36500", "out"], "from 1 to 3650, got 36500"),
+        (["--name", "bad name!", "out"], "--name 'bad name!' is neither an IP address nor a DNS name"),
+        (["--name", "a..b", "out"], "--name 'a..b' is neither"),
+    ],
+)
+def test_gtl_certs_says_a_mistake_in_one_line_and_writes_nothing(tmp_path, arguments, said):
+    (tmp_path / "afile").write_text("")
+    done = gtl_certs(*arguments, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith("gtl: error: ") and said in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_names_a_certificate_may_list(tmp_path):
+    files = make_dev_certificates(tmp_path, names=["*.gateway.test", "gw-1.internal", "10.0.0.7", "fe80::1"])
+    assert files.certificate.exists()
+
+
+def test_a_listener_whose_certificate_runs_out_within_a_week_is_warned_of_once(tmp_path, caplog):
+    soon = make_dev_certificates(tmp_path / "soon", days=1)
+    later = make_dev_certificates(tmp_path / "later", days=30)
+    with caplog.at_level(logging.WARNING, logger="gtl_nb.gateway.tls"):
+        for _ in range(3):  # every listener of one gateway loads the same pair
+            TlsFiles(soon.certificate, soon.key).server_context()
+        TlsFiles(later.certificate, later.key).server_context()
+    warned = [record.getMessage() for record in caplog.records if record.name == "gtl_nb.gateway.tls"]
+    assert len(warned) == 1, warned
+    assert f"the TLS certificate {soon.certificate} expires on " in warned[0] and "gtl certs DIR" in warned[0]

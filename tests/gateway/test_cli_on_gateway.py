@@ -51,6 +51,12 @@ def test_credentials_in_a_gateway_address_are_refused_without_being_echoed(capsy
     assert "carries no credentials" in err and "hunter2" not in err and "$GTL_TOKEN" in err
 
 
+def test_a_token_in_a_gateway_addresss_query_is_refused_without_being_echoed(capsys):
+    assert main(["--gateway", "http://127.0.0.1:9/?token=hunter2-secret", "models"]) == 2
+    err = capsys.readouterr().err
+    assert "query takes compression=none alone" in err and "hunter2" not in err and "$GTL_TOKEN" in err
+
+
 @pytest.mark.parametrize("command", [["models"], ["complete", "hi"]])
 def test_an_unreachable_gateway_is_one_line_saying_so(capsys, command):
     assert main(["--gateway", "ws://127.0.0.1:9", *command]) in (1, 2)

@@ -535,7 +535,8 @@ def test_a_model_name_the_gateway_answers_to_can_be_retrieved(claude, oai):
     found = claude.models.retrieve("claude-sonnet-4-5")
     assert found.id in listed and found.id.startswith("claude-sonnet-4-5-")
     assert oai.models.retrieve("anthropic:claude-sonnet-4-5").id == f"anthropic:{found.id}"
-    assert oai.models.retrieve("claude-sonnet-4-5").owned_by == "anthropic"
+    # a request for it may go to Anthropic or, failing over, to Bedrock: both own it, in that order
+    assert oai.models.retrieve("claude-sonnet-4-5").owned_by == "anthropic,bedrock"
     for refused in ("claude-sonnet-9", "CLAUDE-SONNET-4-5", "gemini-2.5-flash-001"):  # names chat refuses too
         with pytest.raises(anthropic.NotFoundError):
             claude.models.retrieve(refused)
@@ -747,10 +748,48 @@ def test_one_tool_call_at_most_when_the_sdk_turns_parallel_calls_off(oai, claude
         tool_choice={"type": "auto", "disable_parallel_tool_use": True},
     )
     assert [block.name for block in message.content if block.type == "tool_use"] == ["get_weather"]
-    with pytest.raises(openai.BadRequestError, match="cannot be limited to one tool call"):
+    with pytest.raises(openai.BadRequestError, match=r"- parallel_tool_calls: Gemini cannot limit"):
         oai.chat.completions.create(
             model=target("gemini"), messages=prompt, tools=openai_tools, parallel_tool_calls=False
         )
+
+
+def test_a_deployment_that_cannot_keep_one_call_names_the_field_the_caller_sent(oai, claude, backends):
+    """Bedrock's Converse has no way to limit an answer to one tool call: the 400 names the field each
+    SDK sent — ``parallel_tool_calls`` (chat, Responses; OpenAI's ``param`` too), Anthropic's
+    ``tool_choice.disable_parallel_tool_use`` — and says what to do, never a ``tool_choice`` the caller
+    did not send. Nothing reaches the provider."""
+    time_function = {"name": "get_time", "description": "Time in a city", "parameters": {"type": "object"}}
+    tools = [OPENAI_TOOL, {"type": "function", "function": time_function}]
+    sent = len(backends["bedrock"].requests)
+    with pytest.raises(openai.BadRequestError) as chat_refusal:
+        oai.chat.completions.create(
+            model=target("bedrock"), messages=chat("Call both"), tools=tools, parallel_tool_calls=False
+        )
+    assert chat_refusal.value.param == "parallel_tool_calls"
+    responses_tools = [{"type": "function", **OPENAI_TOOL["function"]}]
+    with pytest.raises(openai.BadRequestError) as responses_refusal:
+        oai.responses.create(model=target("bedrock"), input="Call it", tools=responses_tools, parallel_tool_calls=False)
+    assert responses_refusal.value.param == "parallel_tool_calls"
+    with pytest.raises(anthropic.BadRequestError) as messages_refusal:
+        claude.messages.create(
+            model=target("bedrock"),
+            max_tokens=100,
+            messages=[{"role": "user", "content": "Call it"}],
+            tools=[ANTHROPIC_TOOL],
+            tool_choice={"type": "auto", "disable_parallel_tool_use": True},
+        )
+    for refused, field in (
+        (chat_refusal, "parallel_tool_calls"),
+        (responses_refusal, "parallel_tool_calls"),
+        (messages_refusal, "tool_choice.disable_parallel_tool_use"),
+    ):
+        body = refused.value.body
+        message = (body.get("error") or body)["message"] if isinstance(body, dict) else str(refused.value)
+        assert message.startswith(f"{field}: "), message
+        assert "cannot limit an answer to one tool call" in message and "leave the limit out" in message
+        assert message.count("tool_choice") == field.count("tool_choice"), message
+    assert len(backends["bedrock"].requests) == sent
 
 
 def test_echo_answers_a_structured_output_request_in_json_that_parses(oai):
@@ -1028,6 +1067,40 @@ def test_a_providers_exhausted_quota_stays_insufficient_quota_not_a_rate_limit(g
     with pytest.raises(openai.RateLimitError) as limited:
         oai.chat.completions.create(model=f"limited:{MODEL}", messages=chat())
     assert limited.value.code == "rate_limit_exceeded"
+
+
+@pytest.mark.parametrize("status", [400, 402])
+def test_an_anthropic_account_out_of_credit_is_a_billing_error_not_a_bad_request(claude, oai, backends, status):
+    """Anthropic's "Your credit balance is too low" (a 400 ``invalid_request_error``) and its 402
+    ``billing_error`` reached the Anthropic SDK as a 403 ``permission_error``: the account's credit, not a
+    permission and not the request. It is Anthropic's own word now — 402 ``billing_error`` (the SDK's
+    ``PaymentRequiredError``), never retried — whole and streamed; the OpenAI SDK gets OpenAI's word for
+    the same, ``insufficient_quota``."""
+    simulator = backends["anthropic"]
+    messages = [{"role": "user", "content": "hi"}]
+    calls = [
+        lambda: claude.messages.create(model=target("anthropic"), max_tokens=50, messages=messages),
+        lambda: list(claude.messages.create(model=target("anthropic"), max_tokens=50, messages=messages, stream=True)),
+    ]
+    try:
+        for call in calls:
+            simulator.set_faults([sim.Fault.http(status, kind="billing")])
+            with pytest.raises(anthropic.APIStatusError) as caught:
+                call()
+            assert caught.value.status_code == 402 and type(caught.value).__name__ == "PaymentRequiredError"
+            assert caught.value.body["error"]["type"] == "billing_error", caught.value.body
+            assert caught.value.response.headers["x-should-retry"] == "false"
+            assert "quota with it is used up" in caught.value.body["error"]["message"]
+        simulator.set_faults([sim.Fault.http(status, kind="billing")])
+        with pytest.raises(openai.RateLimitError) as openai_caught:
+            oai.chat.completions.create(model=target("anthropic"), messages=chat())
+        assert openai_caught.value.code == "insufficient_quota"
+        simulator.set_faults([sim.Fault.http(400)])  # a bad request is still one
+        with pytest.raises(anthropic.BadRequestError) as bad:
+            claude.messages.create(model=target("anthropic"), max_tokens=50, messages=messages)
+        assert bad.value.body["error"]["type"] == "invalid_request_error"
+    finally:
+        simulator.set_faults(None)
 
 
 def test_a_provider_refusing_the_gateways_key_is_a_server_error(guarded):

@@ -381,12 +381,12 @@ def test_a_query_being_answered_keeps_the_connection_from_idling_out():
         engine, gateway = gateway_over(channel, limits=Limits(idle_timeout=0.2))
         slow = asyncio.Event()
 
-        async def slow_models(name: str, key_name: str | None = None) -> list[str]:
+        async def slow_models(name: str, key_name: str | None = None) -> tuple[list[str], dict[str, int]]:
             await asyncio.sleep(0.6)  # three idle periods
             slow.set()
-            return ["echo"]
+            return ["echo"], {}
 
-        engine.list_models = slow_models  # type: ignore[method-assign]
+        engine.listed_models = slow_models  # type: ignore[method-assign]
         running, client = await said_hello(gateway, channel)
         channel.inbox.put_nowait(client.send(Query(query_id="q", name="models", params={"deployment": "echo"})))
         await asyncio.wait_for(slow.wait(), 5)

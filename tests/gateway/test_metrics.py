@@ -1,5 +1,6 @@
 """The gateway's Prometheus metrics: fed by a real engine's hooks (a failover, errors, a cache hit),
-bounded labels under a thousand random model names, the session gauge, ``GET /metrics`` with and
+bounded labels under thousands of random model names (answered or refused), a served model no list names
+under its own label, the session gauge, ``GET /metrics`` with and
 without a token — and canaries that never reach the exposition."""
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
 from gtl_nb.engine.hooks import BreakerChanged, Hooks, Reloaded, ReloadRefused, RequestFinished
 from gtl_nb.engine.settings import load_settings
-from gtl_nb.gateway.metrics import Metrics, MetricsSettings, known_models, metrics_route
+from gtl_nb.gateway.metrics import SERVED_LABELS, Metrics, MetricsSettings, known_models, metrics_route
 from gtl_nb.protocol.errors import AuthenticationError, ConfigurationError
 from gtl_nb.protocol.messages import CompletionRequest, Message
 from tests.gateway.conftest import marked_prompt_twice
@@ -171,19 +172,79 @@ def test_time_to_first_token_when_the_hook_carries_it():
     )
 
 
+def random_names(count: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    return ["".join(rng.choices(string.ascii_lowercase + string.digits, k=16)) for _ in range(count)]
+
+
+def series(metrics: Metrics) -> int:
+    return sum(len(family.samples) for family in metrics.registry.collect())
+
+
 def test_labels_stay_bounded_when_requests_name_a_thousand_random_models(upstream):
+    """``good`` answers any name, so each random name is served: the first ``SERVED_LABELS`` keep their
+    names, every later one is ``other``, and a second thousand adds no series at all."""
     engine = make_engine(upstream)
     metrics = Metrics.for_engine(engine)
-    rng = random.Random(7)
-    names = ["".join(rng.choices(string.ascii_lowercase + string.digits, k=16)) for _ in range(1000)]
+    names = random_names(1000, seed=7)
     messages = [request(f"r{i}", f"openai:{name}", max_tokens=3, stream=False) for i, name in enumerate(names)]
     drive(engine, messages, concurrency=50)
-    assert value(metrics, "gtl_requests_total", provider="openai", model="other", status="ok") == 1000
+    served = value(metrics, "gtl_requests_total", provider="openai", model="other", status="ok")
+    assert served == 1000 - SERVED_LABELS
     seen = label_values(metrics)
-    assert not seen["model"] & set(names)
-    assert seen["model"] <= {"other"} | set().union(*known_models(engine).values())
-    series = sum(len(family.samples) for family in metrics.registry.collect())
-    assert series < 150, f"{series} series after 1000 distinct model names"
+    assert len(seen["model"] & set(names)) == SERVED_LABELS
+    assert seen["model"] - set(names) <= {"other"} | set().union(*known_models(engine).values())
+    before = series(metrics)
+    engine = make_engine(upstream)
+    metrics.attach(engine.hooks)
+    more = random_names(1000, seed=8)
+    drive(engine, [request(f"s{i}", f"openai:{name}", max_tokens=3, stream=False) for i, name in enumerate(more)])
+    assert series(metrics) == before
+    assert value(metrics, "gtl_requests_total", provider="openai", model="other", status="ok") == 2000 - SERVED_LABELS
+
+
+PULLED = "acme-support:7b"  # a model pulled on Ollama that the catalog does not know
+
+
+def test_names_the_provider_refuses_never_get_a_label(ollama_upstream):
+    """A thousand random names at the Ollama deployment that takes any name no other serves: each is
+    Ollama's 404, each counts as ``other``; the model it has pulled, which no list names, keeps its own."""
+    engine = ollama_engine(ollama_upstream)
+    metrics = Metrics.for_engine(engine)
+    pulled = PULLED
+    assert pulled not in known_models(engine)["ollama"]  # (no list has it: only the answer shows it is real)
+    names = random_names(1000, seed=9)
+    drive(engine, [request(f"r{i}", name, max_tokens=3) for i, name in enumerate(names)], concurrency=50)
+    assert value(metrics, "gtl_requests_total", provider="ollama", model="other", status="error") == 1000
+    assert not label_values(metrics)["model"] & set(names)
+    engine = ollama_engine(ollama_upstream)
+    metrics.attach(engine.hooks)
+    drive(engine, [request("p1", pulled, max_tokens=3), request("p2", f"ollama:{pulled}", max_tokens=3)])
+    assert value(metrics, "gtl_requests_total", provider="ollama", model=pulled, status="ok") == 2
+    assert value(metrics, "gtl_tokens_total", provider="ollama", model=pulled, direction="out") > 0
+    engine = ollama_engine(ollama_upstream)
+    metrics.attach(engine.hooks)
+    drive(engine, [request("again", names[0], max_tokens=3)])  # refused again: still other
+    assert value(metrics, "gtl_requests_total", provider="ollama", model="other", status="error") == 1001
+
+
+@pytest.fixture(scope="module")
+def ollama_upstream() -> Iterator[sim.Simulator]:
+    served = sim.serve("ollama", seed=5, models=["llama3.2:3b", PULLED])
+    yield served
+    served.close()
+
+
+def ollama_engine(upstream: sim.Simulator) -> Engine:
+    settings = load_settings(providers={"ollama": {"type": "ollama", "base_url": upstream.base_url}}, environ={})
+    return build_engine(settings, ledger=False, hooks=Hooks(), sleep=_no_sleep)
+
+
+def test_a_served_name_shaped_like_a_credential_is_never_a_label():
+    metrics = Metrics({"openai": ["gpt-4o"]})
+    assert metrics.model_label("openai", "sk-proj-" + "a1B2c3D4" * 6, served=True) == "other"
+    assert metrics.model_label("openai", "ft:gpt-4o:acme::abc123", served=True) == "ft:gpt-4o:acme::abc123"
+    assert metrics.model_label("nowhere", "gpt-4o", served=True) == "other"  # (no such deployment)
 
 
 def test_a_model_the_deployment_knows_keeps_its_name_and_strangers_are_other():

@@ -50,8 +50,19 @@ def _caller_credentials(engine: Any, deployment: Deployment, key_name: str | Non
     return with_key(engine.credentials, deployment, key_name)
 
 
+def _names_only(cls: type) -> type:
+    """A fake engine of ``list_models`` only, given ``listed_models`` (what ``ModelLists`` asks): its names,
+    no times."""
+
+    async def listed_models(self: Any, name: str, key_name: str | None = None) -> tuple[list[str], dict[str, int]]:
+        return await self.list_models(name, key_name), {}
+
+    cls.listed_models = listed_models  # type: ignore[attr-defined]
+    return cls
+
+
 class _Provider:
-    """An engine whose ``list_models`` counts its calls, answers once ``release`` is set, and fails
+    """An engine whose ``listed_models`` counts its calls, answers once ``release`` is set, and fails
     (``AUTH_FAILED``) while ``refusing``."""
 
     credentials = StaticCredentials()
@@ -62,12 +73,12 @@ class _Provider:
         self.refusing = False
         self.release = asyncio.Event()
 
-    async def list_models(self, name: str, key_name: str | None = None) -> list[str]:
+    async def listed_models(self, name: str, key_name: str | None = None) -> tuple[list[str], dict[str, int]]:
         self.calls += 1
         await self.release.wait()
         if self.refusing:
             raise AuthenticationError(f"deployment {name!r} refused the gateway's own credentials")
-        return [f"{name}-model-{self.calls}"]
+        return [f"{name}-model-{self.calls}"], {}
 
 
 def test_model_lists_are_kept_asked_once_at_a_time_and_asked_again_after_a_reload():
@@ -117,6 +128,7 @@ def test_a_listing_that_fails_with_no_gtl_error_is_kept_and_said_as_the_provider
     """A provider body no parser expected raised a plain ``TypeError``: nothing was kept, so every query
     called the provider again, and the caller read that its own params were unusable."""
 
+    @_names_only
     class Odd:
         calls = 0
 
@@ -141,6 +153,7 @@ def test_a_caller_of_the_reloaded_deployment_gets_its_own_calls_answer():
     """A call begun before a reload that ended after the one begun after it left its answer kept (and
     handed it to the caller of the new configuration)."""
 
+    @_names_only
     class TwoCalls:
         credentials = StaticCredentials()
         caller_credentials = _caller_credentials
@@ -183,6 +196,7 @@ def test_a_model_id_holding_the_deployments_key_is_left_out_of_the_list(caplog):
         def resolve(self, deployment: Deployment) -> Deployment:
             return dataclasses.replace(deployment, api_key=key)
 
+    @_names_only
     class Quoting:
         credentials = Rotated()
         caller_credentials = _caller_credentials
@@ -214,6 +228,7 @@ def test_a_token_choosing_a_stored_key_is_listed_what_that_key_sees():
         def resolve_for(self, deployment: Deployment, key_name: str) -> Deployment:
             return dataclasses.replace(deployment, api_key=f"secret-of-{key_name}")
 
+    @_names_only
     class PerKey:
         credentials = Keyed()
         caller_credentials = _caller_credentials

@@ -279,6 +279,66 @@ def test_gtl_reload_signals_the_gateway_named_by_its_pidfile(tmp_path: Path, sim
     assert not Path(f"{pidfile}.reload").exists()  # and its reload report
 
 
+def _served_with_pidfile(config: Path, pidfile: Path) -> LocalGateway:
+    command = [sys.executable, "-m", "gtl_nb", "serve", "--config", str(config), "--http", "127.0.0.1:0"]
+    process = subprocess.Popen(
+        [*command, "--pidfile", str(pidfile)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return LocalGateway(process, config)
+
+
+def _gtl_reload(pidfile: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gtl_nb", "reload", "--pidfile", str(pidfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_gtl_reload_of_what_needs_a_restart_exits_non_zero_and_says_which(tmp_path: Path, sims: SimpleNamespace):
+    """``auth`` switched from "none" to "jwt" was reported "restart to apply" and ``gtl reload`` exited 0:
+    a script would think tokens were now checked, while every caller still got in — and a deployment the
+    same file added was served to them. Now such a reload is refused whole (status 1, the setting and
+    "restart" named, nothing applied); a reload whose other restart-only changes leave the rest applied
+    exits 3 and names them on standard error."""
+    fast = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.fast.base_url}
+    config = write_toml(tmp_path / "gtl.toml", tables(tmp_path, {"fast": fast}))
+    (tmp_path / "secret").write_text("secret-of-the-auth-switch-reload-test-0123456789\n", encoding="utf-8")
+    (tmp_path / "secret").chmod(0o600)
+    pidfile = tmp_path / "gateway.pid"
+    with _served_with_pidfile(config, pidfile) as gateway:
+        pid = gateway.process.pid
+        jwt = {"issuer": ISSUER, "secret_file": "secret"}
+        write_toml(
+            config,
+            tables(tmp_path, {"fast": fast, "added": fast}, gateway={"auth": "jwt"}, **{"gateway.jwt": jwt}),
+        )
+        refused = _gtl_reload(pidfile)
+        assert refused.returncode == 1, (refused.stdout, refused.stderr)
+        assert refused.stderr.startswith(f"gtl reload: gateway {pid}: reload refused"), refused.stderr
+        assert '[gateway] auth changes from "none" to "jwt"' in refused.stderr, refused.stderr
+        assert "restart the gateway" in refused.stderr and refused.stdout == ""
+        with gtl_nb.connect(gateway.url("ws")) as client:  # still no token asked, and nothing else applied
+            assert "added" not in {info.provider for info in client.providers()}
+
+        grace_changed = {"shutdown_grace": 3}
+        write_toml(config, tables(tmp_path, {"fast": fast, "added": fast}, gateway=grace_changed))
+        in_part = _gtl_reload(pidfile)
+        assert in_part.returncode == 3, (in_part.stdout, in_part.stderr)
+        assert in_part.stdout.startswith(f"gateway {pid}: reloaded the configuration: 3 deployments (+added)")
+        left = "restart the gateway to apply [gateway] shutdown_grace"
+        assert in_part.stderr == f"gtl reload: gateway {pid} took the reload in part: {left}\n", in_part.stderr
+        with gtl_nb.connect(gateway.url("ws")) as client:
+            assert "added" in {info.provider for info in client.providers()}
+        assert gateway.running
+
+
 def test_gtl_reload_explains_a_missing_gateway(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="is the gateway running"):
         gateway_pid(pidfile=tmp_path / "none.pid")

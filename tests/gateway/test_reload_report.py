@@ -141,7 +141,7 @@ class _SlowReloader:
         if self.reads == 1:
             self.reading.set()
             assert self.release.wait(10)
-        return SimpleNamespace(read=self.reads, not_renewed=None)
+        return SimpleNamespace(read=self.reads, not_renewed=None, restart=())
 
     def apply(self, prepared: SimpleNamespace) -> str:
         if prepared.read > 1:

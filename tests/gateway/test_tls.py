@@ -144,3 +144,31 @@ def test_the_tls_hint_is_for_a_first_contact_that_got_no_answer_only():
     assert "TLS" not in str(backend._unreachable(closed, lost=True))  # mid-stream
     backend._fetched = True  # the provider list came over plaintext: the port speaks it
     assert "TLS" not in str(backend._unreachable(closed))
+
+
+def test_an_expired_certificate_is_said_to_be_one_with_advice_that_fits(base_config, tmp_path, monkeypatch):
+    """A client given the right CA is told the gateway's certificate ran out, not to pass the CA again."""
+    import datetime
+
+    from gtl_nb.gateway import certs as certs_module
+
+    class LongAgo(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):  # the pair is made as if 40 days ago, valid for one day
+            return datetime.datetime.now(tz) - datetime.timedelta(days=40)
+
+    monkeypatch.setattr(
+        certs_module,
+        "datetime",
+        type("Clock", (), {"datetime": LongAgo, "timezone": datetime.timezone, "timedelta": datetime.timedelta}),
+    )
+    files = make_dev_certificates(tmp_path / "old", days=1)
+    monkeypatch.undo()
+    with (
+        serving(base_config, tls=TlsFiles(files.certificate, files.key)) as served,
+        pytest.raises(ConfigurationError) as refused,
+    ):
+        gtl_nb.connect(f"wss://{served.url.partition('://')[2]}", verify=str(files.ca))
+    message = str(refused.value)
+    assert "certificate has expired" in message and "the gateway needs a new one" in message, message
+    assert "verify=" not in message and "connect by a name" not in message

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 import gtl_nb
-from gtl_nb.protocol.errors import AuthenticationError
+from gtl_nb.protocol.errors import AuthenticationError, ConfigurationError
 from tests.gateway.test_http import gateway
 
 TOKEN = "the-development-token"
@@ -73,3 +73,44 @@ def test_without_one_the_gateway_still_refuses(url, monkeypatch):
     monkeypatch.delenv("GTL_NB_TOKEN", raising=False)
     with pytest.raises(AuthenticationError), gtl_nb.connect(url) as client:
         client.complete("echo", "hi")
+
+
+@pytest.mark.parametrize("scheme", ["http", "ws", "sse"])
+def test_a_given_token_is_sent_without_the_whitespace_around_it(url, scheme):
+    # open("token.txt").read(): the file's last newline came with it, as a mounted secret's does
+    with gtl_nb.connect(url.replace("http://", f"{scheme}://"), token=f"{TOKEN}\n") as client:
+        assert client.complete("echo", "hi").text
+
+    async def awaited() -> str:
+        async with gtl_nb.aconnect(url.replace("http://", f"{scheme}://"), token=f"\t{TOKEN}\r\n") as client:
+            return (await client.acomplete("echo", "hi")).text
+
+    assert asyncio.run(awaited())
+
+
+SECRET_PART = "c2VjcmV0LXBhcnQ"
+
+
+@pytest.mark.parametrize(
+    ("token", "named"),
+    [
+        (f"{TOKEN}\n{SECRET_PART}", "a control character (U+000A)"),
+        (f"{TOKEN} {SECRET_PART}", "a space"),
+        (f"{TOKEN}\u00e9{SECRET_PART}", "not ASCII (U+00E9)"),
+    ],
+)
+@pytest.mark.parametrize("scheme", ["http", "ws"])
+def test_a_token_no_header_can_carry_is_refused_without_being_quoted(url, scheme, token, named):
+    with pytest.raises(ConfigurationError) as refused:
+        gtl_nb.connect(url.replace("http://", f"{scheme}://"), token=token).close()
+    message = str(refused.value)
+    assert f"character {len(TOKEN) + 1} of {len(token)} is {named}" in message
+    assert TOKEN not in message and SECRET_PART not in message
+    assert not refused.value.retryable  # the token, not the gateway: trying again cannot help
+
+
+def test_an_empty_or_non_text_token_is_refused(url):
+    with pytest.raises(ConfigurationError, match="the gateway token is empty"):
+        gtl_nb.connect(url, token=" \n").close()
+    with pytest.raises(ConfigurationError, match="takes the gateway token as a str, not a bytes"):
+        gtl_nb.connect(url, token=TOKEN.encode()).close()

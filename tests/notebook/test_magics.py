@@ -488,6 +488,9 @@ def test_configuration_mistakes_name_the_magic_the_user_typed(ip, tmp_path):
     # shell-like splitting takes the quotes of options={"pace":0.2}: the value is no longer JSON
     unquoted = mistake(ip, '%gtl providers local type=echo options={"pace":0.2}')
     assert "is not JSON; quote the whole value" in unquoted and "options='{\"pace\": 0.2}'" in unquoted
+    # a header's value may be a key: a pasted one that is not JSON is not quoted back
+    pasted = mistake(ip, '%gtl providers local type=echo headers={"X-Team":"canary-7f3a"}')
+    assert "headers is not JSON" in pasted and "canary-7f3a" not in pasted
     for empty in ("models=,,", "models=,"):  # a list of nothing: one line too, never argparse's traceback
         assert "expected a comma-separated list" in mistake(ip, f"%gtl providers local type=echo {empty}")
 
@@ -1008,3 +1011,85 @@ def test_reasoning_effort_and_budget_reach_the_provider_and_config_sets_the_defa
     said = mistake(ip, "%gtl config reasoning_effort=loud")
     assert "%gtl config: reasoning_effort=loud: unknown reasoning effort 'loud'" in said
     assert session_of(ip).settings.reasoning_effort is None  # a refused line changes nothing
+
+
+def test_a_cell_refused_before_any_answer_leaves_its_error_as_gtl_never_an_older_answer(ip):
+    result, text = run(ip, "%%gtl echo --out kept\nThe first answer.")
+    assert result.success, text
+    first = ip.user_ns["_gtl"]
+    for line, code in [
+        ("%%gtl echoo --out kept", "MODEL_NOT_FOUND"),  # no deployment serves it: refused before anything is sent
+        ("%%gtl echo --temperature 7 --out kept", "INVALID_REQUEST"),  # checked before the request is sent
+        ("%%gtl echo --compare echo echo:echo --tools f --out kept", None),  # options read, refused together
+    ]:
+        message = mistake(ip, f"{line}\nrefused")
+        gtl = ip.user_ns["_gtl"]
+        assert gtl is not first and isinstance(gtl, Exception)
+        assert ip.user_ns["kept"] is gtl  # --out names the cell's result, which is this error
+        if code is not None:  # the engine's error itself, its one line said in the notebook's words
+            assert gtl.code == code
+        else:
+            assert str(gtl) == message
+    mistake(ip, "%%gtl --no-such-option\nrefused")  # its options unread: _gtl is the error, --out unknown
+    assert isinstance(ip.user_ns["_gtl"], Exception) and "--no-such-option" in str(ip.user_ns["_gtl"])
+    result, text = run(ip, "%%gtl echo\nA new answer.")
+    assert result.success and "new answer" in ip.user_ns["_gtl"].text
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("""headers='{"Authorization": "Bearer sim-key"}'""", "header 'Authorization'"),
+        ("""headers='{"x-api-key": "sk-ant-123"}'""", "header 'x-api-key'"),
+        ("""headers='{"api-key": "abc123"}'""", "header 'api-key'"),
+        ("""headers='{"X-Goog-Api-Key": "AIza123"}'""", "header 'X-Goog-Api-Key'"),
+        ("""headers='{"X-Auth-Token": "t0ken"}'""", "header 'X-Auth-Token'"),
+        ("""options='{"api_key": "sk-proj-abcdef1234567890"}'""", "option 'api_key'"),
+        ("""options='{"azure_ad_token": "eyJabc"}'""", "option 'azure_ad_token'"),
+    ],
+)
+def test_a_credential_header_or_option_typed_in_a_cell_is_refused_without_quoting_it(ip, setting, named):
+    """A header or option holding a key is saved in the notebook as ``api_key=`` would be: refused like it,
+    naming the header, never its value; the deployment is not added."""
+    refused = mistake(ip, f"%gtl providers y type=openai_compatible base_url=http://127.0.0.1:9/v1 {setting}")
+    assert named in refused and "saved in the notebook" in refused and "api_key_env=VAR" in refused
+    value = setting.split('": "')[1].split('"')[0]
+    assert value not in refused
+    assert "y" not in session_of(ip).providers
+
+
+def test_headers_and_options_that_hold_no_credential_are_taken(ip):
+    run_ok = run(
+        ip,
+        "%gtl providers y type=openai_compatible base_url=http://127.0.0.1:9/v1 "
+        """headers='{"OpenAI-Project": "proj_1"}' options='{"max_tokens": 5}'""",
+    )
+    assert run_ok[0].success, run_ok[1]
+    assert session_of(ip).providers["y"]["headers"] == {"OpenAI-Project": "proj_1"}
+
+
+def test_a_base_url_with_credentials_is_refused_with_the_notebooks_way_to_give_a_key(ip):
+    refused = mistake(ip, "%gtl providers z type=openai_compatible base_url=http://user:sk-secret@127.0.0.1:1/v1")
+    assert "sk-secret" not in refused and "user:password@" in refused
+    assert "api_key_env=VAR" in refused and "%gtl config file=PATH" in refused
+    assert "header in headers" not in refused and "in api_key or" not in refused
+
+
+def test_a_cells_endpoint_that_fails_says_the_notebook_stays_where_it_was(ip):
+    """A cell's own ``--endpoint`` is not the notebook's: its failure says the notebook stays on its
+    endpoint, not that the notebook is on the failed one, and offers no token option the cell lacks."""
+    refused = mistake(ip, "%%gtl echo --endpoint http://127.0.0.1:1\nx")  # nothing listens on port 1
+    assert "cannot reach" in refused and "this cell's --endpoint" in refused
+    assert "the notebook stays on embedded://" in refused
+    assert "the notebook's endpoint is http://127.0.0.1:1" not in refused and "connects again" not in refused
+    assert "endpoint  embedded://" in run(ip, "%gtl config")[1]
+    assert run(ip, "%%gtl echo\nstill here")[0].success
+
+
+def test_compare_says_a_model_named_twice_is_compared_once(ip):
+    result, text = run(ip, "%%gtl --compare echo echo:echo echo\nhi")
+    assert result.success, text
+    assert "--compare: echo named more than once, compared once (one column each)" in text
+    assert list(ip.user_ns["_gtl"].results) == ["echo", "echo:echo"]
+    _, text = run(ip, "%%gtl --compare echo echo:echo\nhi")
+    assert "named more than once" not in text

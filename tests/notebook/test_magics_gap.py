@@ -375,6 +375,9 @@ def test_context_sends_the_message_transformed_for_the_models_platform(ip, sims,
     )
     assert marker in system and expected in system and "Be brief." in system
     assert "PostgreSQL 14 cluster" in system
+    # the context first, as docs/magics.md says: the stable, long part leads (a cached prefix survives a
+    # changed --system), and the cell's own instruction comes last, after what it is about
+    assert system.index(expected) < system.index("Be brief.")
 
 
 def test_context_accepts_gap_json_text_and_refuses_other_values(ip):

@@ -32,6 +32,7 @@ def sims():
         "quota": sim.serve("openai", Fault.http(429, kind="quota")),
         "down": sim.serve("openai", Fault.http(500)),
         "claude": sim.serve("anthropic", seed=2),
+        "rock": sim.serve("bedrock", seed=4),
     }
     yield servers
     for server in servers.values():
@@ -40,8 +41,9 @@ def sims():
 
 @pytest.fixture
 def ip(tmp_path, monkeypatch, sims):
-    types = {name: "anthropic" if name == "claude" else "openai" for name in sims}
-    config = deployments(sims, types) + "[routing.retry]\nmax_attempts = 1\n" + "[cache]\nenabled = true\n"
+    types = {name: {"claude": "anthropic", "rock": "bedrock"}.get(name, "openai") for name in sims}
+    config = deployments(sims, types).replace("[providers.rock]\n", '[providers.rock]\nregion = "us-east-1"\n')
+    config += "[routing.retry]\nmax_attempts = 1\n" + "[cache]\nenabled = true\n"
     yield from loaded_shell(tmp_path, monkeypatch, config)
 
 
@@ -222,6 +224,26 @@ def test_tools_run_the_models_calls_and_send_the_results_back(ip, sims):
     assert schema["required"] == ["city"]
     assert [m["role"] for m in second["messages"]] == ["user", "assistant", "tool"]
     assert second["messages"][2]["content"].startswith("sunny in")
+
+
+@pytest.mark.parametrize("tool_cell", ["good:gpt-4o-mini", "claude:claude-haiku-4-5"])
+def test_a_chat_goes_on_at_bedrock_after_a_tools_cell(ip, sims, tool_cell):
+    """magics.md: the history is one conversation whatever the model. A ``--tools`` cell leaves tool calls
+    and results in it; the next cells, at Bedrock without tools, are answered (Converse refuses tool blocks
+    without a toolConfig: they go as text) — not every Bedrock cell failing until ``%gtl reset``."""
+    ip.run_cell(TOOLS)
+    run(ip, "%gtl config chat=on")
+    result, text = run(ip, f"%%gtl {tool_cell} --tools get_weather\nUse get_weather for Oslo")
+    assert result.success and [c[0] for c in ip.user_ns["CALLS"]] == ["get_weather"], text
+    for prompt in ("summarise", "and once more, shorter"):
+        result, text = run(ip, f"%%gtl rock:anthropic.claude-3-5-haiku-20241022-v1:0\n{prompt}")
+        assert result.success, text
+        assert prompt in ip.user_ns["_gtl"].text
+        body = last_body(sims["rock"])
+        assert "toolConfig" not in body
+        said = json.dumps(body["messages"])
+        assert "[tool call " in said and "get_weather" in said and "[tool result for " in said
+        assert "sunny in" in said  # what the tool returned is still in the conversation
 
 
 @pytest.mark.parametrize("stream", ["", " --no-stream"])

@@ -56,6 +56,7 @@ def body_of(req: CompletionRequest, deployment: Deployment = DEPLOYMENT) -> dict
 
 
 SPLITS = wire.named_splitters(7, 99)
+F = [Tool(name="f")]  # the tool the tool loops below call (the API takes tool blocks only beside tools)
 
 
 decode = wire.checked_decoding(DIALECT, DEPLOYMENT, session_id=SID)
@@ -157,7 +158,8 @@ def err(status: int, error_type: str | None, message: str = "boom", headers=None
     [
         (401, "authentication_error", "AUTH_FAILED", False),
         (403, "permission_error", "FORBIDDEN", False),
-        (402, "billing_error", "FORBIDDEN", False),
+        (402, "billing_error", "RATE_LIMIT", False),  # the account's credit: as OpenAI's insufficient_quota
+        (402, None, "RATE_LIMIT", False),
         (413, "request_too_large", "INVALID_REQUEST", False),
         (429, "rate_limit_error", "RATE_LIMIT", True),
         (500, "api_error", "INTERNAL", True),
@@ -172,10 +174,15 @@ def test_error_types_map_to_gtl_codes(status: int, error_type: str, code: str, r
     assert (error.code, error.retryable, error.http_status) == (code, retryable, status)
 
 
-def test_a_400_about_the_credit_balance_is_the_accounts_forbidden() -> None:
+def test_a_400_about_the_credit_balance_is_a_quota_used_up_not_a_bad_request() -> None:
+    """Anthropic answers an account out of credit with a 400 ``invalid_request_error``: it is read as
+    OpenAI's ``insufficient_quota`` is — ``RATE_LIMIT``, not retryable — so a caller can tell it from a
+    request to mend, and nothing retries it; the provider's words are kept."""
     words = "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade."
     error = err(400, "invalid_request_error", words)
-    assert (error.code, error.retryable) == ("FORBIDDEN", False)
+    assert (error.code, error.retryable, error.http_status, error.message) == ("RATE_LIMIT", False, 400, words)
+    # even when a proxy in front says to retry it
+    assert err(400, "invalid_request_error", words, headers={"x-should-retry": "true"}).retryable is False
     assert err(400, "invalid_request_error", "max_tokens: field required").code == "INVALID_REQUEST"
     quoted = "messages.0.content: 'your credit balance is too low' is not a valid block"
     assert err(400, "invalid_request_error", quoted).code == "INVALID_REQUEST"  # the caller's own words
@@ -250,7 +257,8 @@ def test_build_matches_recorded_tool_use_and_tool_result_turns() -> None:
         Message(role="tool", tool_call_id=ids[0], content="Charles"),
         Message(role="tool", tool_call_id=ids[1], content="Sammy"),
     ]
-    body = body_of(request(messages, model=rec["model"], max_tokens=8192))
+    tools = [Tool(name=t["name"], parameters=t["input_schema"]) for t in rec["tools"]]
+    body = body_of(request(messages, model=rec["model"], max_tokens=8192, tools=tools))
     assert normalized_messages(body["messages"]) == normalized_messages(rec["messages"])
 
 
@@ -462,7 +470,7 @@ def test_tool_result_round_trip_from_decoded_tool_calls() -> None:
         Message(role="tool", tool_call_id=calls[1].id, content="Sammy"),
         Message(role="user", content="Which is better?"),
     ]
-    body = body_of(request(messages))
+    body = body_of(request(messages, tools=[Tool(name="pelican_name_generator")]))
     assistant, results = body["messages"][1], body["messages"][2]
     assert assistant == {
         "role": "assistant",
@@ -479,14 +487,14 @@ def test_a_foreign_tool_call_id_is_sent_in_the_apis_pattern_and_still_pairs_with
     messages: list[Message] = [Message(role="user", content="go")]
     messages.append(Message(role="assistant", tool_calls=[ToolCall(id=i, name="f", arguments="{}") for i in ids]))
     messages += [Message(role="tool", tool_call_id=i, content="ok") for i in ids]
-    body = body_of(request(messages))
+    body = body_of(request(messages, tools=F))
     sent = [block["id"] for block in body["messages"][1]["content"]]
     assert [block["tool_use_id"] for block in body["messages"][2]["content"]] == sent  # still paired
     assert all(re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", i) for i in sent)
     assert len(set(sent)) == len(ids)  # "functions.f:0" and "functions_f_0" do not collide
     assert sent[1] == "functions_f_0" and sent[-1] == "toolu_01AbC-d_9"  # an id that fits is kept
     assert sent[0].startswith("functions_f_0_") and sent[0] != sent[2]
-    assert body_of(request(messages))["messages"] == body["messages"]  # the same every time (the cache's prefix)
+    assert body_of(request(messages, tools=F))["messages"] == body["messages"]  # the same every time (cached)
 
 
 def test_tool_results_open_their_user_message_even_after_user_text() -> None:
@@ -496,7 +504,8 @@ def test_tool_results_open_their_user_message_even_after_user_text() -> None:
                 Message(role="assistant", tool_calls=[ToolCall(id="toolu_1", name="f", arguments='{"a": 1}')]),
                 Message(role="user", content="also this"),
                 Message(role="tool", tool_call_id="toolu_1", content="42", images=["https://x.org/a.png"]),
-            ]
+            ],
+            tools=F,
         )
     )
     assert body["messages"][0]["content"][0]["input"] == {"a": 1}
@@ -510,7 +519,7 @@ def test_tool_results_open_their_user_message_even_after_user_text() -> None:
 
 
 def test_tool_call_with_non_object_arguments_is_a_request_error() -> None:
-    bad = request([Message(role="assistant", tool_calls=[ToolCall(id="t", name="f", arguments="[1]")])])
+    bad = request([Message(role="assistant", tool_calls=[ToolCall(id="t", name="f", arguments="[1]")])], tools=F)
     with pytest.raises(InvalidRequestError):
         DIALECT.build_request(bad, DEPLOYMENT, now=0.0)
 
@@ -761,3 +770,18 @@ def test_a_response_format_anthropic_cannot_honour_is_refused(response_format, s
     with pytest.raises(InvalidRequestError, match=re.escape(said)) as refused:
         body_of(request(response_format=response_format))
     assert "response_format" in str(refused.value)
+
+
+def test_model_times_read_created_at_and_leave_out_what_is_not_a_time() -> None:
+    page = {
+        "data": [
+            {"type": "model", "id": "claude-sonnet-4-5", "created_at": "2025-09-29T00:00:00Z"},
+            {"type": "model", "id": "offset", "created_at": "2025-09-29T02:00:00+02:00"},
+            {"type": "model", "id": "no-zone", "created_at": "2025-09-29T00:00:00"},
+            {"type": "model", "id": "garbled", "created_at": "last tuesday"},
+            {"type": "model", "id": "a-number", "created_at": 1759104000},
+            {"type": "model", "id": "absent"},
+        ]
+    }
+    assert DIALECT.model_times(json.dumps(page).encode()) == {"claude-sonnet-4-5": 1759104000, "offset": 1759104000}
+    assert DIALECT.model_times(b"not json") == {}

@@ -317,16 +317,27 @@ def test_tool_choice_maps_to_converse_tool_choice(choice: Any, expected: Any) ->
     assert "description" not in config["tools"][1]["toolSpec"]
 
 
-def test_tool_choice_none_leaves_tools_out_unless_the_history_uses_them() -> None:
+def test_tool_choice_none_leaves_tools_out_and_a_tool_history_goes_as_text() -> None:
+    """Converse has no "none" and refuses tool blocks without a ``toolConfig``: the tools stay out, so the
+    model can call none, and the history's calls and results are written as text it reads."""
     tools = [Tool(name="a")]
     assert "toolConfig" not in _body(_request(tools=tools, tool_choice="none"))
     history = [
         Message(role="user", content="q"),
-        Message(role="assistant", tool_calls=[ToolCall(id="t1", name="a")]),
+        Message(role="assistant", tool_calls=[ToolCall(id="t1", name="a", arguments='{"x": 1}')]),
         Message(role="tool", tool_call_id="t1", content="r"),
     ]
-    config = _body(_request(messages=history, tools=tools, tool_choice="none"))["toolConfig"]
-    assert "toolChoice" not in config and config["tools"][0]["toolSpec"]["name"] == "a"
+    for request in (_request(messages=history, tools=tools, tool_choice="none"), _request(messages=history)):
+        body = _body(request)
+        assert "toolConfig" not in body
+        assert body["messages"] == [
+            {"role": "user", "content": [{"text": "q"}]},
+            {"role": "assistant", "content": [{"text": '[tool call t1: a {"x": 1}]'}]},
+            {"role": "user", "content": [{"text": "[tool result for t1 (a)]\nr"}]},
+        ]
+    offered = _body(_request(messages=history, tools=tools))
+    assert offered["toolConfig"]["tools"][0]["toolSpec"]["name"] == "a"
+    assert offered["messages"][1]["content"] == [{"toolUse": {"toolUseId": "t1", "name": "a", "input": {"x": 1}}}]
 
 
 def test_data_url_image_becomes_an_image_block() -> None:

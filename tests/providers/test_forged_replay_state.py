@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from gtl_nb.protocol import CompletionRequest, Message
-from gtl_nb.protocol.messages import ToolCall
+from gtl_nb.protocol.messages import Tool, ToolCall
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.registry import get_provider
 
@@ -54,6 +54,7 @@ def _body(provider: str, provider_data: dict[str, Any]) -> dict[str, Any]:
             Message(role="assistant", tool_calls=[CALL], provider_data=provider_data),
             Message(role="tool", tool_call_id="call_1", content="clear"),
         ],
+        tools=[Tool(name=CALL.name)],
     )
     return json.loads(get_provider(provider).build_request(request, deployment, now=0.0).body)
 

@@ -711,6 +711,21 @@ def test_a_400_about_the_accounts_verification_is_the_accounts_forbidden() -> No
         assert error.code != "FORBIDDEN", message
 
 
+@pytest.mark.parametrize(
+    ("code", "message"),
+    [
+        ("billing_hard_limit_reached", "Billing hard limit has been reached"),
+        (None, "Your credit balance is too low to access the Anthropic API."),  # a proxy relaying Anthropic's 400
+    ],
+)
+def test_a_400_about_the_accounts_money_is_a_quota_used_up(code, message) -> None:
+    """The account's money, said in a 400: read as ``insufficient_quota`` is — ``RATE_LIMIT``, not
+    retryable — never the caller's ``INVALID_REQUEST`` nor a permission."""
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+    error = DIALECT.decode_error(make_request(), DEPLOYMENT, 400, {}, json.dumps(body).encode())
+    assert (error.code, error.retryable, error.message) == ("RATE_LIMIT", False, message)
+
+
 def test_insufficient_quota_429_is_not_retryable() -> None:
     body = {
         "error": {
@@ -817,3 +832,20 @@ def test_dialect_module_imports_no_io_library() -> None:
 def test_deployment_repr_never_shows_the_key() -> None:
     built = DIALECT.build_request(make_request(), DEPLOYMENT, now=0.0)
     assert "sk-test-123" not in repr(DEPLOYMENT) and "sk-test-123" not in built.url
+
+
+def test_model_times_read_created_and_azures_created_at() -> None:
+    listing = {
+        "object": "list",
+        "data": [
+            {"id": "gpt-4o-mini", "object": "model", "created": 1721172741, "owned_by": "system"},
+            {"id": "azure-base", "object": "model", "created_at": 1715558400},
+            {"id": "text", "object": "model", "created": "1721172741"},
+            {"id": "flag", "object": "model", "created": True},
+            {"id": "zero", "object": "model", "created": 0},
+            {"id": "none", "object": "model"},
+        ],
+    }
+    assert DIALECT.model_times(json.dumps(listing).encode()) == {"gpt-4o-mini": 1721172741, "azure-base": 1715558400}
+    with pytest.raises(ValueError):
+        DIALECT.model_times(b'{"object": "list"}')

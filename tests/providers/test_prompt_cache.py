@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from gtl_nb.protocol.messages import CompletionRequest, Message, ToolCall, Usage
+from gtl_nb.protocol.messages import CompletionRequest, Message, Tool, ToolCall, Usage
 from gtl_nb.providers import anthropic, bedrock
 from gtl_nb.providers.base import MAX_CACHE_POINTS, Deployment, cache_points
 from gtl_nb.providers.catalog import Catalog
@@ -20,14 +20,20 @@ def request(messages: list[Message], model: str = "claude-sonnet-4-5", **fields)
     return CompletionRequest(session_id="s", model=model, messages=messages, **fields)
 
 
+def loop_tools(messages: list[Message]) -> list[Tool]:
+    """The tools a history's calls name: a tool loop's request offers them (without tools, Anthropic and
+    Bedrock are sent the history as text)."""
+    return [Tool(name=name) for name in dict.fromkeys(c.name for m in messages for c in m.tool_calls)]
+
+
 def anthropic_body(messages: list[Message]) -> dict:
     deployment = Deployment(name="a", type="anthropic", base_url="http://127.0.0.1:9", api_key="k")
-    return anthropic.build_body(request(messages), deployment)
+    return anthropic.build_body(request(messages, tools=loop_tools(messages)), deployment)
 
 
 def bedrock_body(messages: list[Message], model: str = "anthropic.claude-sonnet-4-5-20250929-v1:0") -> dict:
     deployment = Deployment(name="b", type="bedrock", base_url="http://127.0.0.1:9")
-    return bedrock.build_body(request(messages, model), deployment)
+    return bedrock.build_body(request(messages, model, tools=loop_tools(messages)), deployment)
 
 
 def marked_blocks(body: dict) -> list[dict]:

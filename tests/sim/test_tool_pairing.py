@@ -285,3 +285,60 @@ def test_bedrock_refuses_a_call_without_its_result(sims: dict[str, Any]) -> None
     assert response.json() == {
         "message": f"Expected toolResult blocks at messages.2.content for the following Ids: {call}"
     }
+
+
+# -- a tool history in a request that offers no tools ------------------------------------------------------------
+# Anthropic's Messages API and Bedrock's Converse refuse tool blocks in a request without tools (their words
+# below); OpenAI's Chat Completions, Azure's and Gemini's take the recorded loop's follow-up with the tools
+# taken out (their documented rules are about pairing only), as does Ollama, whose chat templates read a
+# tool message like any other.
+
+
+def test_anthropic_refuses_tool_blocks_without_tools(sims: dict[str, Any]) -> None:
+    body = recorded_anthropic()
+    del body["tools"]
+    response = anthropic_post(sims["anthropic"], body)
+    assert response.status_code == 400
+    assert response.json()["error"] == anthropic_refusal(
+        "Requests which include `tool_use` or `tool_result` blocks must define tools."
+    )
+    sdk = anthropic.Anthropic(api_key="sim-key", base_url=sims["anthropic"].base_url, max_retries=0)
+    with pytest.raises(anthropic.BadRequestError, match="must define tools"):
+        sdk.messages.create(model=body["model"], max_tokens=64, messages=body["messages"])
+
+
+def test_bedrock_refuses_tool_blocks_without_a_tool_config(sims: dict[str, Any]) -> None:
+    body = recorded_bedrock()
+    del body["toolConfig"]
+    response = bedrock_post(sims["bedrock"], body)
+    assert response.status_code == 400 and response.headers["x-amzn-errortype"].startswith("ValidationException")
+    assert response.json() == {
+        "message": "The toolConfig field must be defined when using toolUse and toolResult content blocks."
+    }
+
+
+def test_openai_azure_gemini_and_ollama_take_a_tool_history_without_tools(sims: dict[str, Any]) -> None:
+    body = recorded_openai()
+    body.pop("tools", None)
+    body.pop("tool_choice", None)
+    assert any(message["role"] == "tool" for message in body["messages"])
+    assert openai_post(sims["openai"], body).status_code == 200
+    azure = sims["azure"]
+    url = f"{azure.root_url}/openai/deployments/gpt-4o-mini/chat/completions?api-version=2024-10-21"
+    assert httpx.post(url, json=body, headers={"api-key": "sim-key"}).status_code == 200
+    contents = fixture_json("gemini", GEMINI_RECORDED)
+    contents.pop("tools", None)
+    contents.pop("toolConfig", None)
+    assert any("functionResponse" in part for turn in contents["contents"] for part in turn["parts"])
+    assert gemini_post(sims["gemini"], contents).status_code == 200
+    chat = fixture_json("ollama", "chat-nonstream-tool-call.request.json")
+    del chat["tools"]
+    chat["messages"] += [
+        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get_weather", "arguments": {}}}]},
+        {"role": "tool", "content": "sunny", "tool_name": "get_weather"},
+    ]
+    ollama = sim.serve("ollama", models=sim.ANY_MODEL)
+    try:
+        assert httpx.post(ollama.root_url + "/api/chat", json=chat).status_code == 200
+    finally:
+        ollama.close()

@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
+import msgspec
+
 from gtl_nb.engine.core import Engine
 from gtl_nb.gateway.compat import intake
 from gtl_nb.gateway.compat.anthropic_request import messages_request
@@ -31,6 +33,7 @@ from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
 from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError, OverloadedError
 from gtl_nb.protocol.messages import CompletionRequest, Error
+from gtl_nb.providers.base import ONE_CALL_PARAM
 
 __all__ = ["ERRORS", "AnthropicEndpoints", "error_object", "error_reply"]
 
@@ -61,9 +64,27 @@ runs: a refused key is ``401`` ``authentication_error`` (``AuthenticationError``
 request ``400``."""
 
 
+_BILLING = (402, "billing_error")
+
+
+def _answered_as(error: Error) -> tuple[int, str]:
+    """``error``'s row of ``ERRORS``. A provider's ``RATE_LIMIT`` that is not retryable is the account's
+    credit or quota used up (Anthropic's own 402 ``billing_error`` and 400 "Your credit balance is too
+    low", OpenAI's ``insufficient_quota``, Bedrock's ``ServiceQuotaExceededException``, Gemini's daily
+    quota): waiting will not help, so it is Anthropic's ``402`` ``billing_error`` (the SDK's
+    ``PaymentRequiredError``, never retried), not a ``429`` ``rate_limit_error`` that says "wait", nor a
+    ``400`` that blames the request."""
+    if error.code == "RATE_LIMIT" and not error.retryable:
+        return _BILLING
+    return ERRORS.get(error.code, ERRORS["INTERNAL"])
+
+
 def error_object(error: Error, *, kind: str | None = None) -> dict[str, Any]:
     """Anthropic's inner error object for a GTL ``error``."""
-    return {"type": kind or ERRORS.get(error.code, ERRORS["INTERNAL"])[1], "message": error.message}
+    return {"type": kind or _answered_as(error)[1], "message": error.message}
+
+
+_ONE_CALL_REFUSAL = f"{ONE_CALL_PARAM}: "
 
 
 def error_reply(
@@ -76,7 +97,10 @@ def error_reply(
 ) -> Reply:
     """The whole answer for a GTL ``error``: its status from ``ERRORS`` unless given; ``retried``: the
     gateway tried again already (``reply.error_headers``)."""
-    status = status or (503 if try_later(error) else ERRORS.get(error.code, ERRORS["INTERNAL"])[0])
+    status = status or (503 if try_later(error) else _answered_as(error)[0])
+    if error.code == "INVALID_REQUEST" and error.message.startswith(_ONE_CALL_REFUSAL):  # as the request said it
+        message = "tool_choice.disable_parallel_tool_use: " + error.message[len(_ONE_CALL_REFUSAL) :]
+        error = msgspec.structs.replace(error, message=message)
     body: dict[str, Any] = {"type": "error", "error": error_object(error, kind=kind)}
     headers = {**error_headers(error, retried=retried), **(headers or {})}
     if error.session_id:

@@ -48,6 +48,7 @@ from gtl_nb.ids import unique_hex
 from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError, OverloadedError
 from gtl_nb.protocol.messages import CompletionRequest, Error
 from gtl_nb.protocol.session import Transcript
+from gtl_nb.providers.base import ONE_CALL_PARAM
 
 __all__ = ["ERRORS", "UNSUPPORTED", "OpenAIEndpoints", "error_body", "error_fields", "error_reply"]
 
@@ -111,7 +112,9 @@ def error_body(error: Error, *, param: str | None = None, code: str | None = Non
     return msgspec.json.encode({"error": error_fields(error, param=param, code=code, kind=kind)})
 
 
-_NAMED_PARAMS = frozenset(("stop", "max_tokens", "temperature", "top_p", "tools", "tool_choice", "response_format"))
+_NAMED_PARAMS = frozenset(
+    ("stop", "max_tokens", "temperature", "top_p", "tools", "tool_choice", "response_format", ONE_CALL_PARAM)
+)
 """Parameters the engine's refusals name first (``stop: Bedrock's Converse takes …``): OpenAI's ``param``."""
 
 
@@ -149,7 +152,8 @@ def error_reply(
     ``text.format`` for ``response_format``)."""
     status = status or (503 if try_later(error) else _answered_as(error)[0])
     if param is None and error.code == "INVALID_REQUEST":
-        error, param = _as_named(error, {"max_tokens": max_tokens_param, **(renamed or {})})
+        names = {"max_tokens": max_tokens_param, ONE_CALL_PARAM: "parallel_tool_calls", **(renamed or {})}
+        error, param = _as_named(error, names)
     extra = {**error_headers(error, retried=retried), **(headers or {})}
     if error.session_id:
         extra["x-request-id"] = error.session_id

@@ -8,7 +8,16 @@ from starlette.routing import Route
 
 from gtl_nb.engine.core import Engine
 from gtl_nb.gateway.compat import anthropic, intake, openai
-from gtl_nb.gateway.compat.models import anthropic_listing, find_model, openai_listing
+from gtl_nb.gateway.compat.models import (
+    anthropic_listing,
+    find_model,
+    listed_times,
+    model_time,
+    openai_listing,
+    rfc3339,
+    routed_model,
+    routed_owners,
+)
 from gtl_nb.gateway.compat.reply import Reply, json_reply
 from gtl_nb.gateway.compat.runner import SessionRunner
 from gtl_nb.gateway.listeners import Limits
@@ -77,10 +86,11 @@ class _Models:
         except GTLError as exc:
             return _refusal(exc, styled)
         infos = visible_providers(self.engine, context)  # what this token may see, as on /v1/gtl/providers
+        owners, times = routed_owners(self.engine, context), await listed_times(self.engine, context, infos)
         if not styled:
-            return json_reply(200, openai_listing(infos))
+            return json_reply(200, openai_listing(infos, owners, times))
         try:
-            return json_reply(200, anthropic_listing(infos, request.query_params))
+            return json_reply(200, anthropic_listing(infos, request.query_params, owners, times))
         except ValueError as exc:
             return _refusal(InvalidRequestError(str(exc)), styled)
 
@@ -101,17 +111,21 @@ class _Models:
                 self.authenticate, intake.api_key(request.headers), request, api="anthropic" if styled else "openai"
             )
             require_scope(context, "models.list", doing="reading a model (GET /v1/models/{model})")
-            found = find_model(visible_providers(self.engine, context), request.path_params["model"], self._listed_name)
-            if found is None:
-                raise ModelNotFoundError(f"this gateway lists no model {request.path_params['model']!r}")
+            asked = request.path_params["model"]
+            owners, infos = routed_owners(self.engine, context), visible_providers(self.engine, context)
+            found = find_model(infos, asked, self._listed_name, owners)
+            if found is None:  # not listed, and still a name a completion is served under (routing's ways)
+                found = await routed_model(self.engine, context, asked)
+            owning = [info for info in infos if info.provider in found[1].split(",")]  # (only their lists)
+            made = model_time(*found, await listed_times(self.engine, context, owning))
+        except ModelNotFoundError as exc:
+            return anthropic.refusal(exc) if styled else openai.error_reply(exc.to_event(), param="model")
         except GTLError as exc:
             return _refusal(exc, styled)
         name, owner = found
         if styled:
-            return json_reply(
-                200, {"type": "model", "id": name, "display_name": name, "created_at": "1970-01-01T00:00:00Z"}
-            )
-        return json_reply(200, {"id": name, "object": "model", "created": 0, "owned_by": owner})
+            return json_reply(200, {"type": "model", "id": name, "display_name": name, "created_at": rfc3339(made)})
+        return json_reply(200, {"id": name, "object": "model", "created": made, "owned_by": owner})
 
     async def not_allowed(self, request: Any) -> Any:
         """Any method but GET on ``/v1/models`` and under it: 405, shaped for whichever SDK asks."""
