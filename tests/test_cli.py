@@ -100,7 +100,7 @@ def test_complete_takes_how_hard_the_model_thinks(tmp_path, capsys):
     with gtl_nb.sim.serve("openai") as served:
         config = tmp_path / "gtl.toml"
         config.write_text(f'[providers.openai]\napi_key = "sim-key"\nbase_url = "{served.base_url}"\n')
-        argv = ["--config", str(config), "complete", "hi", "--model", "openai:o4-mini"]
+        argv = ["--config", str(config), "complete", "hi", "--model", "openai:gpt-5.5"]  # (it takes xhigh and none)
         assert main([*argv, "--reasoning-effort", "XHigh"]) == 0
         assert served.requests[-1].json["reasoning_effort"] == "xhigh"
         assert main([*argv, "--reasoning-budget", "0"]) == 0

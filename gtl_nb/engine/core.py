@@ -1004,7 +1004,10 @@ class Engine:
             fields = finish_fields(end, usage)
         fields["coalesced"] = record.coalesced
         fields["cache_hit"] = record.cache_hit or bool(fields.get("cache_hit"))
-        fields["model"] = fields.get("model") or record.model  # the bare model, never "deployment:model"
+        # the bare model asked of the deployment that answered, never "deployment:model" — nor the dated
+        # snapshot the provider says served an alias (done.model, the caller's to read): one model, one name
+        # in a table by model (docs/ledger.md), whether the request was answered or failed
+        fields["model"] = record.model or fields.get("model")
         # a follower's path names the deployment its leader was to call when it joined; whether the leader
         # called it is the shared end's to say (an error before any call names no provider)
         guessed = record.path[-1] if record.path and not (record.coalesced and type(end) is Error) else ""

@@ -59,8 +59,10 @@ Request mapping (``build_request``):
   ``tools`` ("Requests which include `tool_use` or `tool_result` blocks must define tools.",
   anthropics/anthropic-sdk-python#494), and declaring the history's tools with ``tool_choice`` "none"
   would invent their schemas (docs/providers.md).
-* Images: ``data:`` URLs → ``base64`` sources, other URLs → ``url`` sources; in the order of the
-  message's ``parts`` when it has them, else placed before the text of user and tool messages
+* Images: ``data:`` URLs → ``base64`` sources (the ``media_type`` lower-cased, ``image/jpg`` as
+  ``image/jpeg``: the API takes its four types spelled as it lists them), other URLs → ``url``
+  sources; in the order of the message's ``parts`` when it has them, else placed before the text of
+  user and tool messages
   (Anthropic's advice). Assistant messages carry no images. A user or tool message's ``parts`` are
   its blocks, several texts too: adjacent text blocks stay blocks (a tool result's as its
   ``content`` list), never one text joined with a newline the caller did not send.
@@ -136,6 +138,7 @@ from gtl_nb.providers.base import (
     error_event,
     header,
     holds_tool_history,
+    image_media_type,
     out_of_credit,
     parse_json_body,
     parse_tool_choice,
@@ -287,8 +290,8 @@ def _tool_choice(choice: str | dict[str, Any] | None) -> dict[str, Any] | None:
 def _image_block(url: str) -> dict[str, Any]:
     inline = split_data_url(url)
     if inline is not None:
-        media_type, data = inline
-        return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        media_type, data = inline  # (the API takes four types, spelled as it lists them)
+        return {"type": "image", "source": {"type": "base64", "media_type": image_media_type(media_type), "data": data}}
     return {"type": "image", "source": {"type": "url", "url": url}}
 
 

@@ -546,6 +546,18 @@ def split_data_url(url: str, *, url_safe: bool = False) -> tuple[str, str] | Non
     return None if inline is None else (inline[0], inline[1])
 
 
+_IMAGE_TYPE_SPELLINGS = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/x-png": "image/png"}
+
+
+def image_media_type(mime: str) -> str:
+    """An image's media type as an API that takes a fixed list of them reads it: lower-case (a media type is
+    case-insensitive, RFC 2045; Anthropic's list is not), and the common non-standard spellings of JPEG and
+    PNG (``image/jpg``, ``image/pjpeg``, ``image/x-png``) as the standard ones. Any other type is kept: the
+    provider says in its words which it takes."""
+    lowered = mime.strip().lower()
+    return _IMAGE_TYPE_SPELLINGS.get(lowered, lowered)
+
+
 def standard_data_url(url: str) -> str:
     """``url``, or — for a ``data:`` URL whose data is not standard base64 (``split_data_url``) — the
     same image as ``data:<type>;base64,<standard base64>``: what OpenAI's API reads in an

@@ -23,7 +23,9 @@ effort       tokens  note
 ===========  ======  ==========================================================
 
 A budget over what a model takes is the API's to refuse, in its own words (a Claude model's output
-limit counts the thinking: ``max`` with a large ``max_tokens`` may pass it).
+limit counts the thinking: ``max`` with a large ``max_tokens`` may pass it) — when the caller gave it. A
+budget converted from an effort is the dialect's choice, and goes within the model's range where the
+dialect knows it (Gemini 2.5: ``providers.gemini.THINKING_BUDGETS``).
 
 **Tokens → effort** (``effort_of``: OpenAI's ``reasoning_effort``, Ollama's ``think`` levels, Gemini 3's
 ``thinkingLevel``): ``0`` → ``none``; up to 4,096 → ``low``; up to 12,288 → ``medium``; more → ``high``.

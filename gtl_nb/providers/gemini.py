@@ -30,7 +30,10 @@ Request mapping (``build_request``):
   alone first converted to an effort (``providers.effort.effort_of``). Earlier models — and a
   ``-latest`` alias, which may still be a 2.5 model (Gemini 3 takes a budget too) — take
   ``thinkingBudget`` in tokens (0: off, which 2.5 Pro refuses in its words): the request's
-  ``reasoning_budget``, else its effort converted (``providers.effort.budget_of``). Never both —
+  ``reasoning_budget`` as given, else its effort converted (``providers.effort.budget_of``) and fitted
+  into the model's range where ``THINKING_BUDGETS`` knows it — ``max`` is 2.5 Flash's 24,576, not the
+  32,768 the API would refuse it, and ``none`` is 2.5 Pro's least, 128 (it cannot stop) — since the
+  number is the dialect's choice, not the caller's. Never both —
   the API refuses ``thinkingLevel`` with ``thinkingBudget``. A request that gives neither gets
   ``thinkingBudget`` from ``deployment.options["thinking_budget"]`` when set and it asks for
   reasoning, else the model's own thinking.
@@ -123,7 +126,7 @@ from gtl_nb.providers.base import (
     retryable_for_status,
     split_data_url,
 )
-from gtl_nb.providers.effort import asked_budget, asked_effort
+from gtl_nb.providers.effort import asked_effort, budget_of
 from gtl_nb.providers.limits import error_body_json, error_body_text, parse_json
 from gtl_nb.providers.sse import SSEDecoder
 
@@ -384,14 +387,35 @@ def _generation_config(request: CompletionRequest, deployment: Deployment) -> di
     return config
 
 
+THINKING_BUDGETS: tuple[tuple[str, int, int, bool], ...] = (
+    ("gemini-2.5-flash-lite", 512, 24576, True),
+    ("gemini-2.5-flash", 1, 24576, True),
+    ("gemini-2.5-pro", 128, 32768, False),
+)
+"""Gemini 2.5's ``thinkingBudget`` ranges, from Google's thinking guide: model-name prefix (the longest
+first) → least, most, and whether 0 turns thinking off. An effort converted to a budget is fitted into
+them (``_fitted``); a budget the request gives is sent as given, the API's to refuse."""
+
+
+def _fitted(budget: int, model: str) -> int:
+    """An effort's ``budget`` as ``model`` takes it: within its range, 0 its least where it cannot stop."""
+    name = model.rpartition("/")[2].lower()
+    for prefix, least, most, stops in THINKING_BUDGETS:
+        if name.startswith(prefix):
+            return 0 if budget == 0 and stops else min(max(budget, least), most)
+    return budget
+
+
 def _thinking_config(request: CompletionRequest, deployment: Deployment) -> dict[str, Any]:
     """``thinkingConfig`` (module docstring): thoughts when asked, and the level or the budget, never both."""
     thinking: dict[str, Any] = {"includeThoughts": True} if request.reasoning else {}
     effort = asked_effort(request)
     if effort is not None and _takes_thinking_level(request.model):
         thinking["thinkingLevel"] = LEVELS[effort]
+    elif request.reasoning_budget is not None:
+        thinking["thinkingBudget"] = request.reasoning_budget
     elif effort is not None:
-        thinking["thinkingBudget"] = asked_budget(request)
+        thinking["thinkingBudget"] = _fitted(budget_of(effort), request.model)
     elif request.reasoning and deployment.options.get("thinking_budget") is not None:
         thinking["thinkingBudget"] = int(deployment.options["thinking_budget"])
     return thinking

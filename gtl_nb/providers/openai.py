@@ -42,7 +42,10 @@ OpenAI's reasoning text, and compatible servers send theirs unasked.
 
 Effort: ``reasoning_effort`` is the request's (``request.reasoning_effort`` as is; a
 ``reasoning_budget`` alone converted by ``providers.effort.effort_of``: 0 → ``none``, up to 4,096 →
-``low``, up to 12,288 → ``medium``, more → ``high``), else ``options["reasoning_effort"]`` (every
+``low``, up to 12,288 → ``medium``, more → ``high``; a budget of 0, ``none``, goes as the least effort
+the model takes where it cannot stop thinking — ``low`` for the o-series, ``minimal`` for the first
+GPT-5 models: ``least_effort`` — since that number is the dialect's reading, not the caller's
+word), else ``options["reasoning_effort"]`` (every
 request, as configured). The request's goes to a reasoning model only — by name for OpenAI and
 Azure, or ``options["reasoning_model"]`` — since a model that does not reason has nothing to tune and
 OpenAI's API refuses the parameter for it (400 "Unsupported parameter"); a compatible server, whose
@@ -100,6 +103,19 @@ _REASONING_MODEL = re.compile(r"^(?:o[0-9]+|gpt-5)(?:$|[-.:_])")
 def is_reasoning_model(model: str) -> bool:
     """True for OpenAI reasoning model names (o1, o3-mini, o4-mini-2025-04-16, gpt-5, gpt-5-mini…)."""
     return bool(_REASONING_MODEL.match(model.lower()))
+
+
+def least_effort(model: str) -> str:
+    """The least ``reasoning_effort`` an OpenAI model takes, by its name: ``low`` for the o-series and
+    ``minimal`` for the first GPT-5 models (``gpt-5``, ``gpt-5-mini``, ``gpt-5-nano``, dated or not), which
+    cannot stop thinking and refuse ``none`` ("Unsupported value"); ``none`` for the others (GPT-5.1 and
+    later take it)."""
+    name = model.lower()
+    if name[:1] == "o" and name[1:2].isdigit():
+        return "low"
+    if name.startswith("gpt-5") and not name.startswith("gpt-5."):
+        return "minimal"
+    return "none"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -350,6 +366,8 @@ class _ChatCompletionsDialect:
         asked = asked_effort(request)
         told = deployment.options.get("reasoning_model")
         takes_it = reasoning_model or (not self.detects_reasoning_models and told is not False)
+        if asked == "none" and request.reasoning_effort is None and self.detects_reasoning_models:
+            asked = least_effort(request.model)  # a budget of 0, read by the dialect: what the model takes
         if asked is not None and takes_it:
             return asked
         return deployment.options.get("reasoning_effort") or None

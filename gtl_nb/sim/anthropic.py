@@ -17,6 +17,10 @@ without ``tools`` (``_TOOLS_UNDEFINED``). With
 thinking on, a tool loop's last assistant turn must start with its thinking block, as the service
 requires (its 400 otherwise); an enabled ``thinking``'s ``budget_tokens`` must be at least 1,024 and
 below ``max_tokens`` (its 400s, in its words). ``output_config.effort`` is accepted and changes nothing.
+What a model cannot take or the API cannot read is its 400 in its words (``_model_problem``): ``thinking`` to
+a model that does not think (Claude 3.5 Haiku), a custom tool named outside ``^[a-zA-Z0-9_-]{1,128}$``, a
+base64 image whose ``media_type`` is not JPEG, PNG, GIF or WebP. An alias is answered with its dated id in
+``model`` (``ANTHROPIC_SNAPSHOTS``), as recorded.
 """
 
 from __future__ import annotations
@@ -29,12 +33,12 @@ from collections.abc import Callable
 from typing import Any
 
 from gtl_nb.sim.answers import Answer
-from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response, name_within
 from gtl_nb.sim.prompt_cache import TTL_SECONDS, TTLS, CacheUse, PromptCache, claude_minimum, prefix_key
 from gtl_nb.sim.schemas import schema_problem
 from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
-__all__ = ["ANTHROPIC_CONTEXT_WINDOWS", "ANTHROPIC_MODELS", "AnthropicSim"]
+__all__ = ["ANTHROPIC_CONTEXT_WINDOWS", "ANTHROPIC_MODELS", "ANTHROPIC_SNAPSHOTS", "AnthropicSim"]
 
 #: The models of the simulated account: dated ids and the aliases the API also accepts.
 ANTHROPIC_MODELS = (
@@ -60,6 +64,25 @@ ANTHROPIC_MODELS = (
     "claude-sonnet-5-5",
     "claude-opus-5-5",
 )
+#: The dated model an alias stands for, which the API names in its answer's ``model`` (recorded:
+#: ``claude-haiku-4-5`` → ``claude-haiku-4-5-20251001``, ``claude-sonnet-4-5`` → ``claude-sonnet-4-5-20250929``;
+#: the others as Anthropic's models overview pairs them). A name not here (a dated id, or a model with no dated
+#: id such as ``claude-sonnet-4-6``, recorded answered as asked) is answered as asked.
+ANTHROPIC_SNAPSHOTS: dict[str, str] = {
+    "claude-haiku-4-5": "claude-haiku-4-5-20251001",
+    "claude-sonnet-4-5": "claude-sonnet-4-5-20250929",
+    "claude-opus-4-1": "claude-opus-4-1-20250805",
+    "claude-opus-4-5": "claude-opus-4-5-20251101",
+    "claude-sonnet-4-0": "claude-sonnet-4-20250514",
+    "claude-opus-4-0": "claude-opus-4-20250514",
+    "claude-3-7-sonnet-latest": "claude-3-7-sonnet-20250219",
+    "claude-3-5-haiku-latest": "claude-3-5-haiku-20241022",
+}
+#: The account's models that do not think: a ``thinking`` to one is the API's 400.
+_NO_THINKING = frozenset(("claude-3-5-haiku-20241022",))
+#: The image types the API reads, in its 400's order.
+_IMAGE_TYPES = ("image/jpeg", "image/png", "image/gif", "image/webp")
+_LONGEST_TOOL_NAME = 128
 #: The context windows (tokens) of those models, as the model catalog gives them; a model missing here has
 #: no limit in the simulator. A prompt over its window is the API's 400 "prompt is too long".
 ANTHROPIC_CONTEXT_WINDOWS: dict[str, int] = {
@@ -188,6 +211,35 @@ def _bad_tool_id(body: dict[str, Any]) -> str | None:
             value = block.get(field) if field else None
             if field and not (isinstance(value, str) and _ID.fullmatch(value)):
                 return f"messages.{i}.content.{j}.{kind}.{field}: String should match pattern '{_ID_PATTERN}'"
+    return None
+
+
+def _model_problem(body: dict[str, Any], dated: str) -> str | None:
+    """The API's 400s for what the request's model (``dated``: its dated id) cannot take or the API cannot
+    read, or ``None``: ``thinking`` to a model that does not think ("'claude-3-5-haiku-20241022' does not
+    support thinking.", naming the dated id — anthropics/claude-code#11388, #12914), a custom tool's name
+    outside ``^[a-zA-Z0-9_-]{1,128}$`` ("tools.N.custom.name: String should match pattern …" —
+    modelcontextprotocol/modelcontextprotocol#1345, jedisct1/openapi-mcp#9), and a base64 image of a
+    ``media_type`` other than JPEG, PNG, GIF or WebP ("messages.N.content.M.image.source.base64.media_type:
+    Input should be …" — anthropics/claude-code#8184)."""
+    if _thinking(body) and dated in _NO_THINKING:
+        return f"'{dated}' does not support thinking."
+    for index, tool in enumerate(body.get("tools") or []):
+        custom = isinstance(tool, dict) and tool.get("type", "custom") == "custom"
+        if custom and not name_within(tool.get("name"), _LONGEST_TOOL_NAME):
+            return f"tools.{index}.custom.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'"
+    for index, message in enumerate(body.get("messages") or []):
+        for position, block in _blocks(message, "image"):
+            source = block.get("source")
+            if (
+                isinstance(source, dict)
+                and source.get("type") == "base64"
+                and source.get("media_type") not in _IMAGE_TYPES
+            ):
+                return (
+                    f"messages.{index}.content.{position}.image.source.base64.media_type: Input should be "
+                    "'image/jpeg', 'image/png', 'image/gif' or 'image/webp'"
+                )
     return None
 
 
@@ -607,6 +659,10 @@ class AnthropicSim:
         model = str(body["model"])
         if not ctx.accepts_model(model, ANTHROPIC_MODELS):
             return self._error(404, "not_found_error", f"model: {model}")
+        dated = ANTHROPIC_SNAPSHOTS.get(model, model)
+        refused = _model_problem(body, dated)
+        if refused is not None:
+            return self._error(400, "invalid_request_error", refused)
         flagged = _bad_error_flag(body)
         if flagged is not None:
             return self._error(400, "invalid_request_error", f"{flagged}.is_error: Input should be a valid boolean")
@@ -649,7 +705,7 @@ class AnthropicSim:
         tool_ids = [ctx.make_id("toolu_01", 22, req.body, i) for i in range(len(answer.tool_calls))]
         headers = self._headers(req, ctx)
         if body.get("stream"):
-            chunks = self._stream(req, ctx, answer, msg_id, model, tool_ids, cache)
+            chunks = self._stream(req, ctx, answer, msg_id, dated, tool_ids, cache)
             return SimResponse(200, {"content-type": "text/event-stream; charset=utf-8", **headers}, chunks=chunks)
         content: list[dict[str, Any]] = []
         if answer.thinking:
@@ -662,7 +718,7 @@ class AnthropicSim:
             "id": msg_id,
             "type": "message",
             "role": "assistant",
-            "model": model,
+            "model": dated,
             "content": content,
             "stop_reason": self._stop_reason(answer),
             "stop_sequence": answer.stop_sequence,

@@ -56,6 +56,7 @@ __all__ = [
     "UnknownProviderError",
     "json_response",
     "load_provider",
+    "name_within",
 ]
 
 DEFAULT_API_KEY = "sim-key"
@@ -149,6 +150,21 @@ def _stop_sequences(stop: Any) -> tuple[str, ...]:
     if isinstance(stop, list):
         return tuple(item for item in stop if isinstance(item, str))
     return ()
+
+
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
+
+
+def name_within(name: Any, longest: int, *, also: str = "", first: str = "") -> bool:
+    """Whether a tool name keeps a provider's rule: 1 to ``longest`` characters, each a letter, a digit,
+    ``_``, ``-`` or one of ``also``, and (when ``first`` is given) the first one of ``first``. A set
+    lookup per character, never a regular expression: a request's names are outside input."""
+    if not isinstance(name, str) or not 0 < len(name) <= longest:
+        return False
+    if first and name[0] not in first:
+        return False
+    allowed = _NAME_CHARS.union(also) if also else _NAME_CHARS
+    return all(char in allowed for char in name)
 
 
 def load_provider(name: str) -> ProviderSim:

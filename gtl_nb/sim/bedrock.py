@@ -17,7 +17,8 @@ Routes (the bare ``http://127.0.0.1:PORT`` stands for ``https://bedrock-runtime.
 Validation answers 400 ``ValidationException`` with the service's messages: a model not in
 :data:`BEDROCK_MODELS` (or the ``models=`` list) "The provided model identifier is invalid.", a conversation
 that does not start with a user message or does not alternate, blank text blocks, toolUse/toolResult blocks
-without a ``toolConfig``, an empty ``toolConfig.tools`` or a tool schema whose type is not ``object``,
+without a ``toolConfig``, an empty ``toolConfig.tools``, a tool named outside ``[a-zA-Z0-9_-]`` (1 to 64) or a
+tool schema whose type is not ``object``,
 ``toolResult`` blocks that do not answer the previous message's ``toolUse`` blocks one for one,
 ``toolResult.status`` sent to a model other than Claude or Nova (the API reference says only those accept it;
 the message wording is our assumption), a ``toolUseId`` other than 1 to 64 of ``[a-zA-Z0-9_-]`` (the API
@@ -70,7 +71,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from gtl_nb.sim.answers import Answer
-from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response, name_within
 from gtl_nb.sim.prompt_cache import MINIMUM_TOKENS, TTLS, CacheUse, PromptCache, claude_minimum, prefix_key
 from gtl_nb.sim.tokens import Rates, Tally, anthropic_image_tokens, b64_bytes
 
@@ -342,6 +343,20 @@ def _check_tool_config(config: Any) -> None:
             "must have length greater than or equal to 1"
         )
     for i, tool in enumerate(tools):
+        spec = tool.get("toolSpec") if isinstance(tool, dict) else None
+        name = spec.get("name") if isinstance(spec, dict) else None
+        if isinstance(spec, dict) and not name_within(name, 64):
+            # the API reference's ToolSpecification.name: 1 to 64 of [a-zA-Z0-9_-]+, in the service's words for
+            # a member outside its pattern or length
+            broken = (
+                "must have length less than or equal to 64"
+                if isinstance(name, str) and len(name) > 64 and name_within(name, len(name))
+                else "must satisfy regular expression pattern: [a-zA-Z0-9_-]+"
+            )
+            raise _Invalid(
+                f"1 validation error detected: Value '{name}' at 'toolConfig.tools.{i + 1}.member.toolSpec.name' "
+                f"failed to satisfy constraint: Member {broken}"
+            )
         schema = ((tool.get("toolSpec") or {}).get("inputSchema") or {}).get("json") if isinstance(tool, dict) else None
         if not isinstance(schema, dict) or schema.get("type") != "object":
             raise _Invalid(

@@ -12,8 +12,9 @@ follows the last user message that is not only function responses) replays a fun
 signature: 400 "Function call is missing a thought_signature in functionCall parts" (Google's documented
 ``skip_thought_signature_validator`` passes). ``thinkingConfig.thinkingLevel`` is Gemini 3's alone (400
 before it) and never goes with ``thinkingBudget`` (400 "You can only set only one of thinking budget and
-thinking level."). A turn of function responses must follow a turn of as many function calls (the API's
-two 400s).
+thinking level."); a ``thinkingBudget`` outside a Gemini 2.5 model's range is its 400 (``_budget_refusal``), and
+so are function names outside its rule (``_function_name_refusal``). A turn of function responses must
+follow a turn of as many function calls (the API's two 400s).
 Key: ``x-goog-api-key`` header or ``?key=``; a wrong key is a 400 ``API_KEY_INVALID``, a missing one a 403.
 Request fields are read in camelCase or snake_case.
 """
@@ -27,7 +28,7 @@ import re
 from typing import Any
 
 from gtl_nb.sim.answers import Answer, count_tokens
-from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.base import SimContext, SimRequest, SimResponse, json_response, name_within
 from gtl_nb.sim.tokens import Rates, Tally, b64_bytes, gemini_image_tokens
 
 __all__ = ["GEMINI_CONTEXT_WINDOWS", "GEMINI_MODELS", "GeminiSim", "signs_function_calls"]
@@ -118,6 +119,51 @@ def _thinking_refusal(config: Any, *, gemini_3: bool) -> str | None:
     if level is not None and not gemini_3:
         return "thinking_level is not supported by this model."
     return None
+
+
+#: Gemini 2.5's ``thinkingBudget`` ranges (model-name prefix → least, most, whether 0 turns thinking off), the
+#: longest prefix first; -1 (dynamic) is taken by all. From Google's thinking guide: Pro 128 to 32,768 and no
+#: off; Flash-Lite 512 to 24,576 or 0; Flash 0 to 24,576. Other models' budgets are not checked.
+_BUDGET_RANGES = (
+    ("gemini-2.5-flash-lite", 512, 24576, True),
+    ("gemini-2.5-flash", 1, 24576, True),
+    ("gemini-2.5-pro", 128, 32768, False),
+)
+_NAME_FIRST = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_"
+
+
+def _budget_refusal(config: Any, model: str) -> str | None:
+    """The API's 400 for a ``thinkingBudget`` outside ``model``'s range: "Budget 0 is invalid. This model only
+    works in thinking mode." for 0 to a model that cannot stop (vercel/ai#8027), else "The thinking budget (N)
+    is invalid." (RooCodeInc/Roo-Code#4399); ``None`` when it is in range or the model's range is not known."""
+    budget = _get(config, "thinkingBudget") if isinstance(config, dict) else None
+    if not isinstance(budget, int) or isinstance(budget, bool) or budget == -1:
+        return None
+    for prefix, least, most, stops in _BUDGET_RANGES:
+        if model.startswith(prefix):
+            if budget == 0 and not stops:
+                return "Budget 0 is invalid. This model only works in thinking mode."
+            if (budget == 0 and stops) or least <= budget <= most:
+                return None
+            return f"The thinking budget ({budget}) is invalid."
+    return None
+
+
+def _function_name_refusal(body: dict[str, Any]) -> str | None:
+    """The API's 400 for function declarations whose names break its rule — a letter or ``_`` first, then
+    letters, digits, ``_``, ``.``, ``:`` or ``-``, at most 64 — one line per name, as it lists them
+    (kaitranntt/ccs#25, google-gemini/gemini-cli#7878); ``None`` when every name keeps it."""
+    lines = []
+    for i, tool in enumerate(_get(body, "tools") or []):
+        for j, decl in enumerate(_get(tool, "functionDeclarations") or [] if isinstance(tool, dict) else []):
+            name = _get(decl, "name")
+            if not name_within(name, 64, also=".:", first=_NAME_FIRST):
+                lines.append(
+                    f"  * tools[{i}].function_declarations[{j}].name: [FIELD_INVALID] Invalid function name. Must "
+                    "start with a letter or an underscore. Must be a-z, A-Z, 0-9, or contain underscores (_), dots "
+                    "(.), colons (:), or dashes (-), with a maximum length of 64."
+                )
+    return "The GenerateContentRequest proto is invalid:\n" + "\n".join(lines) if lines else None
 
 
 def _google_error(
@@ -421,7 +467,12 @@ class GeminiSim:
         if unpaired is not None:
             return _google_error(400, unpaired)
         signed = signs_function_calls(model)
-        refused = _thinking_refusal(_get(_get(body, "generationConfig"), "thinkingConfig"), gemini_3=signed)
+        thinking_config = _get(_get(body, "generationConfig"), "thinkingConfig")
+        refused = (
+            _thinking_refusal(thinking_config, gemini_3=signed)
+            or _budget_refusal(thinking_config, model)
+            or _function_name_refusal(body)
+        )
         if refused is not None:
             return _google_error(400, refused)
         unsigned = _unsigned_call([c for c in _get(body, "contents") or [] if isinstance(c, dict)]) if signed else None

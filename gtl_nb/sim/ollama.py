@@ -13,7 +13,9 @@ first``.
 Schema (an object) with JSON of that schema (``answers.sample_for_schema``, as every simulator answers
 structured output), ``""`` or ``null`` as no format; anything else is refused before any output, in
 Ollama's words (``invalid format: "yaml"; expected "json" or a valid JSON Schema object``; the status
-is 400, as recent servers answer it — older ones said 500).
+is 400, as recent servers answer it — older ones said 500). ``think`` (``true`` or a level) to a model
+that does not think (every pulled one but ``qwen3`` and ``gpt-oss``) is Ollama's 400 ``"llama3.1:8b" does
+not support thinking``, as ``server/routes.go`` words it; ``/api/show`` lists ``thinking`` only for those.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ OLLAMA_MODELS = (
     "gpt-oss:latest",
     "gpt-oss:20b",
 )
+#: The families of those models that think (the rest do not: ``think`` to one is Ollama's 400).
+_THINKING_FAMILIES = ("qwen3", "gpt-oss")
 # Framing of a Llama 3 chat template, measured on the recorded usage: role headers around each turn; with
 # tools, the template adds instructions and the tool definitions as raw JSON (verbose: ~30 tokens a tool).
 _RATES = Rates(
@@ -80,6 +84,15 @@ def _timestamp(step: int) -> str:
 
 def _full_name(model: str) -> str:
     return model if ":" in model else model + ":latest"
+
+
+def _thinks(model: str) -> bool:
+    """Whether a pulled model thinks (a name outside :data:`OLLAMA_MODELS`, served through ``models=``, is
+    taken to: the simulator knows nothing of it)."""
+    full = _full_name(model)
+    if full not in {_full_name(m) for m in OLLAMA_MODELS}:
+        return True
+    return full.partition(":")[0] in _THINKING_FAMILIES
 
 
 def _text_of(content: Any) -> str:
@@ -173,7 +186,7 @@ class OllamaSim:
             "template": "{{ .Prompt }}",
             "details": self._details(),
             "model_info": {"general.architecture": "llama", "llama.context_length": 131072},
-            "capabilities": ["completion", "tools", "thinking"],
+            "capabilities": ["completion", "tools", "thinking"] if _thinks(name) else ["completion", "tools"],
             "modified_at": "2025-01-01T00:00:00.000000000Z",
         }
 
@@ -231,6 +244,13 @@ class OllamaSim:
         if wanted not in (None, "", "json") and not isinstance(wanted, dict):
             said = json.dumps(wanted, ensure_ascii=False)
             refusal = f'invalid format: {said}; expected "json" or a valid JSON Schema object'
+            return json_response(400, {"error": refusal}, content_type=_JSON_TYPE)
+        think = body.get("think")
+        if think not in (None, False, "", "false") and not _thinks(
+            str(model)
+        ):  # (a level is a yes: Go's ThinkValue.Bool)
+            # server/routes.go: 400 {"error": fmt.Sprintf("%q does not support thinking", req.Model)}
+            refusal = f"{json.dumps(str(model), ensure_ascii=False)} does not support thinking"
             return json_response(400, {"error": refusal}, content_type=_JSON_TYPE)
         answer = self._answer(body, ctx)
         ids = [

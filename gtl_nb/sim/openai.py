@@ -12,7 +12,14 @@ Written from the recorded fixtures (``tests/fixtures/wire/openai``, ``…/azure`
   ``content_filter_results``, the others ``{}``; keys come out sorted; no obfuscation; usage only when asked.
 
 Both refuse a ``reasoning_effort`` outside the SDK's values with OpenAI's 400 for an invalid value (``param``
-``reasoning_effort``, ``code`` ``invalid_value``); which values a given model takes is not simulated.
+``reasoning_effort``, ``code`` ``invalid_value``), and any ``reasoning_effort`` to a model that does not reason
+(GPT-4, GPT-3.5: "Unsupported parameter") and an effort an o-series or first GPT-5 model does not take
+(``none``; ``minimal`` before GPT-5: "Unsupported value"); which values later models take is not simulated. Both
+refuse what a model cannot take or the API cannot read, in the API's words (``_model_refusal``,
+``_tool_name_refusal``): a function name outside ``^[a-zA-Z0-9_-]{1,64}$``, an image to a model that cannot see,
+a data URL image of a type other than PNG, JPEG, GIF or WebP. An alias is answered with its dated snapshot in
+``model`` (``OPENAI_SNAPSHOTS``), as recorded (``gpt-4o`` → ``gpt-4o-2024-08-06``); Azure names the snapshot of
+the model a deployment serves. An OpenAI-compatible server checks none of these.
 """
 
 from __future__ import annotations
@@ -25,11 +32,18 @@ from collections.abc import Iterator
 from typing import Any
 
 from gtl_nb.sim.answers import Answer
-from gtl_nb.sim.base import FIXED_EPOCH, SimContext, SimRequest, SimResponse, json_response
+from gtl_nb.sim.base import FIXED_EPOCH, SimContext, SimRequest, SimResponse, json_response, name_within
 from gtl_nb.sim.schemas import schema_problem
 from gtl_nb.sim.tokens import Rates, Tally, data_url_bytes, openai_image_tokens
 
-__all__ = ["OPENAI_CONTEXT_WINDOWS", "OPENAI_MODELS", "AzureSim", "OpenAICompatibleSim", "OpenAISim"]
+__all__ = [
+    "OPENAI_CONTEXT_WINDOWS",
+    "OPENAI_MODELS",
+    "OPENAI_SNAPSHOTS",
+    "AzureSim",
+    "OpenAICompatibleSim",
+    "OpenAISim",
+]
 
 #: The chat models of the simulated OpenAI account (and the deployments of the simulated Azure resource).
 OPENAI_MODELS = (
@@ -67,6 +81,57 @@ OPENAI_CONTEXT_WINDOWS: dict[str, int] = {
     **dict.fromkeys(("gpt-5", "gpt-5-mini", "gpt-5-nano", "gpt-5.4-mini", "gpt-5.4-nano"), 400000),
     **dict.fromkeys(("gpt-5.4", "gpt-5.5"), 1050000),
 }
+#: The dated snapshot an alias stands for, which the API names in its answer's ``model`` (the recorded
+#: answers: ``gpt-4o`` → ``gpt-4o-2024-08-06``, ``gpt-4o-mini`` → ``gpt-4o-mini-2024-07-18``, ``gpt-4.1-nano`` →
+#: ``gpt-4.1-nano-2025-04-14``; the others as OpenAI's model pages date them). A name not here is answered as asked.
+OPENAI_SNAPSHOTS: dict[str, str] = {
+    "gpt-4o": "gpt-4o-2024-08-06",
+    "gpt-4o-mini": "gpt-4o-mini-2024-07-18",
+    "gpt-4.1": "gpt-4.1-2025-04-14",
+    "gpt-4.1-mini": "gpt-4.1-mini-2025-04-14",
+    "gpt-4.1-nano": "gpt-4.1-nano-2025-04-14",
+    "gpt-4-turbo": "gpt-4-turbo-2024-04-09",
+    "gpt-3.5-turbo": "gpt-3.5-turbo-0125",
+    "o1": "o1-2024-12-17",
+    "o3": "o3-2025-04-16",
+    "o3-mini": "o3-mini-2025-01-31",
+    "o4-mini": "o4-mini-2025-04-16",
+    "gpt-5": "gpt-5-2025-08-07",
+    "gpt-5-mini": "gpt-5-mini-2025-08-07",
+    "gpt-5-nano": "gpt-5-nano-2025-08-07",
+}
+#: The account's models that do not reason (every GPT-4 and GPT-3.5 model): ``reasoning_effort`` sent to one is
+#: the API's 400 "Unsupported parameter".
+_NOT_REASONING = ("gpt-4", "gpt-3.5")
+#: The efforts the account's older reasoning models take (the API's 400 "Unsupported value" names them for any
+#: other): the o-series low to high, the first GPT-5 models ``minimal`` too; neither takes ``none``, which came
+#: with GPT-5.1. A reasoning model not here (GPT-5.1 and later) is not checked: which of the values it takes is
+#: not simulated. Keyed by the name as asked, its dated snapshot included.
+_EFFORTS_TAKEN: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(
+        (
+            "o1",
+            "o1-2024-12-17",
+            "o3",
+            "o3-2025-04-16",
+            "o3-mini",
+            "o3-mini-2025-01-31",
+            "o4-mini",
+            "o4-mini-2025-04-16",
+        ),
+        ("low", "medium", "high"),
+    ),
+    **dict.fromkeys(
+        ("gpt-5", "gpt-5-2025-08-07", "gpt-5-mini", "gpt-5-mini-2025-08-07", "gpt-5-nano", "gpt-5-nano-2025-08-07"),
+        ("minimal", "low", "medium", "high"),
+    ),
+}
+#: The account's models that cannot see: an ``image_url`` part sent to one is the API's 400 "Invalid content
+#: type" (o3-mini and GPT-3.5 take text only).
+_BLIND = frozenset(("gpt-3.5-turbo", "o3-mini"))
+#: The image types the API reads (its 400 "You uploaded an unsupported image" names them).
+_IMAGE_TYPES = frozenset(("image/png", "image/jpeg", "image/jpg", "image/gif", "image/webp"))
+_LONGEST_TOOL_NAME = 64
 #: what an OpenAI-compatible server lists when it was given no names (it accepts any)
 _COMPATIBLE_LISTED = ("gpt-4o-mini", "gpt-4o", "gpt-4.1-mini", "o4-mini")
 # Framing measured on the recorded usage: 3 tokens per message and 3 to prime the reply; tools are rendered
@@ -147,8 +212,8 @@ def _structured(response_format: Any) -> dict[str, Any] | None:
 
 
 _FORMAT_TYPES = ("text", "json_object", "json_schema")
-#: ``reasoning_effort``'s values (the OpenAI SDK's ``ReasoningEffort``); which of them a model takes is not
-#: simulated: every one is accepted for every model, anything else refused as the API refuses a value.
+#: ``reasoning_effort``'s values (the OpenAI SDK's ``ReasoningEffort``): anything else is refused as the API
+#: refuses a value; which of them a model takes is ``_model_refusal``'s (``_EFFORTS_TAKEN``).
 REASONING_EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 
 
@@ -273,6 +338,103 @@ def _unanswered_calls(ids: list[str], index: int) -> dict[str, Any]:
     )
 
 
+def _tool_name_refusal(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The API's 400 for a function name outside ``^[a-zA-Z0-9_-]+$`` or over 64 characters, in a tool
+    definition (``tools[N].function.name``) or a replayed call (``messages[N].tool_calls[M].function.name``):
+    "Invalid '…': string does not match pattern. …", ``code`` ``invalid_value`` (brekkylab/ailoy#109,
+    run-llama/llama_index#16093, mcp-use/mcp-use#90); a name too long says "string too long", as the API words
+    every string over its limit."""
+    named: list[tuple[str, Any]] = []
+    for index, tool in enumerate(body.get("tools") or []):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if isinstance(function, dict):
+            named.append((f"tools[{index}].function.name", function.get("name")))
+    for index, message in enumerate(body.get("messages") or []):
+        calls = message.get("tool_calls") if isinstance(message, dict) else None
+        for position, call in enumerate(calls if isinstance(calls, list) else []):
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict):
+                named.append((f"messages[{index}].tool_calls[{position}].function.name", function.get("name")))
+    for param, name in named:
+        if name_within(name, _LONGEST_TOOL_NAME):
+            continue
+        if isinstance(name, str) and len(name) > _LONGEST_TOOL_NAME and name_within(name, len(name)):
+            return _error(
+                f"Invalid '{param}': string too long. Expected a string with maximum length {_LONGEST_TOOL_NAME}, "
+                f"but got a string with length {len(name)} instead.",
+                "invalid_request_error",
+                "string_above_max_length",
+                param,
+            )
+        return _error(
+            f"Invalid '{param}': string does not match pattern. Expected a string that matches the pattern "
+            "'^[a-zA-Z0-9_-]+$'.",
+            "invalid_request_error",
+            "invalid_value",
+            param,
+        )
+    return None
+
+
+def _image_parts(body: dict[str, Any]) -> Iterator[tuple[int, int, str]]:
+    """``(message index, part index, url)`` of every ``image_url`` part of the request's messages."""
+    for index, message in enumerate(body.get("messages") or []):
+        content = message.get("content") if isinstance(message, dict) else None
+        for position, part in enumerate(content if isinstance(content, list) else []):
+            if isinstance(part, dict) and part.get("type") == "image_url":
+                wrapper = part.get("image_url")
+                url = wrapper.get("url") if isinstance(wrapper, dict) else None
+                yield index, position, url if isinstance(url, str) else ""
+
+
+def _model_refusal(body: dict[str, Any], model: str) -> dict[str, Any] | None:
+    """The API's 400s for what ``model`` cannot take: ``reasoning_effort`` to a model that does not reason
+    ("Unsupported parameter: 'reasoning_effort' is not supported with this model.", ``code``
+    ``unsupported_parameter``, the API's wording for a parameter a model lacks, as for ``max_tokens`` on a
+    reasoning model), an effort an older reasoning model does not take ("Unsupported value:
+    'reasoning_effort' does not support 'none' with this model. Supported values are: …", ``code``
+    ``unsupported_value`` — the recorded fixture's code for a value a model refuses, and the wording
+    Kilo-Org/cloud#3807 quotes), an image to a model that cannot see ("Invalid content type. image_url is only supported
+    by certain models.", ``param`` ``messages.[N].content.[M].type``, ``code`` null — vllm-project/vllm#11629,
+    zou-group/textgrad#210), and a data URL of a type the API does not read (``invalid_image_format``,
+    STranslate/STranslate#277)."""
+    if body.get("reasoning_effort") is not None and model.startswith(_NOT_REASONING):
+        return _error(
+            "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+            "invalid_request_error",
+            "unsupported_parameter",
+            "reasoning_effort",
+        )
+    taken = _EFFORTS_TAKEN.get(model)
+    effort = body.get("reasoning_effort")
+    if taken is not None and effort is not None and effort not in taken:
+        listed = ", ".join(repr(value) for value in taken[:-1]) + f", and {taken[-1]!r}"
+        return _error(
+            f"Unsupported value: 'reasoning_effort' does not support {effort!r} with this model. Supported values "
+            f"are: {listed}.",
+            "invalid_request_error",
+            "unsupported_value",
+            "reasoning_effort",
+        )
+    for index, position, url in _image_parts(body):
+        if model in _BLIND:
+            return _error(
+                "Invalid content type. image_url is only supported by certain models.",
+                "invalid_request_error",
+                None,
+                f"messages.[{index}].content.[{position}].type",
+            )
+        declared = url[5 : url.find(";", 5, 100)].strip().lower() if url.startswith("data:") else ""
+        if declared.startswith("image/") and declared not in _IMAGE_TYPES:
+            return _error(
+                "You uploaded an unsupported image. Please make sure your image has of one the following formats: "
+                "['png', 'jpeg', 'gif', 'webp'].",
+                "invalid_request_error",
+                "invalid_image_format",
+            )
+    return None
+
+
 def _retry_header(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
@@ -301,6 +463,9 @@ class _ChatCompletionsSim:
     #: whether a tool history is paired as OpenAI's API pairs it (every ``tool`` message answers a call of
     #: the assistant message before it, every call is answered); an OpenAI-compatible server may not check
     checks_tool_history = True
+    #: whether the request is checked against what the model takes and names (tool names, ``reasoning_effort``,
+    #: images, the snapshot answered): an OpenAI-compatible server serves models it does not describe
+    checks_models = True
 
     name = "openai"
     base_path = "/v1"
@@ -498,6 +663,10 @@ class _ChatCompletionsSim:
             unpaired = _tool_history_refusal(req.json.get("messages"))
             if unpaired is not None:
                 return unpaired
+        if self.checks_models:
+            misnamed = _tool_name_refusal(req.json)
+            if misnamed is not None:
+                return misnamed
         effort = _reasoning_effort_refusal(req.json.get("reasoning_effort"))
         if effort is not None:
             return effort
@@ -596,6 +765,10 @@ class OpenAISim(_ChatCompletionsSim):
             return json_response(400, _error("you must provide a model parameter", "invalid_request_error", None))
         if not self._accepts(str(model), ctx):
             return self._model_not_found(str(model))
+        refused = _model_refusal(body, str(model)) if self.checks_models else None
+        if refused is not None:
+            return json_response(400, refused, self._headers(req, ctx))
+        answered = OPENAI_SNAPSHOTS.get(str(model), str(model)) if self.checks_models else str(model)
         too_long = self._over_window(body, str(model), ctx)
         if too_long is not None:
             return json_response(400, too_long, self._headers(req, ctx))
@@ -608,7 +781,7 @@ class OpenAISim(_ChatCompletionsSim):
                 ctx,
                 answer,
                 chat_id,
-                str(model),
+                answered,
                 include_usage=bool(options.get("include_usage")),
                 obfuscate=options.get("include_obfuscation", True) is not False,
             )
@@ -618,7 +791,7 @@ class OpenAISim(_ChatCompletionsSim):
             "id": chat_id,
             "object": "chat.completion",
             "created": FIXED_EPOCH,
-            "model": model,
+            "model": answered,
             "choices": [
                 {
                     "index": 0,
@@ -757,6 +930,7 @@ class OpenAICompatibleSim(OpenAISim):
     known_models = None
     checks_response_format = False
     checks_tool_history = False
+    checks_models = False
     context_windows: dict[str, int] = {}
 
 
@@ -845,6 +1019,10 @@ class AzureSim(_ChatCompletionsSim):
             "apim-request-id": ctx.make_id("", 32, req.body, alphabet="0123456789abcdef"),
             "x-ms-region": "Sim Region",
         }
+        refused = _model_refusal(body, deployment)  # the simulated deployments are named after their models
+        if refused is not None:
+            return json_response(400, refused, headers)
+        model = OPENAI_SNAPSHOTS.get(deployment, deployment)  # the recorded stream names the model's snapshot
         too_long = self._over_window(body, deployment, ctx)  # the deployment's model decides the window
         if too_long is not None:
             return json_response(400, too_long, headers)
@@ -852,7 +1030,7 @@ class AzureSim(_ChatCompletionsSim):
         chat_id = ctx.make_id("chatcmpl-", 29, req.body)
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            chunks = self._stream(req, ctx, answer, chat_id, deployment, include_usage)
+            chunks = self._stream(req, ctx, answer, chat_id, model, include_usage)
             return SimResponse(200, {"content-type": "text/event-stream", **headers}, chunks=chunks)
         payload = {
             "choices": [
@@ -866,7 +1044,7 @@ class AzureSim(_ChatCompletionsSim):
             ],
             "created": FIXED_EPOCH,
             "id": chat_id,
-            "model": deployment,
+            "model": model,
             "object": "chat.completion",
             "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": _FILTER_RESULTS}],
             "system_fingerprint": "fp_sim0000001",

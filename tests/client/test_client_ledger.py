@@ -151,6 +151,24 @@ def test_one_model_name_per_row_whatever_the_outcome(ledger_path):
     assert list(frame["deployment"]) == ["goodoa", "badoa"]
 
 
+def test_an_alias_answered_by_its_snapshot_is_recorded_as_the_model_asked(ledger_path):
+    # OpenAI answers gpt-4o-mini as gpt-4o-mini-2024-07-18 (its simulator too): the caller reads the snapshot
+    # in the answer, the ledger keeps the model asked, so an answered and a failed request of one model are
+    # one model in a table by model
+    with sim.running("openai") as url:
+        providers = {
+            "goodoa": {"type": "openai", "api_key": "sim-key", "base_url": url},
+            "badoa": {"type": "openai", "api_key": "wrong-key", "base_url": url},
+        }
+        client = gtl_nb.connect(providers=providers, ledger=ledger_path, environ={})
+        answer = client.complete("goodoa:gpt-4o-mini", "hello")
+        with pytest.raises(AuthenticationError):
+            client.complete("badoa:gpt-4o-mini", "hello")
+        client.close()
+    assert answer.model == "gpt-4o-mini-2024-07-18"
+    assert list(rows(ledger_path)["model"]) == ["gpt-4o-mini", "gpt-4o-mini"]
+
+
 def test_a_question_without_an_answer_is_a_retryable_error_after_the_stores_own_wait(ledger_path, monkeypatch):
     """``usage()`` and the gateway's queries wait longer than a gateway's query and a shared store's read
     wait themselves (their answer says why); past that, a retryable error naming what had no answer —

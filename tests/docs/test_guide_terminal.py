@@ -63,5 +63,5 @@ def test_the_guides_terminal_block_runs_as_written_offline(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "gtl: error" not in result.stderr, result.stderr
     footers = [line for line in result.stdout.splitlines() if line.startswith("-- ")]
-    assert len(footers) == 4 and "openai (gpt-4o-mini)" in footers[1], result.stdout
+    assert len(footers) == 4 and "openai (gpt-4o-mini-2024-07-18)" in footers[1], result.stdout
     assert "gtl gateway: stopped" in result.stderr  # the block's last line stopped what it started

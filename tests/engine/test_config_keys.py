@@ -747,8 +747,8 @@ def defaults_reasoning_effort(tmp_path):
         c = client({"openai": oa(s)}, defaults={"reasoning_effort": "high"})
         c.complete("o4-mini", "hi")
         c.complete("o4-mini", "hi", reasoning_effort="low")  # a caller's own replaces the default
-        c.complete("o4-mini", "hi", reasoning_budget=0)  # … in either unit
-    assert [body(s, i).get("reasoning_effort") for i in range(3)] == ["high", "low", "none"]
+        c.complete("o4-mini", "hi", reasoning_budget=0)  # … in either unit (0: o4-mini's least, it cannot stop)
+    assert [body(s, i).get("reasoning_effort") for i in range(3)] == ["high", "low", "low"]
     with pytest.raises(ConfigurationError, match=r"reasoning_effort must be one of 'none', 'minimal'.*got 'huge'"):
         load_settings(environ={}, defaults={"reasoning_effort": "huge"})
 

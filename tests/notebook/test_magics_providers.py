@@ -65,7 +65,7 @@ def test_a_simulated_provider_answers_with_cost_and_the_options_reach_it(ip, sim
     assert body["temperature"] == 0.3
     assert 50 in (body.get("max_tokens"), body.get("max_completion_tokens"))
     assert body["stream"] is True
-    assert "good (gpt-4o-mini)" in text
+    assert "good (gpt-4o-mini-2024-07-18)" in text  # the model that served it, as OpenAI names the alias
 
 
 def test_no_stream_asks_the_provider_for_one_response(ip, sims):
@@ -118,7 +118,7 @@ def test_providers_list_fails_over_to_the_next_deployment(ip, sims):
     assert answer.failovers and "down -> good" in answer.failovers[0]
     assert "failover" in text
     # the title says what answered, not only what was asked (the footer alone said so)
-    assert re.search(r"== \S*gpt-4o-mini -> good:gpt-4o-mini ==", text), text
+    assert re.search(r"== \S*gpt-4o-mini -> good:gpt-4o-mini-2024-07-18 ==", text), text
 
 
 def test_no_cache_asks_again_where_the_cache_would_answer(ip, sims):

@@ -58,7 +58,6 @@ OPENAI_LOW = Deployment(name="o", type="openai", api_key="k", options={"reasonin
         ({"reasoning_budget": 50000}, OPENAI, "high"),
         ({"reasoning_effort": "minimal", "reasoning_budget": 30000}, OPENAI, "minimal"),  # both: the native one
         ({"reasoning_effort": "none"}, OPENAI_LOW, "none"),
-        ({"reasoning_budget": 0}, OPENAI_LOW, "none"),
         ({}, OPENAI_LOW, "low"),  # neither: the deployment's option
         ({}, OPENAI, None),
     ],
@@ -70,6 +69,27 @@ def test_openai_sends_the_requests_effort_or_its_budget_converted(fields, deploy
         body(OpenAIDialect(), request(model="gpt-5", reasoning=True, **fields), deployment).get("reasoning_effort")
         == sent
     )  # (reasoning alone changes nothing: Chat Completions shows no reasoning)
+
+
+@pytest.mark.parametrize(
+    ("model", "sent"),
+    [
+        ("o4-mini", "low"),
+        ("o3-2025-04-16", "low"),
+        ("gpt-5", "minimal"),
+        ("gpt-5-mini-2025-08-07", "minimal"),
+        ("gpt-5.1", "none"),
+        ("gpt-5.4-mini", "none"),
+    ],
+)
+def test_a_budget_of_0_is_the_least_effort_the_model_takes(model, sent):
+    """The o-series and the first GPT-5 models cannot stop thinking and refuse ``none`` ("Unsupported
+    value"); a budget of 0 read as an effort is the dialect's reading, so it sends what the model takes. An
+    effort of ``none`` the caller gave goes as given: OpenAI's to refuse, in its words."""
+    assert body(OpenAIDialect(), request(model=model, reasoning_budget=0), OPENAI)["reasoning_effort"] == sent
+    assert body(OpenAIDialect(), request(model=model, reasoning_effort="none"), OPENAI)["reasoning_effort"] == "none"
+    azure = Deployment(name="a", type="azure", api_key="k", base_url="https://r.openai.azure.com")
+    assert body(AzureDialect(), request(model=model, reasoning_budget=0), azure)["reasoning_effort"] == sent
 
 
 def test_a_model_that_does_not_reason_is_not_sent_the_requests_effort():
@@ -202,6 +222,12 @@ GEMINI_512 = Deployment(name="g", type="gemini", api_key="AIza-k", options={"thi
         ("gemini-2.5-flash", {"reasoning_budget": 3000}, GEMINI_512, {"thinkingBudget": 3000}),
         ("gemini-2.5-flash", {"reasoning_effort": "low", "reasoning_budget": 700}, GEMINI, {"thinkingBudget": 700}),
         ("gemini-2.5-flash", {"reasoning_effort": "none"}, GEMINI_512, {"thinkingBudget": 0}),
+        ("gemini-2.5-flash", {"reasoning_effort": "max"}, GEMINI, {"thinkingBudget": 24576}),  # Flash's most
+        ("gemini-2.5-flash-lite", {"reasoning_effort": "none"}, GEMINI, {"thinkingBudget": 0}),
+        ("gemini-2.5-pro", {"reasoning_effort": "none"}, GEMINI, {"thinkingBudget": 128}),  # Pro cannot stop
+        ("models/gemini-2.5-pro", {"reasoning_effort": "max"}, GEMINI, {"thinkingBudget": 32768}),
+        ("gemini-2.5-pro", {"reasoning_budget": 0}, GEMINI, {"thinkingBudget": 0}),  # the caller's, as given
+        ("gemini-2.5-flash", {"reasoning_budget": 30000}, GEMINI, {"thinkingBudget": 30000}),
         ("gemini-2.5-flash", {"reasoning": True}, GEMINI_512, {"includeThoughts": True, "thinkingBudget": 512}),
         ("gemini-2.5-flash", {}, GEMINI_512, None),
         ("gemini-3-pro-preview", {"reasoning_effort": "medium"}, GEMINI_512, {"thinkingLevel": "high"}),

@@ -354,9 +354,9 @@ def test_recorded_requests_are_understood(name: str, serve_sim: Any) -> None:
 def test_reasoning_effort_is_one_of_the_sdks_values_or_the_apis_invalid_value(serve_sim: Any) -> None:
     s = serve_sim("openai")
     for effort in ("none", "minimal", "low", "medium", "high", "xhigh", "max"):
-        assert client(s).chat.completions.create(model="gpt-4o-mini", messages=USER, reasoning_effort=effort).choices
+        assert client(s).chat.completions.create(model="gpt-5.5", messages=USER, reasoning_effort=effort).choices
     with pytest.raises(openai.BadRequestError) as refused:
-        client(s).chat.completions.create(model="gpt-4o-mini", messages=USER, reasoning_effort="huge")  # type: ignore[arg-type]
+        client(s).chat.completions.create(model="gpt-5.5", messages=USER, reasoning_effort="huge")  # type: ignore[arg-type]
     error = refused.value
     assert (error.status_code, error.code, error.param, error.type) == (
         400,
