@@ -135,18 +135,23 @@ def iso_timestamp(text: str) -> datetime | None:
     ``isoformat()``): ``YYYY-MM-DD``, then optionally ``T`` (or ``t``, or a space) and ``hh:mm``,
     ``:ss``, a fraction of any length after ``.`` or ``,``, and ``Z`` or an offset. The same on every
     Python gtl_nb runs on: Python 3.10's ``fromisoformat`` reads no ``Z`` and only 3 or 6 fraction
-    digits, so both are brought to its form before it checks the numbers' ranges."""
+    digits, nor an offset without its colon (``+0530``, ``strftime("%z")``'s) or without minutes
+    (``+02``), so each is brought to its form before it checks the numbers' ranges. A time zone's name
+    after the offset in brackets (``…+02:00[Europe/Paris]``, RFC 9557, Java's ``ZonedDateTime``) is
+    taken and not read. Basic forms (``20240501``, ``T1200``) are not taken, on any Python."""
     if not text.isascii() or len(text) < 10 or text[4] != "-" or text[7] != "-":
         return None
     if not (text[:4] + text[5:7] + text[8:10]).isdigit():
         return None
     body = text
-    if body[-1] in "Zz":
+    if body.endswith("]") and "[" in body:
+        body = body[: body.index("[")]
+    if body and body[-1] in "Zz":
         body = body[:-1] + "+00:00"
     if len(body) > 10:
-        if body[10] not in "Tt " or len(body) < 16 or not body[11:13].isdigit():
-            return None  # (a time has hours and minutes at least)
-        body = body[:10] + "T" + body[11:]
+        if body[10] not in "Tt " or len(body) < 16 or not body[11:13].isdigit() or body[13] != ":":
+            return None  # (a time has hours and minutes at least, in the extended form)
+        body = body[:10] + "T" + _offset_with_colon(body[11:])
         mark = max(body.find(".", 11), body.find(",", 11))
         if mark != -1:
             end = mark + 1
@@ -160,6 +165,19 @@ def iso_timestamp(text: str) -> datetime | None:
         return datetime.fromisoformat(body)
     except ValueError:  # a month 13, an hour 25, a letter where a digit goes
         return None
+
+
+def _offset_with_colon(time: str) -> str:
+    """A time of day with its UTC offset written ``±hh:mm`` (from ``±hhmm`` or ``±hh``); as it was else."""
+    sign = max(time.rfind("+"), time.rfind("-"))
+    if sign == -1:
+        return time
+    offset = time[sign + 1 :]
+    if offset.isdigit() and len(offset) == 4:
+        return f"{time[: sign + 1]}{offset[:2]}:{offset[2:]}"
+    if offset.isdigit() and len(offset) == 2:
+        return f"{time[: sign + 1]}{offset}:00"
+    return time
 
 
 def _check_timestamp(value: str | None) -> None:

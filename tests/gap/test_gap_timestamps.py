@@ -23,6 +23,10 @@ TAKEN = [
     "2024-05-01T12:00:00.123456789Z",  # Go's RFC3339Nano
     "2024-05-01T12:00:00,25Z",  # ISO-8601's decimal comma
     "2024-05-01T12:00:00.123456+00:00",  # Python's isoformat()
+    "2024-05-01T12:00:00+0000",  # strftime("%z"): taken on Python 3.10 too, as on 3.11 and later
+    "2024-05-01T12:00:00-0800",
+    "2024-05-01T12:00+02",  # an offset of whole hours
+    "2024-05-01T12:00:00+02:00[Europe/Paris]",  # RFC 9557's zone name (Java's ZonedDateTime)
 ]
 REFUSED = [
     "yesterday",
@@ -37,6 +41,8 @@ REFUSED = [
     "05/01/2024",
     "２０２４-05-01",  # full-width digits
     "1714564800",
+    "2024-05-01T1200",  # ISO-8601's basic form: refused on every Python (3.11 would read it)
+    "2024-05-01T12:00:00+2",
 ]
 
 
