@@ -53,7 +53,13 @@ CREDENTIAL_HEADERS = frozenset(
 )
 # Words that make a header or an option name a credential's (``x-auth-token``, ``Ocp-Apim-Subscription-Key``,
 # ``azure_ad_token``, ``client_secret``); ``max_tokens`` ends in ``tokens`` and is no credential.
-_CREDENTIAL_ENDINGS = ("key", "token", "secret", "password", "passwd")
+_CREDENTIAL_ENDINGS = frozenset(
+    ("key", "apikey", "token", "secret", "password", "passwd", "auth", "authorization", "credential", "credentials")
+)
+# Words that make a name a credential's wherever they stand (``X-Authorization-Id``, ``apikey_v2``)
+_CREDENTIAL_WORDS = frozenset(("authorization", "apikey", "password", "passwd", "secret", "credentials"))
+# How a value says it is a credential, whatever its header's name
+_CREDENTIAL_SCHEMES = ("bearer ", "basic ", "token ")
 _KEY_INSTEAD = (
     "name the environment variable holding the provider's key with api_key_env=VAR (each type sends it in its "
     "own header: Authorization: Bearer, x-api-key, api-key, x-goog-api-key), or put the setting in a config "
@@ -389,12 +395,31 @@ def help_text(parser: Parser) -> str:
 
 
 def _names_a_credential(name: str, *, header: bool) -> bool:
-    """Whether a header's or an option's name says its value is a credential."""
-    lowered = name.strip().lower()
-    if header and lowered in CREDENTIAL_HEADERS:
+    """Whether a header's or an option's name says its value is a credential: a provider's key header, a
+    last word among ``_CREDENTIAL_ENDINGS`` or any among ``_CREDENTIAL_WORDS`` (words split at ``-``,
+    ``_`` and camelCase: ``apiKey``, ``authToken``, ``X-ApiKey``)."""
+    if header and name.strip().lower() in CREDENTIAL_HEADERS:
         return True
-    last = lowered.replace("-", "_").rsplit("_", 1)[-1]
-    return last in _CREDENTIAL_ENDINGS or lowered in ("authorization", "auth", "credentials")
+    words = _words(name)
+    return bool(words) and (words[-1] in _CREDENTIAL_ENDINGS or not _CREDENTIAL_WORDS.isdisjoint(words))
+
+
+def _words(name: str) -> list[str]:
+    """``name``'s words, lower-cased: split at ``-``, ``_``, spaces and a lower-case letter or digit followed
+    by a capital (``xApiKey`` → ``x``, ``api``, ``key``)."""
+    spaced: list[str] = []
+    previous = ""
+    for character in name:
+        if character.isupper() and (previous.islower() or previous.isdigit()):
+            spaced.append(" ")
+        spaced.append(" " if character in "-_." else character)
+        previous = character
+    return "".join(spaced).lower().split()
+
+
+def _says_a_credential(value: object) -> bool:
+    """Whether a header's value carries its own credential scheme (``Bearer …``, ``Basic …``)."""
+    return isinstance(value, str) and value.strip().lower().startswith(_CREDENTIAL_SCHEMES)
 
 
 def refuse_credential_values(settings: Mapping[str, Any]) -> None:
@@ -405,8 +430,11 @@ def refuse_credential_values(settings: Mapping[str, Any]) -> None:
         values = settings.get(setting)
         if not isinstance(values, Mapping):
             continue  # (not a table: the configuration says so)
-        for name in values:
-            if isinstance(name, str) and _names_a_credential(name, header=setting == "headers"):
+        for name, value in values.items():
+            header = setting == "headers"
+            if isinstance(name, str) and (
+                _names_a_credential(name, header=header) or (header and _says_a_credential(value))
+            ):
                 what = f"header {name!r}" if setting == "headers" else f"option {name!r}"
                 raise ArgumentError(
                     f"refusing {what} in {setting}=...: a secret typed in a cell is saved in the notebook; "

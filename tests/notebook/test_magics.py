@@ -1046,6 +1046,14 @@ def test_a_cell_refused_before_any_answer_leaves_its_error_as_gtl_never_an_older
         ("""headers='{"X-Auth-Token": "t0ken"}'""", "header 'X-Auth-Token'"),
         ("""options='{"api_key": "sk-proj-abcdef1234567890"}'""", "option 'api_key'"),
         ("""options='{"azure_ad_token": "eyJabc"}'""", "option 'azure_ad_token'"),
+        # names in other spellings, and a value that says it is a credential under any name
+        ("""headers='{"X-Authorization": "k3y-one"}'""", "header 'X-Authorization'"),
+        ("""headers='{"x-auth": "k3y-two"}'""", "header 'x-auth'"),
+        ("""headers='{"X-ApiKey": "k3y-three"}'""", "header 'X-ApiKey'"),
+        ("""headers='{"authToken": "k3y-four"}'""", "header 'authToken'"),
+        ("""headers='{"X-Team": "Bearer k3y-five"}'""", "header 'X-Team'"),
+        ("""options='{"apiKey": "k3y-six"}'""", "option 'apiKey'"),
+        ("""options='{"accessToken": "k3y-seven"}'""", "option 'accessToken'"),
     ],
 )
 def test_a_credential_header_or_option_typed_in_a_cell_is_refused_without_quoting_it(ip, setting, named):
@@ -1062,7 +1070,7 @@ def test_headers_and_options_that_hold_no_credential_are_taken(ip):
     run_ok = run(
         ip,
         "%gtl providers y type=openai_compatible base_url=http://127.0.0.1:9/v1 "
-        """headers='{"OpenAI-Project": "proj_1"}' options='{"max_tokens": 5}'""",
+        """headers='{"OpenAI-Project": "proj_1"}' options='{"max_tokens": 5, "keep_alive": "5m"}'""",
     )
     assert run_ok[0].success, run_ok[1]
     assert session_of(ip).providers["y"]["headers"] == {"OpenAI-Project": "proj_1"}
