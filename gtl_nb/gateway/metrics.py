@@ -40,7 +40,8 @@ gets its own label even when no list has it — a model pulled on the Ollama dep
 name, a dated id the provider answers under (``gpt-4o-mini-2024-07-18``), a fine-tune — so a real
 model is never hidden in ``other``. A name the provider refused (a typo: its ``404``) never does, and
 at most ``SERVED_LABELS`` such names per deployment are taken (a server that answers whatever name it
-is sent could otherwise be made to mint a series per name), nor one shaped like a credential. Past
+is sent could otherwise be made to mint a series per name), nor one shaped like a credential or unlike a
+model id (letters, digits and ``-._:/``, 128 at most: no address, quote or prose). Past
 that bound they count as ``other``; the lists' own names keep the common case one set lookup.
 
 A cached answer counts as a request and a cache hit but adds no tokens or cost (nothing was spent
@@ -115,6 +116,17 @@ _MAX_PENDING = 65_536
 SERVED_LABELS = 50
 """Models no list names that a deployment may still show under their own label, once it served them
 (the module docstring): the first this many it answers; later ones are ``other``."""
+
+_MODEL_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._:/")
+_MODEL_LABEL_CHARS = 128
+
+
+def _model_shaped(name: str) -> bool:
+    """Whether ``name`` reads as a model id (``gpt-4o-mini-2024-07-18``, ``llama3.2:3b``,
+    ``ft:gpt-4o-mini:acme::x1``, ``org/model``) and so may become a served name's label: a caller's
+    prose, an address or quotes never do, whatever a server that answers any name answered."""
+    return 0 < len(name) <= _MODEL_LABEL_CHARS and set(name) <= _MODEL_CHARACTERS
+
 
 METRICS_KEYS: Mapping[str, str] = {
     "enabled": "serve GET /metrics on the HTTP listener (default true once the [gateway.metrics] table exists)",
@@ -292,7 +304,7 @@ class Metrics:
         answered = self._served.get(deployment or "")
         if answered is not None and model in answered:
             return model
-        if not served or deployment not in self._models or redact(model) != model:
+        if not served or deployment not in self._models or not _model_shaped(model) or redact(model) != model:
             return OTHER
         if answered is None:
             answered = self._served[deployment] = set()

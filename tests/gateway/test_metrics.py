@@ -483,3 +483,15 @@ def test_every_reason_a_token_is_refused_for_is_a_label_value():
             if words:  # (not the boundary's re-raise of a ``_Refusal``'s own reason)
                 raised.add(words[0] if node.func.id == "_Refusal" else words[-1])  # type: ignore[attr-defined]
     assert raised and raised <= set(verify.REFUSAL_REASONS), raised - set(verify.REFUSAL_REASONS)
+
+
+def test_a_served_name_unlike_a_model_id_never_becomes_a_label(upstream):
+    """A server that answers any name answers a caller's prose, address or quotes too: such a name counts
+    as ``other`` however it was answered, and takes none of the deployment's ``SERVED_LABELS``."""
+    engine = make_engine(upstream)
+    metrics = Metrics.for_engine(engine)
+    for odd in ["alice@example.com", 'say "hi"', "two words", "x" * 129, "naïve-model", "a;b"]:
+        assert metrics.model_label("openai", odd, served=True) == "other", odd
+    for model_id in ["gpt-4o-mini-2024-07-18", "llama3.2:3b", "ft:gpt-4o-mini:acme::x1", "org/model-7b"]:
+        assert metrics.model_label("openai", model_id, served=True) == model_id
+    assert metrics.model_label("openai", "alice@example.com", served=True) == "other"  # (not kept since)
