@@ -1392,6 +1392,15 @@ class Engine:
                         change = await breakers.record_failure(target.name, retry_after=failed.retry_after)
                         self._breaker_changed(target.name, change)
                         grant = None
+                    if _account_used_up(failed) and (not outcome.content or _caller_takes_failover()):
+                        # this deployment's account (its credit, its quota for the period) is used up: never
+                        # it again in this request, but another deployment is another account, and may answer;
+                        # its circuit counts it, so requests stop asking it first while it lasts
+                        change = await breakers.record_failure(target.name, retry_after=failed.retry_after)
+                        self._breaker_changed(target.name, change)
+                        grant = None
+                        last_failure = (target, failed)
+                        break
                     if not failed.retryable:
                         fallback = self._context_fallback(failed, target)
                         if (
@@ -1991,6 +2000,13 @@ def _with_attempts(failed: Error, called: list[str]) -> Error:
     deployments = list(dict.fromkeys(called))
     where = f" to {', '.join(deployments)}" if len(deployments) > 1 else ""
     return msgspec.structs.replace(failed, message=f"{failed.message} (after {len(called)} attempts{where})")
+
+
+def _account_used_up(error: Error) -> bool:
+    """Whether ``error`` is a provider's word that the account calling it has no credit or quota left for
+    the period (a ``RATE_LIMIT`` it marked not retryable: Anthropic's ``billing_error``, OpenAI's
+    ``insufficient_quota``, a daily quota): no retry on that deployment, but a failover to another."""
+    return error.code == "RATE_LIMIT" and not error.retryable
 
 
 def _caller_takes_failover() -> bool:
