@@ -1394,11 +1394,9 @@ class Engine:
                         grant = None
                     if _account_used_up(failed) and (not outcome.content or _caller_takes_failover()):
                         # this deployment's account (its credit, its quota for the period) is used up: never
-                        # it again in this request, but another deployment is another account, and may answer;
-                        # its circuit counts it, so requests stop asking it first while it lasts
-                        change = await breakers.record_failure(target.name, retry_after=failed.retry_after)
-                        self._breaker_changed(target.name, change)
-                        grant = None
+                        # it again in this request, but another deployment is another account, and may answer.
+                        # No verdict on its circuit: an open one would tell the next caller "retry in 30 s"
+                        # where the provider's words (no credit) are the truth, and it answers them at once
                         last_failure = (target, failed)
                         break
                     if not failed.retryable:

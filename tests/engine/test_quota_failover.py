@@ -1,6 +1,6 @@
 """An account with no credit or quota left (a non-retryable ``RATE_LIMIT``: Anthropic's credit balance,
 OpenAI's ``insufficient_quota``) is never retried, but the request fails over: another deployment is
-another account. Its circuit counts it, so later requests stop asking it first."""
+another account. No verdict on its circuit: its own callers keep hearing the provider's words."""
 
 from __future__ import annotations
 
@@ -53,3 +53,6 @@ def test_an_account_used_up_fails_over_to_another_and_is_asked_once(accounts, fi
         with pytest.raises(RateLimitError) as caught:  # every account used up: the provider's words, final
             client.complete(model, "Hello", providers=[second])
         assert not caught.value.retryable and len(accounts[second].requests) == 2
+        with pytest.raises(RateLimitError):  # again: the provider's words, never "every circuit is open"
+            client.complete(model, "Hello", providers=[second])
+        assert client.breakers()[second]["state"] == "closed"
