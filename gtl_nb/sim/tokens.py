@@ -157,7 +157,13 @@ def b64_bytes(data: str) -> bytes | None:
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) from a PNG, GIF, WebP or JPEG header, or None."""
+    """(width, height) from a PNG, GIF, WebP or JPEG header, or None — also for a header that says 0 wide
+    or high, which no image is (a malformed one, counted as an image of unknown size)."""
+    size = _header_size(data)
+    return size if size is not None and size[0] > 0 and size[1] > 0 else None
+
+
+def _header_size(data: bytes) -> tuple[int, int] | None:
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) >= 24:
         return struct.unpack(">II", data[16:24])
     if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:

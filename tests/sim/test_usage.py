@@ -146,3 +146,11 @@ def test_image_sizes_come_from_the_headers_and_follow_each_providers_rule() -> N
     assert gemini_image_tokens(300, 300) == 258
     assert openai_image_tokens("gpt-4o")(1024, 1024) == 85 + 170 * 4  # scaled to 768x768: four tiles
     assert openai_image_tokens("gpt-4.1-nano")(540, 360) == 502
+
+
+def test_an_image_whose_header_says_zero_pixels_is_counted_not_a_server_error() -> None:
+    """A PNG header 0 wide (a malformed image a caller sent): an image of unknown size for the count, where
+    the tile arithmetic divided by zero and the simulator answered 500."""
+    malformed = b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\rIHDR" + (0).to_bytes(4, "big") + (64).to_bytes(4, "big")
+    assert image_size(malformed) is None
+    assert image_size(malformed[:16] + (64).to_bytes(4, "big") * 2) == (64, 64)
