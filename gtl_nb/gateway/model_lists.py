@@ -8,6 +8,12 @@ of a deployment for ``FRESH_FOR`` seconds (a failure for ``FAILED_FOR``), and ca
 a call is under way wait for that call instead of starting their own. A reload that changes a
 deployment gives it a new ``Deployment`` object, so its list is asked again at once.
 
+A list that was answered and has aged past ``FRESH_FOR`` is still served, at once, for up to
+``STALE_FOR`` seconds more while one call in the background asks again (stale while revalidating):
+a provider that hangs delays nobody's ``/v1/models`` once a minute — only the first caller ever, or
+one after a failure or a long quiet, waits. A refresh that fails replaces the list with its error
+(kept ``FAILED_FOR``): an operator whose key was revoked learns it within a minute, not ten.
+
 ``model_lists(engine).names(deployment, key_name)`` is the one way in. A list is kept per deployment
 and per stored key: a caller whose token chooses a key of the vault (``provider_keys``) is answered
 with what the provider lists for that key — a fine-tuned model of one team's account is never listed
@@ -29,7 +35,7 @@ from gtl_nb.protocol.errors import GTLError, error_from_event
 from gtl_nb.protocol.messages import Error
 from gtl_nb.providers.base import Deployment
 
-__all__ = ["FAILED_FOR", "FRESH_FOR", "ModelLists", "model_lists"]
+__all__ = ["FAILED_FOR", "FRESH_FOR", "STALE_FOR", "ModelLists", "model_lists"]
 
 log = get_logger("gateway.model_lists")
 
@@ -37,6 +43,8 @@ FRESH_FOR = 60.0
 """Seconds a deployment's model list is served without asking the provider again."""
 FAILED_FOR = 10.0
 """Seconds a failed listing is answered with its error (short: an operator mending a key sees it soon)."""
+STALE_FOR = 600.0
+"""Seconds past ``FRESH_FOR`` an answered list is still served at once while it is asked again."""
 
 
 @dataclass(frozen=True)
@@ -58,11 +66,13 @@ class ModelLists:
         clock: Callable[[], float] = time.monotonic,
         fresh_for: float = FRESH_FOR,
         failed_for: float = FAILED_FOR,
+        stale_for: float = STALE_FOR,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.fresh_for = fresh_for
         self.failed_for = failed_for
+        self.stale_for = stale_for
         self._kept: dict[tuple[str, str | None], _Kept] = {}
         self._asking: dict[tuple[str, str | None], tuple[Deployment, asyncio.Task[_Kept]]] = {}
         self._began: dict[tuple[str, str | None], float] = {}  # when each call under way was started
@@ -82,6 +92,9 @@ class ModelLists:
         under way that long (a provider that accepts and never answers) is not waited for again, so it
         delays one listing, not each; ``{}`` then, and for a listing that failed."""
         which = (deployment.name, key_name)
+        kept = self._at_once(deployment, key_name)
+        if kept is not None:
+            return {} if kept.error is not None else dict(kept.times)
         began = self._began.get(which)
         left = wait if began is None else wait - (self.clock() - began)
         if left <= 0:
@@ -92,20 +105,37 @@ class ModelLists:
             return {}
 
     async def _list(self, deployment: Deployment, key_name: str | None) -> _Kept:
-        which = (deployment.name, key_name)
-        kept = self._kept.get(which)
-        if kept is None or kept.deployment is not deployment or kept.until <= self.clock():
-            asking = self._asking.get(which)
-            if asking is None or asking[0] is not deployment:
-                task = asyncio.get_running_loop().create_task(self._ask(deployment, key_name), name="gtl-model-list")
-                self._asking[which] = asking = (deployment, task)
-                self._began[which] = self.clock()
+        kept = self._at_once(deployment, key_name)
+        if kept is None:
             # shielded: a caller that goes away (its connection closed) does not cancel the others' call;
             # the call's own answer, never what another configuration's call left kept meanwhile
-            kept = await asyncio.shield(asking[1])
-        if kept.error is not None:
-            raise error_from_event(kept.error)
-        return kept
+            kept = await asyncio.shield(self._asked(deployment, key_name))
+        return _answered(kept)
+
+    def _at_once(self, deployment: Deployment, key_name: str | None) -> _Kept | None:
+        """What this configuration's callers are answered without waiting: a list still fresh, a failure
+        still kept, or an answered list gone stale (then asked again in the background); ``None`` when
+        the caller must wait for the provider."""
+        kept = self._kept.get((deployment.name, key_name))
+        if kept is None or kept.deployment is not deployment:
+            return None
+        now = self.clock()
+        if kept.until > now:
+            return kept
+        if kept.error is None and now < kept.until + self.stale_for:
+            self._asked(deployment, key_name)
+            return kept
+        return None
+
+    def _asked(self, deployment: Deployment, key_name: str | None) -> asyncio.Task[_Kept]:
+        """The call under way for this configuration of the deployment and key, started if none is."""
+        which = (deployment.name, key_name)
+        asking = self._asking.get(which)
+        if asking is None or asking[0] is not deployment:
+            task = asyncio.get_running_loop().create_task(self._ask(deployment, key_name), name="gtl-model-list")
+            self._asking[which] = asking = (deployment, task)
+            self._began[which] = self.clock()
+        return asking[1]
 
     async def _ask(self, deployment: Deployment, key_name: str | None) -> _Kept:
         """Ask the provider once; what it said is kept while this call is still the deployment's own (a
@@ -131,6 +161,13 @@ class ModelLists:
         if current:
             self._kept[which] = kept
         return kept
+
+
+def _answered(kept: _Kept) -> _Kept:
+    """``kept``, or its listing's error raised (a copy)."""
+    if kept.error is not None:
+        raise error_from_event(kept.error)
+    return kept
 
 
 def _without_secrets(names: list[str], deployment: Deployment) -> list[str]:

@@ -92,17 +92,56 @@ def test_model_lists_are_kept_asked_once_at_a_time_and_asked_again_after_a_reloa
         assert await asyncio.gather(*waiting) == [["openai-model-1"]] * 5 and provider.calls == 1
         now.value = 59.0
         assert await lists.names(deployment) == ["openai-model-1"] and provider.calls == 1
-        now.value = 60.0  # kept no longer
+        now.value = 60.0  # no longer fresh: still served at once, and asked again in the background
+        assert await lists.names(deployment) == ["openai-model-1"]
+        await asyncio.sleep(0)
         assert await lists.names(deployment) == ["openai-model-2"] and provider.calls == 2
         reloaded = dataclasses.replace(deployment)  # a reload's new configuration: not the list asked before
         assert await lists.names(reloaded) == ["openai-model-3"] and provider.calls == 3
         provider.refusing, now.value = True, 200.0
+        assert await lists.names(reloaded) == ["openai-model-3"]  # stale, served while its refresh fails
+        await asyncio.sleep(0)
         for _ in range(3):  # a failure is kept too, for a shorter while
             with pytest.raises(AuthenticationError, match="refused the gateway's own credentials"):
                 await lists.names(reloaded)
         assert provider.calls == 4
         provider.refusing, now.value = False, 210.0
         assert await lists.names(reloaded) == ["openai-model-5"]
+
+    asyncio.run(main())
+
+
+def test_a_stale_list_is_served_at_once_while_a_hanging_provider_is_asked_again():
+    """A provider that accepts and never answers delayed a ``/v1/models`` caller every minute (the
+    listing's wait); an answered list is now served while one call in the background asks again — until
+    ``stale_for`` runs out, when the caller waits again, and a refresh that fails replaces the list."""
+
+    async def main() -> None:
+        provider, now = _Provider(), SimpleNamespace(value=0.0)
+        lists = ModelLists(provider, clock=lambda: now.value, fresh_for=60, failed_for=10, stale_for=600)  # type: ignore[arg-type]
+        deployment = Deployment(name="openai", type="openai")
+        provider.release.set()
+        assert await lists.names(deployment) == ["openai-model-1"]
+        provider.release.clear()  # the provider hangs from now on
+        now.value = 100.0
+        for _ in range(5):  # every caller answered at once, one call under way for all
+            assert await asyncio.wait_for(lists.names(deployment), 1) == ["openai-model-1"]
+            assert await asyncio.wait_for(lists.times_within(deployment, None, 2.0), 1) == {}
+            await asyncio.sleep(0)
+        assert provider.calls == 2
+        now.value = 661.0  # past fresh_for + stale_for: the list is too old to serve, the caller waits
+        waiting = asyncio.ensure_future(lists.names(deployment))
+        await asyncio.sleep(0.01)
+        assert not waiting.done() and provider.calls == 2  # (the call under way is the one it waits for)
+        provider.release.set()
+        assert await waiting == ["openai-model-2"]
+        now.value, provider.refusing = 800.0, True  # stale again; its refresh fails
+        assert await lists.names(deployment) == ["openai-model-2"]
+        for _ in range(3):
+            await asyncio.sleep(0)
+        with pytest.raises(AuthenticationError, match="refused the gateway's own credentials"):
+            await lists.names(deployment)
+        assert provider.calls == 3
 
     asyncio.run(main())
 
