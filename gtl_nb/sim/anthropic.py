@@ -15,8 +15,10 @@ the usage's ``cache_read_input_tokens`` / ``cache_creation_input_tokens``. A ``t
 message did not call (in the service's words, ``_unpaired_tool_blocks``); so are tool blocks in a request
 without ``tools`` (``_TOOLS_UNDEFINED``). With
 thinking on, a tool loop's last assistant turn must start with its thinking block, as the service
-requires (its 400 otherwise); an enabled ``thinking``'s ``budget_tokens`` must be at least 1,024 and
-below ``max_tokens`` (its 400s, in its words). ``output_config.effort`` is accepted and changes nothing.
+requires (its 400 otherwise), and a ``thinking`` block sent back must carry the signature the simulator
+gave its text (an HMAC of it: an edited or foreign block is the service's "Invalid `signature`" 400); an
+enabled ``thinking``'s ``budget_tokens`` must be at least 1,024 and below ``max_tokens`` (its 400s, in its
+words). ``output_config.effort`` is accepted and changes nothing.
 What a model cannot take or the API cannot read is its 400 in its words (``_model_problem``): ``thinking`` to
 a model that does not think (Claude 3.5 Haiku), a custom tool named outside ``^[a-zA-Z0-9_-]{1,128}$``, a
 base64 image whose ``media_type`` is not JPEG, PNG, GIF or WebP. An alias is answered with its dated id in
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import hmac
 import json
 import re
 from collections.abc import Callable
@@ -292,6 +296,40 @@ def _unthought_tool_turn(body: dict[str, Any]) -> str | None:
                 "https://docs.claude.com/en/docs/build-with-claude/extended-thinking"
             )
         return None
+    return None
+
+
+_SIGNING_KEY = b"gtl-sim anthropic thinking"
+"""What the simulator signs its thinking with: a signature is an HMAC of the block's text, then padding."""
+_SIGNED = 32  # the HMAC's bytes at the front of a signature
+
+
+def _thinking_signature(thinking: str, padding: bytes) -> str:
+    """A signature of ``thinking`` as this simulator writes one (the service's are opaque base64 too)."""
+    mac = hmac.new(_SIGNING_KEY, thinking.encode("utf-8"), hashlib.sha256).digest()
+    return base64.b64encode(mac + padding).decode("ascii")
+
+
+def _signed_by_us(thinking: Any, signature: Any) -> bool:
+    if not isinstance(thinking, str) or not isinstance(signature, str):
+        return False
+    try:
+        raw = base64.b64decode(signature, validate=True)
+    except ValueError:
+        return False
+    mac = hmac.new(_SIGNING_KEY, thinking.encode("utf-8"), hashlib.sha256).digest()
+    return hmac.compare_digest(raw[:_SIGNED], mac)
+
+
+def _badly_signed_thinking(body: dict[str, Any]) -> str | None:
+    """The service's 400 for a ``thinking`` block sent back whose signature is not the one the service gave
+    that text (a block edited, cut, or signed by another), naming the block, or ``None``."""
+    for index, message in enumerate(body.get("messages") or []):
+        if not isinstance(message, dict) or message.get("role") != "assistant":
+            continue
+        for position, block in _blocks(message, "thinking"):
+            if not _signed_by_us(block.get("thinking"), block.get("signature")):
+                return f"messages.{index}.content.{position}: Invalid `signature` in `thinking` block"
     return None
 
 
@@ -604,9 +642,9 @@ class AnthropicSim:
             return "max_tokens"
         return "stop_sequence" if answer.stop_sequence is not None else "end_turn"
 
-    def _signature(self, req: SimRequest, ctx: SimContext) -> str:
+    def _signature(self, req: SimRequest, ctx: SimContext, thinking: str) -> str:
         rnd = ctx.rng("signature", req.body)
-        return base64.b64encode(bytes(rnd.randrange(256) for _ in range(120))).decode("ascii")
+        return _thinking_signature(thinking, bytes(rnd.randrange(256) for _ in range(120 - _SIGNED)))
 
     def _usage(self, answer: Answer, output_tokens: int, cache: CacheUse) -> dict[str, Any]:
         return {
@@ -680,6 +718,9 @@ class AnthropicSim:
         unthought = _unthought_tool_turn(body)
         if unthought is not None:
             return self._error(400, "invalid_request_error", unthought)
+        forged = _badly_signed_thinking(body)
+        if forged is not None:
+            return self._error(400, "invalid_request_error", forged)
         lifetimes = _ttl_problem(body)
         if lifetimes is not None:
             return self._error(400, "invalid_request_error", lifetimes)
@@ -709,7 +750,8 @@ class AnthropicSim:
             return SimResponse(200, {"content-type": "text/event-stream; charset=utf-8", **headers}, chunks=chunks)
         content: list[dict[str, Any]] = []
         if answer.thinking:
-            content.append({"type": "thinking", "thinking": answer.thinking, "signature": self._signature(req, ctx)})
+            signature = self._signature(req, ctx, answer.thinking)
+            content.append({"type": "thinking", "thinking": answer.thinking, "signature": signature})
         if answer.text:
             content.append({"type": "text", "text": answer.text})
         for call, tool_id in zip(answer.tool_calls, tool_ids, strict=True):
@@ -763,7 +805,7 @@ class AnthropicSim:
         blocks: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
         if answer.thinking:
             deltas = [{"type": "thinking_delta", "thinking": p} for p in answer.thinking_pieces]
-            deltas.append({"type": "signature_delta", "signature": self._signature(req, ctx)})
+            deltas.append({"type": "signature_delta", "signature": self._signature(req, ctx, answer.thinking)})
             blocks.append(({"type": "thinking", "thinking": "", "signature": ""}, deltas))
         if answer.text:
             blocks.append(({"type": "text", "text": ""}, [{"type": "text_delta", "text": p} for p in answer.pieces]))

@@ -70,6 +70,38 @@ def test_sdk_streams_thinking_with_a_signature(serve_sim: Any) -> None:
     assert text.type == "text" and text.text.startswith("You said:")
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_thinking_sent_back_must_carry_the_signature_given_for_its_text(serve_sim: Any, stream: bool) -> None:
+    """The service checks each thinking block it gets back against its signature ("Invalid `signature` in
+    `thinking` block"): the block as given passes, an edited text or a signature of another block does not."""
+    s = serve_sim("anthropic")
+    think = {"type": "enabled", "budget_tokens": 1024}
+    asked: dict[str, Any] = {"model": MODEL, "max_tokens": 2000, "thinking": think, "tools": [WEATHER]}
+    turn = [{"role": "user", "content": "get_weather for Bergen"}]
+    if stream:
+        with client(s).messages.stream(messages=turn, **asked) as events:
+            first = events.get_final_message()
+    else:
+        first = client(s).messages.create(messages=turn, **asked)
+    other = client(s).messages.create(messages=[{"role": "user", "content": "get_weather for Oslo"}], **asked)
+    thought = first.content[0].model_dump(exclude_none=True)
+    (use,) = [block for block in first.content if block.type == "tool_use"]
+
+    def loop(thinking_block: dict[str, Any]) -> Any:
+        content = [thinking_block, use.model_dump(exclude_none=True)]
+        result = {"type": "tool_result", "tool_use_id": use.id, "content": "clear"}
+        messages = [*turn, {"role": "assistant", "content": content}, {"role": "user", "content": [result]}]
+        return client(s).messages.create(messages=messages, **asked)
+
+    assert loop(thought).stop_reason == "end_turn"
+    edited = {**thought, "thinking": thought["thinking"] + " (edited)"}
+    foreign = {**thought, "signature": other.content[0].signature}
+    assert other.content[0].signature != thought["signature"]
+    for forged in (edited, foreign):
+        with pytest.raises(anthropic.BadRequestError, match=r"messages\.1\.content\.0: Invalid `signature`"):
+            loop(forged)
+
+
 def test_sdk_non_streaming_text_and_tool_use(serve_sim: Any) -> None:
     s = serve_sim("anthropic")
     reply = client(s).messages.create(model=MODEL, max_tokens=500, messages=USER)
