@@ -94,6 +94,8 @@ def frames_within(message: WireMessage, max_bytes: int) -> bytes:
     if type(message) in CUT_EVENTS and isinstance(text, str) and len(text) > 1:
         half = len(text) // 2  # halves until each fits: a few encodes, once in a long while
         first = msgspec.structs.replace(message, text=text[:half])  # type: ignore[type-var]
+        if type(message) is Reasoning:  # a block's end mark belongs to its last piece only
+            first = msgspec.structs.replace(first, signature=None, redacted=None)  # type: ignore[type-var]
         rest = msgspec.structs.replace(message, text=text[half:])  # type: ignore[type-var]
         return frames_within(first, max_bytes) + frames_within(rest, max_bytes)
     raise FrameTooLargeError(

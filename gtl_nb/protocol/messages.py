@@ -405,7 +405,13 @@ class CompletionRequest(msgspec.Struct, frozen=True, tag="completion_request", o
 
 
 class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
-    """Progress of a session. A ``failover`` status discards everything received so far."""
+    """Progress of a session. A ``failover`` status discards everything received so far.
+
+    A ``streaming`` status may also say what the provider counted of the input as its answer began
+    (``tokens_in`` and its cache parts, as ``Usage`` names them: Anthropic's ``message_start``, before any
+    content): the provider's own counts, never an estimate — a provider that tells nothing early gets no
+    such status. The session's ``usage`` stays its account (a status is never a second usage: the
+    protocol allows one); a ``failover`` voids these counts with the rest."""
 
     type: ClassVar[Literal["status"]] = "status"
 
@@ -415,6 +421,10 @@ class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
     to_provider: str | None = None
     reason: str | None = None
     attempt: int | None = None
+    tokens_in: int | None = None
+    cached_tokens_in: int | None = None
+    cache_write_tokens_in: int | None = None
+    cache_write_1h_tokens_in: int | None = None
 
 
 class Token(msgspec.Struct, frozen=True, tag="token", gc=False):
@@ -426,13 +436,21 @@ class Token(msgspec.Struct, frozen=True, tag="token", gc=False):
     text: str
 
 
-class Reasoning(msgspec.Struct, frozen=True, tag="reasoning"):
-    """A piece of the model's reasoning (only sent when the request asked for it)."""
+class Reasoning(msgspec.Struct, frozen=True, tag="reasoning", omit_defaults=True):
+    """A piece of the model's reasoning (only sent when the request asked for it).
+
+    A provider that writes its reasoning in signed blocks (Anthropic, Claude on Bedrock) has each block's
+    end marked where it comes, so a reader can keep the blocks apart and sign each as it ends: the last
+    piece of a block carries its ``signature`` (its text may be empty), and a block the provider sent
+    encrypted is one piece of empty text carrying its ``redacted`` data. Both are opaque, and the
+    ``done``'s ``provider_data`` still holds the whole state for the next turn."""
 
     type: ClassVar[Literal["reasoning"]] = "reasoning"
 
     session_id: str
     text: str
+    signature: str | None = None
+    redacted: str | None = None
 
 
 class ToolCallEvent(msgspec.Struct, frozen=True, tag="tool_call"):

@@ -81,12 +81,15 @@ replays as the first content blocks of that assistant message)::
 
 Decoding: SSE events ``message_start`` / ``content_block_*`` / ``message_delta`` / ``message_stop``
 (``ping`` and unknown events ignored); ``message_delta`` usage is cumulative and replaces earlier
-values. Server-side tool blocks (``server_tool_use``, ``web_search_tool_result``, …) are not
-client tool calls and are skipped. ``stop_reason`` → ``finish_reason``: ``end_turn`` /
-``stop_sequence`` → stop (``done.stop_sequence`` says which), ``tool_use`` → tool_calls, ``max_tokens`` /
-``model_context_window_exceeded`` → length, ``refusal`` → content_filter, ``pause_turn`` (a server
-tool loop paused; the answer is NOT complete and the caller must resend to continue) and anything
-else → other.
+values. ``message_start``'s input counts, given before any content, go on at once as a ``streaming``
+status (``tokens_in`` and its cache parts: GTL allows one ``usage``, at the end, which repeats them).
+With ``reasoning`` asked, each thinking block's end is a ``reasoning`` event of its ``signature``, and a
+``redacted_thinking`` block one of its ``redacted`` data, where the stream ends them. Server-side tool
+blocks (``server_tool_use``, ``web_search_tool_result``, …) are not client tool calls and are skipped.
+``stop_reason`` → ``finish_reason``: ``end_turn`` / ``stop_sequence`` → stop (``done.stop_sequence`` says
+which), ``tool_use`` → tool_calls, ``max_tokens`` / ``model_context_window_exceeded`` → length, ``refusal``
+→ content_filter, ``pause_turn`` (a server tool loop paused; the answer is NOT complete and the caller
+must resend to continue) and anything else → other.
 
 Errors: ``billing_error`` (402, the provider account cannot pay) maps to ``FORBIDDEN``, not
 ``BUDGET_EXCEEDED``, which is reserved for gtl_nb's own budgets; ``api_error`` → ``INTERNAL``
@@ -113,6 +116,7 @@ from gtl_nb.protocol.messages import (
     FinishReason,
     Message,
     Reasoning,
+    Status,
     StreamEvent,
     Token,
     ToolCall,
@@ -576,6 +580,7 @@ class AnthropicDecoder(GuardedDecoder):
             message = _object(data.get("message"))
             self._model = _text(message.get("model")) or self._model
             self._take_usage(message.get("usage"))
+            return self._counted_input()
         elif kind == "content_block_start":
             return self._block_start(data.get("index"), _object(data.get("content_block")))
         elif kind == "content_block_delta":
@@ -630,13 +635,15 @@ class AnthropicDecoder(GuardedDecoder):
             return []
         kind = slot["type"]
         if kind == "thinking":
-            self._thinking[index] = {
-                "type": "thinking",
-                "thinking": "".join(slot["thinking"]),
-                "signature": "".join(slot["signature"]),
-            }
+            signature = "".join(slot["signature"])
+            self._thinking[index] = {"type": "thinking", "thinking": "".join(slot["thinking"]), "signature": signature}
+            if signature and self._request.reasoning:  # the block's end, where the provider signed it
+                return [Reasoning(session_id=self._sid, text="", signature=signature)]
         elif kind == "redacted_thinking":
             self._thinking[index] = {"type": "redacted_thinking", "data": slot.get("data")}
+            data = slot.get("data")
+            if isinstance(data, str) and data and self._request.reasoning:
+                return [Reasoning(session_id=self._sid, text="", redacted=data)]
         elif kind == "tool_use":
             return [self._tool_call(slot.get("id"), slot.get("name"), arguments_text("".join(slot["args"])))]
         return []
@@ -657,6 +664,22 @@ class AnthropicDecoder(GuardedDecoder):
             hour = _object(usage.get("cache_creation")).get("ephemeral_1h_input_tokens")
             if _is_count(hour):
                 self._written_1h = hour
+
+    def _counted_input(self) -> list[StreamEvent]:
+        """A ``streaming`` status with the input counts ``message_start`` gave, before any content (the
+        ``usage`` at the end repeats them), or nothing when it gave none."""
+        parts = [self._usage.get(k) for k in _USAGE_KEYS if k != "output_tokens"]
+        if all(part is None for part in parts):
+            return []
+        status = Status(
+            session_id=self._sid,
+            state="streaming",
+            tokens_in=sum(part or 0 for part in parts),
+            cached_tokens_in=self._usage.get("cache_read_input_tokens"),
+            cache_write_tokens_in=self._usage.get("cache_creation_input_tokens"),
+            cache_write_1h_tokens_in=self._written_1h or None,
+        )
+        return [status]
 
     def _stream_error(self, error: Any) -> Error:
         error = error if isinstance(error, dict) else {}

@@ -61,7 +61,8 @@ Body mapping:
 Decoding: the binary event stream (``gtl_nb.providers.eventstream``) with events ``messageStart``,
 ``contentBlockStart`` (tool use id and name), ``contentBlockDelta`` (``text`` → ``token``,
 ``toolUse.input`` fragments assembled per ``contentBlockIndex``, ``reasoningContent.text`` →
-``reasoning`` when asked), ``contentBlockStop`` (emits the tool call), ``messageStop`` (the stop
+``reasoning`` when asked), ``contentBlockStop`` (emits the tool call; ends a reasoning block, when asked,
+with a ``reasoning`` event of its ``signature`` or ``redacted`` data), ``messageStop`` (the stop
 reason) and ``metadata`` (usage); ``usage`` and ``done`` follow at the end of the body.
 Exception frames become ``error`` events; a body that ends before ``messageStop`` and ``metadata``
 is a retryable ``PROVIDER_UNAVAILABLE``. Non-streaming Converse JSON is parsed at ``close()``.
@@ -696,11 +697,24 @@ class BedrockDecoder(GuardedDecoder):
         return []
 
     def _block_stop(self, index: int) -> list[StreamEvent]:
+        if index in self._reasoning:
+            return self._reasoning_end(self._reasoning[index])
         if index not in self._tool_blocks:
             return []
         self._tool_blocks.discard(index)
         call = self._tools.pop(index)
         return [self._tool_event(call)] if call is not None else []
+
+    def _reasoning_end(self, block: _ReasoningBlock) -> list[StreamEvent]:
+        """A streamed reasoning block's end, marked as GTL's ``reasoning`` marks it: its signature, or its
+        redacted data (nothing when the request asked for no reasoning, or the block has neither)."""
+        if not self._request.reasoning:
+            return []
+        if block.redacted and not block.text:
+            return [Reasoning(session_id=self._sid, text="", redacted=block.redacted)]
+        if block.signature:
+            return [Reasoning(session_id=self._sid, text="", signature=block.signature)]
+        return []
 
     # -- common ---------------------------------------------------------------------------------
 

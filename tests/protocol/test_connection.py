@@ -388,6 +388,15 @@ def test_an_answers_text_longer_than_the_peers_frames_goes_as_several_tokens_of_
         frames_within(Token(session_id="s" * 500, text="ab"), 400)
 
 
+def test_a_reasoning_block_cut_into_pieces_keeps_its_end_mark_on_the_last_piece_only():
+    """A provider block's ``signature`` marks where the block ends: cut, only its last piece may carry it."""
+    text = "Å harbour, a quay — 港. " * 60
+    frames = frames_within(Reasoning(session_id="s1", text=text, signature="SIG"), 400).splitlines()
+    pieces = [decode(frame) for frame in frames]
+    assert len(pieces) > 4 and "".join(piece.text for piece in pieces) == text
+    assert [piece.signature for piece in pieces] == [None] * (len(pieces) - 1) + ["SIG"]
+
+
 # -- bad frames -------------------------------------------------------------------------------------
 
 

@@ -16,11 +16,13 @@ from gtl_nb.protocol.messages import (
     Error,
     Message,
     Reasoning,
+    Status,
     StreamEvent,
     Token,
     Tool,
     ToolCall,
     ToolCallEvent,
+    Usage,
 )
 from gtl_nb.providers.anthropic import DEFAULT_MAX_TOKENS, AnthropicDialect
 from gtl_nb.providers.base import Deployment, HttpDialect
@@ -110,6 +112,43 @@ def test_thinking_is_never_token_text_and_is_hidden_unless_reasoning_was_asked()
     events, _ = decode(request(stream=True, reasoning=False), data)
     assert not any(isinstance(e, Reasoning) for e in events)
     assert wire.summarize(events)["text"] == wire.expected(FIXTURES, "stream-thinking")["text"]
+
+
+def _recorded_sse_events(name: str) -> list[dict[str, Any]]:
+    """The JSON payloads of a recorded stream's events, in order (pings left out)."""
+    text = (FIXTURES / f"{name}.sse").read_text()
+    payloads = [json.loads(line[len("data: ") :]) for line in text.splitlines() if line.startswith("data: ")]
+    return [payload for payload in payloads if payload["type"] != "ping"]
+
+
+@pytest.mark.parametrize("name", ["stream-text", "stream-thinking"])
+@pytest.mark.parametrize("split", SPLITS.values(), ids=SPLITS.keys())
+def test_the_input_counts_of_message_start_go_on_before_any_content(name: str, split) -> None:
+    """Anthropic tells the prompt's size in ``message_start``: a ``streaming`` status says it at once,
+    before the first piece of the answer, and the one ``usage`` at the end repeats it."""
+    recorded = _recorded_sse_events(name)[0]["message"]["usage"]
+    told = recorded["input_tokens"] + recorded["cache_read_input_tokens"] + recorded["cache_creation_input_tokens"]
+    events, _ = decode(request(stream=True, reasoning=True), (FIXTURES / f"{name}.sse").read_bytes(), split)
+    early = [(i, e) for i, e in enumerate(events) if isinstance(e, Status)]
+    first_content = next(i for i, e in enumerate(events) if isinstance(e, (Token, Reasoning)))
+    ((where, status),) = early
+    assert where < first_content and status.state == "streaming"
+    assert status.tokens_in == told and status.cached_tokens_in == recorded["cache_read_input_tokens"]
+    (usage,) = [e for e in events if isinstance(e, Usage)]
+    assert usage.tokens_in == status.tokens_in
+
+
+def test_a_thinking_blocks_end_is_marked_with_its_signature_where_the_stream_ends_it() -> None:
+    recorded = _recorded_sse_events("stream-thinking")
+    (signature,) = [e["delta"]["signature"] for e in recorded if e.get("delta", {}).get("type") == "signature_delta"]
+    events, decoder = decode(request(stream=True, reasoning=True), (FIXTURES / "stream-thinking.sse").read_bytes())
+    thoughts = [e for e in events if isinstance(e, Reasoning)]
+    assert [e.signature for e in thoughts if e.signature] == [signature]
+    assert thoughts[-1].signature == signature and thoughts[-1].text == ""  # the last piece of the block
+    assert events.index(thoughts[-1]) < next(i for i, e in enumerate(events) if isinstance(e, Token))
+    assert decoder.provider_data["anthropic"]["content"][0]["signature"] == signature  # the whole state, as before
+    unasked, _ = decode(request(stream=True, reasoning=False), (FIXTURES / "stream-thinking.sse").read_bytes())
+    assert not any(isinstance(e, Reasoning) for e in unasked)
 
 
 @pytest.mark.parametrize("split", SPLITS.values(), ids=SPLITS.keys())
@@ -581,7 +620,10 @@ def test_redacted_thinking_is_kept_for_replay() -> None:
     )
     events, decoder = decode(request(reasoning=True), stream)
     assert decoder.provider_data == {"anthropic": {"content": [{"type": "redacted_thinking", "data": "EncryptedXYZ"}]}}
-    assert not any(isinstance(e, (Token, Reasoning)) for e in events)
+    assert not any(isinstance(e, (Token, Reasoning)) and e.text for e in events)  # nothing of it to read
+    # its end is marked where it came, with its data: a reader keeping the provider's blocks apart needs it
+    marks = [e for e in events if isinstance(e, Reasoning)]
+    assert marks == [Reasoning(session_id=SID, text="", redacted="EncryptedXYZ")]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -462,6 +462,25 @@ def test_reasoning_content_is_reasoning_only_when_asked(asked: bool) -> None:
     assert summary["reasoning_text"] == ("Think hard." if asked else "")
 
 
+def test_a_reasoning_blocks_end_is_marked_where_the_stream_ends_it() -> None:
+    """Each reasoning block ends, where ``contentBlockStop`` ends it, with a ``reasoning`` event of its
+    signature (a redacted block: of its data), before the answer's text; nothing when not asked."""
+    redacted = (
+        _event("messageStart", {"role": "assistant"})
+        + _event("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"reasoningContent": {"redactedContent": "R"}}})
+        + _event("contentBlockStop", {"contentBlockIndex": 0})
+        + _event("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"text": "Answer."}})
+        + _event("contentBlockStop", {"contentBlockIndex": 1})
+        + END
+    )
+    for stream, mark in ((_reasoning_stream(), {"signature": "SIG=="}), (redacted, {"redacted": "R"})):
+        events = _decode(_request(reasoning=True), stream, "bytes")
+        thoughts = [event for event in events if isinstance(event, Reasoning)]
+        assert thoughts[-1] == Reasoning(session_id=thoughts[-1].session_id, text="", **mark)
+        assert events.index(thoughts[-1]) < next(i for i, event in enumerate(events) if isinstance(event, Token))
+        assert not any(isinstance(event, Reasoning) for event in _decode(_request(reasoning=False), stream, "bytes"))
+
+
 def test_reasoning_signature_is_kept_as_provider_data_and_replayed() -> None:
     decoder = _decoder(_request(reasoning=True))
     decoder.feed(_reasoning_stream())

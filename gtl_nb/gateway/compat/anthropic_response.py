@@ -6,8 +6,11 @@
   ``claude-sonnet-4-5-20250929``, and so does this endpoint); a stream's ``message_start`` carries the
   model the request named, since it is written before the provider's ``done`` says which.
 * Reasoning (asked with ``thinking``) → ``thinking`` blocks first, signed as the provider signed them
-  (``compat.thinking``: a stream sends each block's ``signature_delta`` at the end, once the provider's
-  ``done`` has them, and any ``redacted_thinking`` blocks whole after them).
+  (``compat.thinking``). A stream sends each block as Anthropic does: its ``thinking_delta``s, then its
+  ``signature_delta`` as its last delta, then its ``content_block_stop`` — GTL's ``reasoning`` marks the
+  end of each of the provider's blocks with its signature (``redacted_thinking`` blocks go whole where
+  they came). Where no such mark came (a provider that signs nothing, an answer cached before the marks,
+  ``display: "omitted"``), the signatures the ``done`` holds go at the end, as ``streamed_signatures`` says.
 * Text → a ``text`` block; each GTL tool call → a ``tool_use`` block (``input`` is the parsed
   arguments; arguments that are not a JSON object arrive as ``{"_unparsed_arguments": "<text>"}``, so
   nothing the model wrote is lost). In a stream: ``message_start``, then per block
@@ -21,9 +24,11 @@
 * ``usage``: ``input_tokens`` = GTL ``tokens_in`` minus its cache reads and writes (Anthropic counts
   both apart), ``cache_read_input_tokens`` = the cached tokens and ``cache_creation_input_tokens`` the
   tokens written to the cache (split by lifetime in ``cache_creation``), ``output_tokens`` =
-  ``tokens_out``; every count is always there, 0 when unreported. A stream's ``message_start`` says 0
-  for both — the counts are known only at the end — and ``message_delta`` carries the real ones (the
-  SDK takes both).
+  ``tokens_out``; every count is always there, 0 when unreported. A stream's ``message_start`` carries
+  the input counts when the provider told them before its answer (a ``streaming`` status with
+  ``tokens_in``: Anthropic's own ``message_start``, Claude on Bedrock does not), else 0 — never the
+  gateway's estimate, which would read as the provider's count —, and ``output_tokens`` 0; the closing
+  ``message_delta`` carries every count (the SDK's final message takes them from it).
 * An error after the answer began is an ``error`` event (the SDK raises it) and the stream ends there.
 """
 
@@ -40,6 +45,7 @@ from gtl_nb.protocol.messages import (
     Error,
     ErrorCode,
     Reasoning,
+    Status,
     StreamEvent,
     Token,
     ToolCall,
@@ -139,6 +145,8 @@ class MessageEncoder:
         self._blocks = 0  # blocks started so far: the next block's index
         self._open: str | None = None  # the type of the block still open: "text", "thinking" or none
         self._thinking: list[tuple[int, list[str]]] = []  # each thinking block sent: its index and text, to sign
+        self._marked = False  # whether the provider's blocks came with their ends marked (signed where they end)
+        self._input: Usage | None = None  # the input counts the provider told before its answer
         self._usage: Usage | None = None
 
     def open(self, first: StreamEvent) -> bytes:
@@ -150,7 +158,7 @@ class MessageEncoder:
             "content": [],
             "stop_reason": None,
             "stop_sequence": None,
-            "usage": usage_object(None),
+            "usage": usage_object(self._input),
         }
         return _event("message_start", {"message": message})
 
@@ -163,18 +171,20 @@ class MessageEncoder:
             delta = {"type": "text_delta", "text": event.text}
             return out + _event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
         if isinstance(event, Reasoning):
-            if not event.text:
-                return b""
-            out = b""
-            if self._open != "thinking":
-                out = self._close() + self._start({"type": "thinking", "thinking": "", "signature": ""})
-                self._open = "thinking"
-                self._thinking.append((self._blocks - 1, []))
-            self._thinking[-1][1].append(event.text)
-            if self.thinking_omitted:
-                return out
-            delta = {"type": "thinking_delta", "thinking": event.text}
-            return out + _event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
+            return self._reasoning(event)
+        if isinstance(event, Status):  # (before the answer: ``runner`` hands them on until it begins)
+            # the counts of the call that told them; any other status — a retry, a failover, the next
+            # call's start — leaves them to that call's own word
+            self._input = None
+            if event.state == "streaming" and event.tokens_in is not None:
+                self._input = Usage(
+                    session_id=event.session_id,
+                    tokens_in=event.tokens_in,
+                    cached_tokens_in=event.cached_tokens_in,
+                    cache_write_tokens_in=event.cache_write_tokens_in,
+                    cache_write_1h_tokens_in=event.cache_write_1h_tokens_in,
+                )
+            return b""
         if isinstance(event, ToolCallEvent):
             call = event.function
             out = self._close() + self._start(_tool_block(call, {}))  # the input arrives as the delta
@@ -187,7 +197,7 @@ class MessageEncoder:
         if isinstance(event, Done):
             matched = (event.stop_sequence or None) if event.finish_reason == "stop" else None
             delta = {"stop_reason": stop_reason(event), "stop_sequence": matched}
-            out = self._close() + self._signed(event)
+            out = self._signed(event)
             out += _event("message_delta", {"delta": delta, "usage": usage_object(self._usage)})
             return out + _event("message_stop", {})
         if isinstance(event, Error):
@@ -208,16 +218,50 @@ class MessageEncoder:
         self._open = None
         return _event("content_block_stop", {"index": self._blocks - 1})
 
+    def _reasoning(self, event: Reasoning) -> bytes:
+        """A piece of thinking: its text as a ``thinking_delta`` (a block opened for it when none is), and
+        at a provider block's end its ``signature_delta`` and ``content_block_stop`` — or a redacted block,
+        whole. With ``display: "omitted"`` no text goes, and the ends wait for the ``done`` (``_signed``)."""
+        omitted = self.thinking_omitted
+        if event.redacted is not None and not omitted:
+            self._marked = True
+            out = self._close() + self._start({"type": "redacted_thinking", "data": event.redacted})
+            return out + _event("content_block_stop", {"index": self._blocks - 1})
+        out = b""
+        if event.text or (event.signature and not omitted):
+            if self._open != "thinking":
+                out = self._close() + self._start({"type": "thinking", "thinking": "", "signature": ""})
+                self._open = "thinking"
+                self._thinking.append((self._blocks - 1, []))
+            self._thinking[-1][1].append(event.text)
+            if event.text and not omitted:
+                delta = {"type": "thinking_delta", "thinking": event.text}
+                out += _event("content_block_delta", {"index": self._blocks - 1, "delta": delta})
+        if event.signature and not omitted:  # the provider's block ends here, signed: as Anthropic ends one
+            self._marked = True
+            delta = {"type": "signature_delta", "signature": event.signature}
+            out += _event("content_block_delta", {"index": self._blocks - 1, "delta": delta}) + self._close()
+        return out
+
     def _signed(self, done: Done) -> bytes:
-        """The thinking blocks' signatures and any redacted blocks, once ``done`` has them
-        (``thinking.streamed_signatures``)."""
+        """What ends the content at ``done``: the block still open closed, after its signature when it is a
+        thinking block whose end came unmarked; the other unmarked thinking blocks' signatures and any
+        redacted blocks, which only ``done`` has (``thinking.streamed_signatures``). Nothing more when the
+        provider's blocks came marked: each was signed, or sent whole, where it ended."""
+        if self._marked or not (self._thinking or done.provider_data):
+            return self._close()
         streamed = ["".join(texts) for _, texts in self._thinking]
         signed, redacted = streamed_signatures(done.provider_data, streamed, omitted=self.thinking_omitted)
-        out = b""
+        still_open = self._blocks - 1 if self._open == "thinking" else None
+        first, later = b"", b""
         for (index, _), signature in zip(self._thinking, signed, strict=False):
             if signature:
                 delta = {"type": "signature_delta", "signature": signature}
-                out += _event("content_block_delta", {"index": index, "delta": delta})
+                if index == still_open:  # its last delta, before its stop, as Anthropic sends it
+                    first += _event("content_block_delta", {"index": index, "delta": delta})
+                else:
+                    later += _event("content_block_delta", {"index": index, "delta": delta})
+        out = first + self._close() + later
         for block in redacted:
             out += self._start(block) + _event("content_block_stop", {"index": self._blocks - 1})
         return out

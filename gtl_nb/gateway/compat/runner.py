@@ -89,7 +89,8 @@ class EventEncoder(Protocol):
         ...
 
     def encode(self, event: StreamEvent) -> bytes:
-        """The bytes of one event (``b""`` for an event the format has no place for)."""
+        """The bytes of one event (``b""`` for an event the format has no place for). The statuses before
+        the answer begins come here too, their bytes unwritten: what they say may go in ``open``."""
         ...
 
     def interrupt(self, message: str, code: ErrorCode = "PROVIDER_UNAVAILABLE") -> bytes:
@@ -172,7 +173,10 @@ class StreamedSession:
                     if not started:
                         if isinstance(event, Status):
                             retried = retried or retried_already((event,))
-                            continue  # queued, retrying, a failover before any answer: nothing to tell yet
+                            # queued, retrying, a failover before any answer: nothing to write yet, but
+                            # the encoder reads them (the input counts a provider told early go in ``open``)
+                            self.encoder.encode(event)
+                            continue
                         if isinstance(event, Error):
                             refusal = event
                             break

@@ -18,14 +18,15 @@ blocks, and the blocks a client sends back.
   blocks when it has them — Anthropic's ``thinking`` / ``redacted_thinking`` blocks, Bedrock's reasoning
   blocks, each with its ``signature`` — else the reasoning text as one ``thinking`` block with an empty
   signature (Gemini's thoughts: a summary, with nothing to sign). A stream sends the thinking as it
-  comes and the signatures at the end, once the provider's ``done`` has given them
-  (``streamed_signatures``; Anthropic sends a block's signature before it stops: the SDK's accumulator
-  takes it by the block's index either way). GTL's reasoning events do not mark where one of the
-  provider's blocks ends and the next begins, so where the blocks streamed are not exactly the
-  provider's (two thinking blocks in a row stream as one; a redacted block streams nothing) the first
-  streamed block's signature is the provider's whole thinking state, packed as a tool call's replay
-  state is (``replay_state.stamped``), and the others have none: sent back, that one signature gives
-  the provider its blocks exactly as it wrote them, whatever text the client echoes.
+  comes, each block signed where it ends, as Anthropic does: GTL's ``reasoning`` marks the end of each of
+  the provider's blocks with its signature (a redacted block with its data), so the streamed blocks are
+  the provider's own (``anthropic_response``). Where no mark came (``display: "omitted"``, a provider that
+  signs nothing, an answer cached without them) the signatures go at the end, once the provider's
+  ``done`` has given them (``streamed_signatures``), and where the blocks streamed are then not exactly
+  the provider's (two thinking blocks in a row stream as one; a redacted block streams nothing) the
+  first streamed block's signature is the provider's whole thinking state, packed as a tool call's
+  replay state is (``replay_state.stamped``), and the others have none: sent back, that one signature
+  gives the provider its blocks exactly as it wrote them, whatever text the client echoes.
 * A ``thinking`` or ``redacted_thinking`` block in an assistant turn is the replay state of that turn
   (``replayed_state``): GTL's ``provider_data`` for Anthropic (the blocks as they came) and for Bedrock
   (the same, in Converse's shape), so the deployment that signed them gets them back first in that

@@ -352,20 +352,28 @@ class CompletionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., provider: _Optional[str] = ..., stream: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Union[StringList, _Mapping]] = ..., tools: _Optional[_Union[ToolList, _Mapping]] = ..., tool_choice_mode: _Optional[str] = ..., tool_choice_json: _Optional[str] = ..., response_format_json: _Optional[str] = ..., providers: _Optional[_Union[StringList, _Mapping]] = ..., metadata_json: _Optional[str] = ..., reasoning: _Optional[bool] = ..., cache: _Optional[bool] = ..., reasoning_effort: _Optional[_Union[ReasoningEffort, str]] = ..., reasoning_budget: _Optional[int] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("session_id", "state", "from_provider", "to_provider", "reason", "attempt")
+    __slots__ = ("session_id", "state", "from_provider", "to_provider", "reason", "attempt", "tokens_in", "cached_tokens_in", "cache_write_tokens_in", "cache_write_1h_tokens_in")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     FROM_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     TO_PROVIDER_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
+    CACHED_TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
+    CACHE_WRITE_1H_TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: StatusState
     from_provider: str
     to_provider: str
     reason: str
     attempt: int
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[StatusState, str]] = ..., from_provider: _Optional[str] = ..., to_provider: _Optional[str] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+    tokens_in: int
+    cached_tokens_in: int
+    cache_write_tokens_in: int
+    cache_write_1h_tokens_in: int
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[StatusState, str]] = ..., from_provider: _Optional[str] = ..., to_provider: _Optional[str] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., tokens_in: _Optional[int] = ..., cached_tokens_in: _Optional[int] = ..., cache_write_tokens_in: _Optional[int] = ..., cache_write_1h_tokens_in: _Optional[int] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("session_id", "text")
@@ -376,12 +384,16 @@ class Token(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
 
 class Reasoning(_message.Message):
-    __slots__ = ("session_id", "text")
+    __slots__ = ("session_id", "text", "signature", "redacted")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    REDACTED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     text: str
-    def __init__(self, session_id: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+    signature: str
+    redacted: str
+    def __init__(self, session_id: _Optional[str] = ..., text: _Optional[str] = ..., signature: _Optional[str] = ..., redacted: _Optional[str] = ...) -> None: ...
 
 class ToolCallEvent(_message.Message):
     __slots__ = ("session_id", "function")
