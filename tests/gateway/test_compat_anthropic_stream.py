@@ -37,7 +37,8 @@ LONG_SYSTEM = " ".join(f"Rule {n}: answer plainly, cite nothing, and keep every 
 
 @pytest.fixture(scope="module")
 def sims() -> Iterator[dict[str, sim.Simulator]]:
-    simulators = {name: sim.serve(name, seed=11, api_key=SIM_KEY) for name in ("anthropic", "bedrock", "openai")}
+    names = ("anthropic", "bedrock", "gemini", "openai")
+    simulators = {name: sim.serve(name, seed=11, api_key=SIM_KEY) for name in names}
     yield simulators
     for simulator in simulators.values():
         simulator.close()
@@ -51,6 +52,7 @@ def client(sims: dict[str, sim.Simulator], tmp_path_factory: pytest.TempPathFact
         "providers.anthropic": {"api_key": SIM_KEY, "base_url": sims["anthropic"].base_url},
         "providers.bedrock": {"base_url": sims["bedrock"].base_url, "region": "us-east-1", **bedrock_keys},
         "providers.openai": {"api_key": SIM_KEY, "base_url": sims["openai"].base_url},
+        "providers.gemini": {"api_key": SIM_KEY, "base_url": sims["gemini"].base_url},
         "ledger": {"path": str(folder / "ledger.sqlite")},
     }
     with serving(write_toml(folder / "gtl.toml", tables)) as served:
@@ -108,11 +110,12 @@ def test_message_start_tells_the_cache_counts_too(client: anthropic.Anthropic):
     assert started["cache_read_input_tokens"] > 0
 
 
-@pytest.mark.parametrize("model", ["openai:gpt-4o-mini", ON_BEDROCK])
+@pytest.mark.parametrize("model", ["openai:gpt-4o-mini", ON_BEDROCK, "gemini:gemini-2.5-flash"])
 def test_a_provider_that_tells_nothing_early_starts_at_0_and_ends_right(client: anthropic.Anthropic, model: str):
-    """OpenAI's chat API and Bedrock's Converse count the prompt only at the end: ``message_start`` says 0,
-    not the gateway's estimate (which a client would take for the provider's count), and the SDK's final
-    message has the provider's counts from ``message_delta``."""
+    """OpenAI's chat API and Bedrock's Converse count the prompt only at the end, Gemini's chunks with a
+    count its last chunk may correct: ``message_start`` says 0, not an estimate or a count still to change
+    (a client would take either for the provider's word), and the SDK's final message has the provider's
+    counts from ``message_delta``."""
     asked = {"model": model, "max_tokens": 300, "messages": [{"role": "user", "content": "Why is the sky blue?"}]}
     events = _streamed(client, **asked)
     assert events[0]["message"]["usage"]["input_tokens"] == 0
