@@ -202,7 +202,7 @@ class MessageEncoder:
             return out + _event("message_stop", {})
         if isinstance(event, Error):
             return _event("error", {"error": self._error_object(event)})
-        return b""  # statuses have no event here
+        return b""  # (nothing else has an event here)
 
     def interrupt(self, message: str, code: ErrorCode = "PROVIDER_UNAVAILABLE") -> bytes:
         error = Error(session_id=self.session_id, code=code, message=message)
