@@ -3,6 +3,11 @@
 The client (``connect("stdio://...")``) starts this process, so there is exactly one connection; when
 it ends — the client closed its end of the pipe, or went away — every session is cancelled, its
 ledger row completed, and the process exits.
+
+It opens what ``gtl serve`` opens beside its listeners (``server.open_parts``): the audit log of
+``[gateway.audit]`` — one record per finished request, as on every other transport; a log file another
+gateway process is writing refuses this one, as it refuses a second ``gtl serve`` — and the request
+tracer of ``[gateway.tracing]``.
 """
 
 from __future__ import annotations
@@ -10,13 +15,11 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.credentials import CredentialResolver
-from gtl_nb.engine.routing import GATEWAY
 from gtl_nb.engine.settings import Settings
 from gtl_nb.gateway.listeners import Shutdown
 from gtl_nb.gateway.offload import OffloadedFrames
-from gtl_nb.gateway.refusals import recordings_of
+from gtl_nb.gateway.server import open_parts
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.connection import GTLConnection
@@ -42,19 +45,16 @@ async def serve_stdio(
     options = GatewaySettings.from_settings(settings)
     limits = dataclasses.replace(options.limits, idle_timeout=math.inf)
     connection = GTLConnection("server", max_frame_bytes=options.max_frame_bytes, features=limits.features)
-    engine = build_engine(settings, credentials=credentials, audience=GATEWAY)
+    parts = await open_parts(settings, options, credentials=credentials)
     try:
         channel = await open_server_channel(frames_fd, in_fd=in_fd)
         try:
             framed = OffloadedFrames(connection, channel)  # a large frame decoded in a worker thread
             gateway = GatewayConnection(
-                engine, framed, authenticate=authenticate, limits=limits, shutdown=shutdown, transport="stdio"
+                parts.engine, framed, authenticate=authenticate, limits=limits, shutdown=shutdown, transport="stdio"
             )
             await gateway.run()
         finally:
             await channel.aclose()
     finally:
-        try:
-            await recordings_of(engine).settle()  # the refusals' rows go in before the ledger closes
-        finally:
-            await engine.aclose()
+        await parts.aclose()  # the refusals' rows and records first, then the audit log, then the engine

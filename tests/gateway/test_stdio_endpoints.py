@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -65,3 +66,39 @@ def test_a_command_that_does_not_exist_is_a_configuration_error():
     with pytest.raises(ConfigurationError, match="cannot start") as bare_name:  # looked up in $PATH
         gtl_nb.connect("stdio://?command=no-such-gtl-command%20--stdio")
     assert "None" not in str(bare_name.value) and "no-such-gtl-command" in str(bare_name.value)
+
+
+def _audited_config(tmp_path: Path) -> Path:
+    config = tmp_path / "gtl.toml"
+    config.write_text(
+        f'[ledger]\npath = "{tmp_path / "ledger.sqlite3"}"\n\n[gateway.audit]\npath = "{tmp_path / "audit.jsonl"}"\n',
+        encoding="utf-8",
+    )
+    return config
+
+
+def test_a_stdio_gateway_writes_the_audit_log_its_configuration_names(tmp_path: Path):
+    """It opened its engine alone: every request left its ledger row and no audit record, silently."""
+    from gtl_nb.engine.ledger import Ledger
+
+    client = gtl_nb.connect(f"stdio://{_audited_config(tmp_path)}")
+    try:
+        answers = [client.complete("echo", f"audited {i}") for i in range(2)]
+    finally:
+        client.close()  # the gateway exits: its audit log and ledger closed
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text(encoding="utf-8").splitlines()]
+    finished = [record for record in records if record.get("session_id")]
+    assert sorted(r["session_id"] for r in finished) == sorted(a.session_id for a in answers)
+    rows = {row["session_id"] for row in Ledger(tmp_path / "ledger.sqlite3").rows()}
+    assert rows == {a.session_id for a in answers}  # one row and one record for each request
+
+
+def test_a_second_stdio_gateway_on_the_same_audit_log_is_refused_in_words(tmp_path: Path):
+    config = _audited_config(tmp_path)
+    first = gtl_nb.connect(f"stdio://{config}")
+    try:
+        assert first.complete("echo", "holds the log").text
+        with pytest.raises(gtl_nb.GTLError, match="another process is writing the audit log"):
+            gtl_nb.connect(f"stdio://{config}").complete("echo", "refused")
+    finally:
+        first.close()
