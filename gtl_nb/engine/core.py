@@ -770,6 +770,10 @@ class Engine:
         before anything runs: too many pieces, an ``http:`` image at a gateway, a malformed
         ``tool_choice``, no route, or a token's allow-lists."""
         try:
+            if not request.messages:  # (a JSON frame cannot omit them; a gRPC request can leave them unset)
+                raise InvalidRequestError("messages is empty: a completion needs at least one message")
+            if not request.model and not request.providers:  # (else routing's "unknown model ''")
+                raise InvalidRequestError("model is empty: name the model to run (`gtl models` lists them)")
             over = request_limit_refusal(request)  # before any per-message work: a request of too many pieces
             if over is not None:
                 raise InvalidRequestError(over)

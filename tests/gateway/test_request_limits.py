@@ -161,6 +161,23 @@ def test_gtl_past_each_limit_is_a_400_naming_it_with_one_row(base_url, ledger_pa
         one_refusal_row(ledger_path, session_id)
 
 
+def test_an_empty_model_or_no_messages_is_refused_naming_the_field(base_url, ledger_path):
+    """A gRPC request leaves unset fields empty: no model was "unknown model ''" (MODEL_NOT_FOUND), no
+    messages were sent to the provider (echo answered them)."""
+    bodies = {
+        "model is empty": {"model": "", "messages": [USER]},
+        "messages is empty": {"model": ECHO, "messages": []},
+    }
+    for said, body in bodies.items():
+        session_id = f"empty-{said.split()[0]}"
+        frame = {"type": "completion_request", "session_id": session_id, "stream": False, **body}
+        answer = httpx.post(f"{base_url}/v1/gtl", json=frame, timeout=60)
+        assert answer.status_code == 400, answer.text
+        error = answer.json()["events"][-1]
+        assert error["code"] == "INVALID_REQUEST" and error["message"].startswith(said), error
+        one_refusal_row(ledger_path, session_id)
+
+
 def test_requests_at_every_limit_are_served(base_url):
     parts = [{"type": "text", "text": "x"}] * MAX_PARTS
     messages = [{"role": "user", "content": parts}, *[USER] * (MAX_MESSAGES - 1)]
