@@ -84,6 +84,7 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
 from gtl_nb.gateway.compat import compat_routes
 from gtl_nb.gateway.compat.reply import try_later
+from gtl_nb.gateway.compat.routes import compat_refusal
 from gtl_nb.gateway.connection_budget import listener_share
 from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown, is_loopback
 from gtl_nb.gateway.offload import OffloadedFrames, converted
@@ -869,7 +870,16 @@ def claimed_session_id(body: bytes) -> str:
 
 
 async def _refuse(scope: Any, receive: Any, send: Any, status: int, error: GTLError) -> None:
-    """Answer a request or a WebSocket upgrade with ``status`` and one GTL error, then close."""
+    """Answer a request or a WebSocket upgrade with ``status`` and one GTL error, then close — a request
+    to an OpenAI- or Anthropic-compatible path in that API's error shape (its SDK reads the message and
+    the type; a GTL frame it would show as a raw dict), with the status that API's refusal gives."""
+    if scope["type"] == "http" and _compatible_path(scope["path"]):
+        headers = dict(scope.get("headers", ()))
+        anthropic_style = b"anthropic-version" in headers or scope["path"].startswith("/v1/messages")
+        reply = compat_refusal(error, anthropic_style)
+        reply.headers["connection"] = "close"
+        await reply(scope, receive, send)
+        return
     body = encode(error.to_event(""))
     headers = [
         (b"content-type", b"application/json"),
@@ -935,6 +945,11 @@ class _Gate:
 _COMPLETION_PATHS = frozenset({PATHS["http"], PATHS["sse"], "/v1/chat/completions", "/v1/responses", "/v1/messages"})
 """Where a completion request is posted: once the stop began it is still read — its token checked, its
 body parsed — so that its refusal (``_Sessions.start``) leaves its ledger row and audit record."""
+
+
+def _compatible_path(path: str) -> bool:
+    """Whether ``path`` is one of the OpenAI- or Anthropic-compatible API's (``/v1/`` but not GTL's own)."""
+    return path.startswith("/v1/") and not path.startswith("/v1/gtl")
 
 
 def _completion(scope: Any) -> bool:

@@ -79,12 +79,34 @@ def test_programs_on_this_machine_are_served(gateway: LocalGateway):
 )
 def test_a_request_a_web_page_could_send_is_refused(gateway: LocalGateway, headers: dict[str, str], said: str):
     url = gateway.url("http")
-    for path in ("/v1/chat/completions", "/v1/gtl"):
-        refused = httpx.post(
-            f"{url}{path}", content=json.dumps(BODY), headers={"content-type": "text/plain", **headers}, timeout=30
-        )
-        assert refused.status_code == 403, refused.text
-        assert said in refused.json()["message"] and refused.json()["code"] == "FORBIDDEN"
+    sent = {"content-type": "text/plain", **headers}
+    refused = httpx.post(f"{url}/v1/gtl", content=json.dumps(BODY), headers=sent, timeout=30)
+    assert refused.status_code == 403, refused.text
+    assert said in refused.json()["message"] and refused.json()["code"] == "FORBIDDEN"
+    # the compatible paths refuse in their API's shape, which its SDK reads (a GTL frame it showed as a dict)
+    chat = httpx.post(f"{url}/v1/chat/completions", content=json.dumps(BODY), headers=sent, timeout=30)
+    assert chat.status_code == 403, chat.text
+    assert said in chat.json()["error"]["message"] and chat.json()["error"]["code"] == "forbidden"
+    messages = httpx.post(f"{url}/v1/messages", content=json.dumps(BODY), headers=sent, timeout=30)
+    assert messages.status_code == 403, messages.text
+    assert messages.json()["type"] == "error" and messages.json()["error"]["type"] == "permission_error"
+    assert said in messages.json()["error"]["message"]
+
+
+def test_the_sdks_read_the_refusal_of_a_web_pages_request(gateway: LocalGateway):
+    import anthropic
+    import openai
+
+    url = gateway.url("http")
+    origin = {"origin": "https://evil.example"}
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, default_headers=origin)
+    with client, pytest.raises(openai.PermissionDeniedError) as caught:
+        client.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
+    assert "refuses requests from web pages" in caught.value.message and caught.value.code == "forbidden"
+    claude = anthropic.Anthropic(base_url=url, api_key="k", max_retries=0, default_headers=origin)
+    with claude, pytest.raises(anthropic.PermissionDeniedError) as refused:
+        claude.messages.create(model="echo", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    assert "refuses requests from web pages" in refused.value.message
 
 
 def test_a_web_pages_websocket_is_refused(gateway: LocalGateway):

@@ -27,7 +27,7 @@ from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.protocol.errors import GTLError, InvalidRequestError, ModelNotFoundError
 from gtl_nb.protocol.messages import Error
 
-__all__ = ["compat_routes"]
+__all__ = ["compat_refusal", "compat_routes"]
 
 _ANY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"]  # (and HEAD, added with GET)
 _BUT_POST = [method for method in _ANY_METHOD if method != "POST"]
@@ -84,7 +84,7 @@ class _Models:
             # nothing"); the GTL provider list a client reads on connecting stays empty instead
             require_scope(context, "models.list", doing="listing models (GET /v1/models)")
         except GTLError as exc:
-            return _refusal(exc, styled)
+            return compat_refusal(exc, styled)
         infos = visible_providers(self.engine, context)  # what this token may see, as on /v1/gtl/providers
         owners, times = routed_owners(self.engine, context), await listed_times(self.engine, context, infos)
         if not styled:
@@ -92,7 +92,7 @@ class _Models:
         try:
             return json_reply(200, anthropic_listing(infos, request.query_params, owners, times))
         except ValueError as exc:
-            return _refusal(InvalidRequestError(str(exc)), styled)
+            return compat_refusal(InvalidRequestError(str(exc)), styled)
 
     def _listed_name(self, deployment: str, name: str) -> str | None:
         """The catalog's name of the entry ``name`` is an alias of, at ``deployment``'s provider type, or
@@ -121,7 +121,7 @@ class _Models:
         except ModelNotFoundError as exc:
             return anthropic.refusal(exc) if styled else openai.error_reply(exc.to_event(), param="model")
         except GTLError as exc:
-            return _refusal(exc, styled)
+            return compat_refusal(exc, styled)
         name, owner = found
         if styled:
             return json_reply(200, {"type": "model", "id": name, "display_name": name, "created_at": rfc3339(made)})
@@ -144,5 +144,6 @@ def _is_anthropic(request: Any) -> bool:
     return "anthropic-version" in request.headers
 
 
-def _refusal(exc: GTLError, anthropic_style: bool) -> Reply:
+def compat_refusal(exc: GTLError, anthropic_style: bool) -> Reply:
+    """A refusal before any session, in Anthropic's error shape or OpenAI's."""
     return anthropic.refusal(exc) if anthropic_style else openai.refusal(exc)
