@@ -212,12 +212,27 @@ def decode(
             _check_depth(frame, max_depth)  # before the generic parse builds every nested value
             return _decode_slow(frame, strict_error)
     except msgspec.DecodeError as exc:
-        raise ProtocolError(f"malformed frame (not JSON: {exc}): {_snippet(frame)!r}") from None
+        raise ProtocolError(f"malformed frame (not JSON: {json_problem(exc, frame)}): {_snippet(frame)!r}") from None
     except RecursionError:  # the one boundary: deeper than the parser can go is deeper than the limit
         raise _too_deep(frame, max_depth) from None
     if type(message) in FREE_FORM_MESSAGES:
         _check_depth(frame, max_depth)
     return message
+
+
+# a high surrogate's escape not followed by another escape: msgspec says "truncated" for it (linear: no
+# nested repetition, one fixed-width look ahead)
+_LONE_HIGH_SURROGATE = re.compile(rb"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u)")
+
+
+def json_problem(exc: msgspec.DecodeError, data: bytes) -> str:
+    """What is wrong with JSON text ``data`` that msgspec refused with ``exc``, in words a user can act on:
+    its own words, except for a lone high surrogate escape (``"\\ud800"`` without its pair), which it calls
+    truncated input although nothing was cut."""
+    said = str(exc)
+    if "truncated" in said and _LONE_HIGH_SURROGATE.search(data) is not None:
+        return "a \\u escape of a lone UTF-16 surrogate (\\ud800-\\udbff without its pair), which is no character"
+    return said
 
 
 def _check_depth(frame: bytes, max_depth: int) -> None:

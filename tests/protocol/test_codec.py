@@ -122,6 +122,10 @@ def test_unknown_extra_fields_are_ignored():
         (b'{"type":"token",', ProtocolError, "not JSON"),
         (b"[1, 2]", ProtocolError, "JSON object"),
         (b"\xff\xfe", ProtocolError, "not JSON"),
+        # msgspec calls a lone high surrogate "truncated" input: said as what it is
+        (b'{"type":"token","session_id":"s","text":"\\ud800"}', ProtocolError, "lone UTF-16 surrogate"),
+        (b'{"type":"token","session_id":"s","text":"\\uDBFFx"}', ProtocolError, "lone UTF-16 surrogate"),
+        (b'{"type":"token","session_id":"s","text":"x', ProtocolError, "truncated"),  # truly cut: its own words
     ],
 )
 def test_malformed_frames_give_a_clear_protocol_error(frame, error, needle):

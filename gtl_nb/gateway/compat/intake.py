@@ -23,7 +23,7 @@ from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged
 from gtl_nb.gateway.streaming import SessionRunner
 from gtl_nb.gateway.tracecontext import trace_id_from
 from gtl_nb.ids import random_hex
-from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, nesting_exceeds
+from gtl_nb.protocol.codec import DEFAULT_MAX_DEPTH, json_problem, nesting_exceeds
 from gtl_nb.protocol.errors import FrameTooLargeError, GTLError, InvalidRequestError
 from gtl_nb.protocol.messages import MAX_NAME_LENGTH, CompletionRequest
 
@@ -81,7 +81,7 @@ def _parsed(data: bytes, dotted: bool) -> dict[str, Any]:
     try:
         value = msgspec.json.decode(data)
     except msgspec.DecodeError as exc:
-        raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None
+        raise InvalidRequestError(f"the body is not valid JSON: {json_problem(exc, data)}") from None
     if not isinstance(value, dict):
         raise InvalidRequestError("the body must be a JSON object")
     try:
