@@ -627,7 +627,7 @@ class Engine:
             context = RequestContext(principal=user or "", trace_id=random_hex(2))
         elif context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
             context = context.traced(random_hex(2))
-        targets = self.checked_targets(request, context) if resume is None else resume.targets
+        targets = self.session_targets(request, context) if resume is None else resume.targets
         if refused is not None:
             targets = refused
         scope = _REQUEST_CONTEXT.set(context)  # the attempts read it: which stored key a token chose
@@ -755,7 +755,7 @@ class Engine:
         # (what needs no routing first: a session that will not take the lane is routed once, down the general path)
         if (request.providers is not None and len(request.providers) > 1) or is_cacheable(request, self.cache_config):
             return None
-        targets = self.checked_targets(request, context)
+        targets = self.session_targets(request, context)
         if type(targets) is not list or len(targets) != 1:
             return None  # (a refusal: the general path words and records it)
         target = targets[0]
@@ -765,15 +765,21 @@ class Engine:
             context = context.traced(random_hex(2))
         return _Lane(context, target)
 
+    def session_targets(self, request: CompletionRequest, context: RequestContext) -> list[Target] | GTLError:
+        """``checked_targets`` for a session that will run: a request with no messages or no model is refused
+        first (a JSON frame cannot omit them; a gRPC request leaves unset fields empty, and no model was
+        routing's "unknown model ''"). Asking who serves a name alone (``/v1/models/{id}``) is not refused."""
+        if not request.messages:
+            return InvalidRequestError("messages is empty: a completion needs at least one message")
+        if not request.model and not request.providers:
+            return InvalidRequestError("model is empty: name the model to run (`gtl models` lists them)")
+        return self.checked_targets(request, context)
+
     def checked_targets(self, request: CompletionRequest, context: RequestContext) -> list[Target] | GTLError:
         """Who may serve ``request`` for ``context``, in routing's order — or the error that refuses it
         before anything runs: too many pieces, an ``http:`` image at a gateway, a malformed
         ``tool_choice``, no route, or a token's allow-lists."""
         try:
-            if not request.messages:  # (a JSON frame cannot omit them; a gRPC request can leave them unset)
-                raise InvalidRequestError("messages is empty: a completion needs at least one message")
-            if not request.model and not request.providers:  # (else routing's "unknown model ''")
-                raise InvalidRequestError("model is empty: name the model to run (`gtl models` lists them)")
             over = request_limit_refusal(request)  # before any per-message work: a request of too many pieces
             if over is not None:
                 raise InvalidRequestError(over)
