@@ -827,6 +827,32 @@ def test_an_oversized_body_is_refused_in_each_format(oai, claude):
     assert refused.value.status_code == 413 and refused.value.body["error"]["type"] == "request_too_large"
 
 
+def test_a_body_sent_as_anything_but_json_is_refused_as_openai_refuses_it(base_url, ledger_path):
+    """Any Content-Type was read as JSON: curl's default form type, text/plain (what a web page may send
+    without asking) — OpenAI's API answers such a request 400 ``unsupported_content_type``."""
+    bodies = {
+        "/v1/chat/completions": json.dumps({"model": "echo", "messages": chat()}),
+        "/v1/responses": json.dumps({"model": "echo", "input": PROMPT}),
+        "/v1/messages": json.dumps({"model": "echo", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
+    }
+    for path, body in bodies.items():
+        for kind in ("application/x-www-form-urlencoded", "text/plain", "application/xml"):
+            answer = httpx.post(f"{base_url}{path}", content=body, headers={"content-type": kind}, timeout=30)
+            assert answer.status_code == 400, (path, kind, answer.text)
+            error = answer.json()["error"]
+            assert f"unsupported content type {kind!r}" in error["message"], error
+            assert "Content-Type: application/json" in error["message"]
+            if path != "/v1/messages":
+                assert error["code"] == "unsupported_content_type"
+            else:
+                assert answer.json()["type"] == "error" and error["type"] == "invalid_request_error"
+        for kind in ("application/json; charset=utf-8", "Application/JSON"):  # a parameter and the case aside
+            answer = httpx.post(f"{base_url}{path}", content=body, headers={"content-type": kind}, timeout=30)
+            assert answer.status_code == 200, (path, kind, answer.text)
+    no_header = httpx.post(f"{base_url}/v1/chat/completions", content=bodies["/v1/chat/completions"], timeout=30)
+    assert no_header.status_code == 200  # (no header at all is taken as JSON: no browser sends a body so)
+
+
 def test_what_gtl_has_no_message_for_is_a_clear_not_found(oai, claude):
     with pytest.raises(openai.NotFoundError, match="GTL has no message for embeddings"):
         oai.embeddings.create(model="text-embedding-3-small", input="hello")

@@ -52,16 +52,29 @@ def authenticated(authenticate: Authenticate, token: str | None, request: Any, *
     return dataclasses.replace(context, peer=peer_text(request.client), trace_id=trace_id, api=api)
 
 
+class UnsupportedContentType(InvalidRequestError):
+    """A compatible endpoint's body sent as something other than JSON."""
+
+
 async def read_json(request: Any, max_bytes: int, *, dotted: bool = False) -> tuple[dict[str, Any], int]:
     """The request body as a JSON object, and its size in bytes: at most ``max_bytes`` (``FrameTooLargeError``
     beyond).
 
-    The size is checked from ``Content-Length`` before anything is read, then while reading (a chunked
+    A body said to be anything but JSON (``Content-Type`` other than ``application/json``, parameters such
+    as ``charset`` aside) is refused before it is read (``UnsupportedContentType``), as OpenAI's API
+    refuses it: a form or ``text/plain`` is what a web page may send without asking; no header is taken
+    as JSON. The size is checked from ``Content-Length`` before anything is read, then while reading (a chunked
     body has no length); the nesting depth before parsing, so a hostile body cannot exhaust the parser.
     An object that holds a key twice is refused (``FieldError`` naming it by its path, written as the
     API writes one: ``messages[0].role``, or ``messages.0.role`` when ``dotted``): read last-wins here,
     first-wins by a proxy in front, it would be two different requests (``compat.duplicates``).
     """
+    kind = request.headers.get("content-type")
+    if kind is not None and kind.partition(";")[0].strip().lower() != "application/json":
+        raise UnsupportedContentType(
+            f"unsupported content type {kind[:100]!r}: this endpoint takes a JSON body, sent with the header "
+            "Content-Type: application/json"
+        )
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise FrameTooLargeError(f"the body of {length} bytes exceeds the gateway's maximum of {max_bytes} bytes")

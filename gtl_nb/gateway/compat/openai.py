@@ -171,6 +171,8 @@ def refusal(exc: GTLError) -> Reply:
         return error_reply(refused, status=401, code="invalid_api_key", kind="invalid_request_error", headers=bearer)
     if isinstance(exc, FrameTooLargeError):
         return error_reply(exc.to_event(), status=400, code="request_too_large")
+    if isinstance(exc, intake.UnsupportedContentType):  # OpenAI's own word for it
+        return error_reply(exc.to_event(), status=400, code="unsupported_content_type")
     if isinstance(exc, OverloadedError):  # the caller's own sessions at their cap: a 429 (RateLimitError), not a 503
         return error_reply(exc.to_event(), status=429, kind="requests", code="too_many_sessions")
     if isinstance(exc, GatewayStopping):  # the gateway is stopping: 503, which the SDK retries (another replica)
