@@ -22,7 +22,11 @@ words). ``output_config.effort`` is accepted and changes nothing.
 What a model cannot take or the API cannot read is its 400 in its words (``_model_problem``): ``thinking`` to
 a model that does not think (Claude 3.5 Haiku), a custom tool named outside ``^[a-zA-Z0-9_-]{1,128}$``, a
 base64 image whose ``media_type`` is not JPEG, PNG, GIF or WebP. An alias is answered with its dated id in
-``model`` (``ANTHROPIC_SNAPSHOTS``), as recorded.
+``model`` (``ANTHROPIC_SNAPSHOTS``), as recorded. ``POST /v1/messages/count_tokens`` answers ``{"input_tokens":
+N}`` with the arithmetic of the usage (``_input_tokens``: a count equals the ``usage.input_tokens`` of the same
+request without a cache), its body refused as the service refuses it (``COUNT_FIELDS``; ``max_tokens`` is
+"Extra inputs are not permitted") and the messages' own checks applied (``_refusal``); a prompt over the window
+is still counted.
 """
 
 from __future__ import annotations
@@ -122,6 +126,24 @@ _RATES = Rates(
 )
 _RESET = "2025-01-01T00:01:00Z"
 MAX_CACHE_BREAKPOINTS = 4
+#: The fields ``POST /v1/messages/count_tokens`` takes (its SDK's ``MessageCountTokensParams``, the beta's
+#: too); any other — ``max_tokens`` among them — is its 400 "Extra inputs are not permitted".
+COUNT_FIELDS = frozenset(
+    (
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        "output_format",
+        "cache_control",
+        "speed",
+        "mcp_servers",
+        "context_management",
+    )
+)
 LOOKBACK_BLOCKS = 20  # block boundaries before a breakpoint where the service also looks for a hit
 
 
@@ -537,8 +559,7 @@ class AnthropicSim:
         if req.method == "POST" and req.path == "/v1/messages":
             return self._messages(req, ctx)
         if req.method == "POST" and req.path == "/v1/messages/count_tokens":
-            body = req.json if isinstance(req.json, dict) else {}
-            return json_response(200, {"input_tokens": self._answer(body, ctx).tokens_in})
+            return self._count_tokens(req, ctx)
         if req.method == "GET" and req.path == "/v1/models":
             data = [self._model(m) for m in self._models(ctx)]
             return json_response(
@@ -695,6 +716,48 @@ class AnthropicSim:
                 bound = "less than or equal to 1" if value > 1 else "greater than or equal to 0"
                 return self._error(400, "invalid_request_error", f"{name}: Input should be {bound}")
         model = str(body["model"])
+        refused = self._refusal(body, ctx)
+        if refused is not None:
+            return refused
+        dated = ANTHROPIC_SNAPSHOTS.get(model, model)
+        window = ctx.context_window(model, ANTHROPIC_CONTEXT_WINDOWS)
+        if window is not None:  # the whole prompt, cached parts included, against the window
+            tokens = _input_tokens(body, _thinking(body))
+            if tokens > window:
+                message = f"prompt is too long: {tokens} tokens > {window} maximum"
+                return self._error(400, "invalid_request_error", message, self._headers(req, ctx))
+        answer = self._answer(body, ctx)
+        cache = self._cache_use(body, ctx, answer.tokens_in)
+        msg_id = ctx.make_id("msg_01", 22, req.body)
+        tool_ids = [ctx.make_id("toolu_01", 22, req.body, i) for i in range(len(answer.tool_calls))]
+        headers = self._headers(req, ctx)
+        if body.get("stream"):
+            chunks = self._stream(req, ctx, answer, msg_id, dated, tool_ids, cache)
+            return SimResponse(200, {"content-type": "text/event-stream; charset=utf-8", **headers}, chunks=chunks)
+        content: list[dict[str, Any]] = []
+        if answer.thinking:
+            signature = self._signature(req, ctx, answer.thinking)
+            content.append({"type": "thinking", "thinking": answer.thinking, "signature": signature})
+        if answer.text:
+            content.append({"type": "text", "text": answer.text})
+        for call, tool_id in zip(answer.tool_calls, tool_ids, strict=True):
+            content.append({"type": "tool_use", "id": tool_id, "name": call["name"], "input": call["arguments"]})
+        payload = {
+            "id": msg_id,
+            "type": "message",
+            "role": "assistant",
+            "model": dated,
+            "content": content,
+            "stop_reason": self._stop_reason(answer),
+            "stop_sequence": answer.stop_sequence,
+            "usage": self._usage(answer, answer.tokens_out + answer.tokens_thinking, cache),
+        }
+        return json_response(200, payload, headers)
+
+    def _refusal(self, body: dict[str, Any], ctx: SimContext) -> SimResponse | None:
+        """The API's 404 for an unknown model and its 400s for what the request holds that it refuses,
+        alike for a message and a token count, or ``None``."""
+        model = str(body["model"])
         if not ctx.accepts_model(model, ANTHROPIC_MODELS):
             return self._error(404, "not_found_error", f"model: {model}")
         dated = ANTHROPIC_SNAPSHOTS.get(model, model)
@@ -734,39 +797,28 @@ class AnthropicSim:
                 "invalid_request_error",
                 f"A maximum of {MAX_CACHE_BREAKPOINTS} blocks with cache_control may be provided. Found {markers}.",
             )
-        window = ctx.context_window(model, ANTHROPIC_CONTEXT_WINDOWS)
-        if window is not None:  # the whole prompt, cached parts included, against the window
-            tokens = _input_tokens(body, _thinking(body))
-            if tokens > window:
-                message = f"prompt is too long: {tokens} tokens > {window} maximum"
-                return self._error(400, "invalid_request_error", message, self._headers(req, ctx))
-        answer = self._answer(body, ctx)
-        cache = self._cache_use(body, ctx, answer.tokens_in)
-        msg_id = ctx.make_id("msg_01", 22, req.body)
-        tool_ids = [ctx.make_id("toolu_01", 22, req.body, i) for i in range(len(answer.tool_calls))]
-        headers = self._headers(req, ctx)
-        if body.get("stream"):
-            chunks = self._stream(req, ctx, answer, msg_id, dated, tool_ids, cache)
-            return SimResponse(200, {"content-type": "text/event-stream; charset=utf-8", **headers}, chunks=chunks)
-        content: list[dict[str, Any]] = []
-        if answer.thinking:
-            signature = self._signature(req, ctx, answer.thinking)
-            content.append({"type": "thinking", "thinking": answer.thinking, "signature": signature})
-        if answer.text:
-            content.append({"type": "text", "text": answer.text})
-        for call, tool_id in zip(answer.tool_calls, tool_ids, strict=True):
-            content.append({"type": "tool_use", "id": tool_id, "name": call["name"], "input": call["arguments"]})
-        payload = {
-            "id": msg_id,
-            "type": "message",
-            "role": "assistant",
-            "model": dated,
-            "content": content,
-            "stop_reason": self._stop_reason(answer),
-            "stop_sequence": answer.stop_sequence,
-            "usage": self._usage(answer, answer.tokens_out + answer.tokens_thinking, cache),
-        }
-        return json_response(200, payload, headers)
+        return None
+
+    def _count_tokens(self, req: SimRequest, ctx: SimContext) -> SimResponse:
+        """``POST /v1/messages/count_tokens``: the request's input tokens as ``/v1/messages`` would report
+        them in ``usage.input_tokens`` for the same request without a cache (``_input_tokens``, the same
+        arithmetic); the body refused as the API refuses it — its fields only (``max_tokens``, ``stream`` and
+        the sampling knobs are "Extra inputs are not permitted"), ``model`` and ``messages`` required, an
+        unknown model's 404, the message checks' 400s. A prompt over the context window is still counted:
+        sizing one is what the endpoint is for."""
+        body = req.json
+        if not isinstance(body, dict):
+            return self._error(400, "invalid_request_error", "Invalid JSON in request body")
+        extra = next((name for name in body if name not in COUNT_FIELDS), None)
+        if extra is not None:
+            return self._error(400, "invalid_request_error", f"{extra}: Extra inputs are not permitted")
+        for required in ("messages", "model"):
+            if required not in body:
+                return self._error(400, "invalid_request_error", f"{required}: Field required")
+        refused = self._refusal(body, ctx)
+        if refused is not None:
+            return refused
+        return json_response(200, {"input_tokens": _input_tokens(body, _thinking(body))}, self._headers(req, ctx))
 
     def _stream(
         self,

@@ -431,3 +431,50 @@ def test_a_thinking_budget_is_refused_as_the_api_refuses_it(serve_sim: Any) -> N
         output_config={"effort": "high"},
     )
     assert [block.type for block in answer.content] == ["thinking", "text"]
+
+
+# -- token counting -------------------------------------------------------------------------------------------
+
+COUNTED_REQUESTS = {
+    "plain": {"messages": USER},
+    "system and tools": {"messages": USER, "system": "Be brief.", "tools": [WEATHER], "tool_choice": {"type": "auto"}},
+    "thinking": {"messages": USER, "thinking": {"type": "enabled", "budget_tokens": 1024}},
+}
+
+
+@pytest.mark.parametrize("shape", list(COUNTED_REQUESTS))
+def test_a_count_is_the_input_tokens_the_answer_reports(shape: str, serve_sim: Any) -> None:
+    s = serve_sim("anthropic")
+    counted = client(s).messages.count_tokens(model=MODEL, **COUNTED_REQUESTS[shape])
+    answer = client(s).messages.create(model=MODEL, max_tokens=2048, **COUNTED_REQUESTS[shape])
+    assert counted.input_tokens == answer.usage.input_tokens > 0
+
+
+def test_a_count_refuses_what_the_counting_endpoint_has_not(serve_sim: Any) -> None:
+    s = serve_sim("anthropic")
+    for extra in ({"max_tokens": 10}, {"stream": False}, {"temperature": 0.5}):
+        with pytest.raises(anthropic.BadRequestError) as refused:
+            client(s).messages.count_tokens(model=MODEL, messages=USER, extra_body=extra)
+        assert refused.value.body["error"]["message"] == f"{next(iter(extra))}: Extra inputs are not permitted"
+    answer = httpx.post(f"{s.base_url}/v1/messages/count_tokens", json={"model": MODEL}, headers=HEADERS)
+    assert answer.status_code == 400 and answer.json()["error"]["message"] == "messages: Field required"
+    answer = httpx.post(f"{s.base_url}/v1/messages/count_tokens", content=b"{oops", headers=HEADERS)
+    assert answer.status_code == 400 and answer.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_a_count_of_an_unknown_model_or_a_refused_request_is_the_apis_error(serve_sim: Any) -> None:
+    s = serve_sim("anthropic")
+    with pytest.raises(anthropic.NotFoundError, match="model: claude-nope"):
+        client(s).messages.count_tokens(model="claude-nope", messages=USER)
+    with pytest.raises(anthropic.BadRequestError, match="budget_tokens"):
+        client(s).messages.count_tokens(model=MODEL, messages=USER, thinking={"type": "enabled", "budget_tokens": 10})
+    with pytest.raises(anthropic.AuthenticationError):
+        client(s, key="wrong").messages.count_tokens(model=MODEL, messages=USER)
+
+
+def test_a_prompt_over_the_window_is_still_counted(serve_sim: Any) -> None:
+    s = serve_sim("anthropic", context_windows={MODEL: 50})
+    long = [{"role": "user", "content": "word " * 400}]
+    assert client(s).messages.count_tokens(model=MODEL, messages=long).input_tokens > 50
+    with pytest.raises(anthropic.BadRequestError, match="prompt is too long"):
+        client(s).messages.create(model=MODEL, max_tokens=10, messages=long)
