@@ -18,6 +18,7 @@ import msgspec
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.engine.counting import TokenCount, estimate_prompt_tokens
 from gtl_nb.engine.loop import CAN_TAKE_BACK_A_CANCEL, CallersLoop, LoopThread, shared_loop
 from gtl_nb.engine.settings import RequestDefaults, Settings
 from gtl_nb.protocol.errors import ContextLengthExceededError, GTLError
@@ -25,7 +26,14 @@ from gtl_nb.protocol.messages import CompletionRequest, ProviderInfo, StreamEven
 from gtl_nb.providers.base import Deployment
 from gtl_nb.providers.catalog import Catalog
 
-__all__ = ["Backend", "ContextFallbackWarning", "CostWarning", "EmbeddedBackend", "estimate_prompt_tokens"]
+__all__ = [
+    "Backend",
+    "ContextFallbackWarning",
+    "CostWarning",
+    "EmbeddedBackend",
+    "TokenCount",
+    "estimate_prompt_tokens",
+]
 
 #: a prompt is refused before sending only when clearly over the window: the estimate is rough
 CLEARLY_OVER = 1.1
@@ -40,21 +48,6 @@ class CostWarning(UserWarning):
 
 class ContextFallbackWarning(UserWarning):
     """A prompt too long for the model was sent to the configured ``context_fallbacks`` model."""
-
-
-def estimate_prompt_tokens(request: CompletionRequest) -> int:
-    """A rough count of a request's input tokens: about four characters per token over every text
-    part (system, messages, tool definitions), and 1,000 per image."""
-    characters = 0
-    images = 0
-    for message in request.messages:
-        characters += len(message.content or "")
-        images += len(message.images or ())
-        for call in message.tool_calls or ():
-            characters += len(call.name) + len(call.arguments)
-    for tool in request.tools or ():
-        characters += len(tool.name) + len(tool.description or "") + len(msgspec.json.encode(tool.parameters))
-    return characters // 4 + 1000 * images
 
 
 Deliver = Callable[[StreamEvent], None]
@@ -167,6 +160,12 @@ class EmbeddedBackend:
         self._closing.discard(task)
         if not self._closing and self._all_left is not None and not self._all_left.done():
             self._all_left.set_result(None)
+
+    async def count_tokens(self, request: CompletionRequest) -> TokenCount:
+        """``request``'s input tokens, counted without running it (``Engine.count_tokens``); a backend
+        without this method cannot count (``Client.count_tokens`` says so)."""
+        self.check(request)  # a deployment without its key raises here, naming what to set, as complete() does
+        return await self.engine.count_tokens(request, context=self.context)
 
     def check(self, request: CompletionRequest) -> None:
         for target in self.engine.targets(request):

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
-from gtl_nb.backend import Backend, EmbeddedBackend
+from gtl_nb.backend import Backend, EmbeddedBackend, TokenCount
 from gtl_nb.completion import Comparison, Completion
 from gtl_nb.engine.loop import LOOP_CLOSED, OWN_LOOP, CallersLoop, LoopThread, WaitedTooLong, Work
 from gtl_nb.handoff import AsyncEventHandoff, EventHandoff
@@ -872,6 +872,24 @@ class Client:
             return self._loop.run(question, timeout=timeout)
         except WaitedTooLong:  # (not a TimeoutError of the question's own: that is its answer)
             raise ProviderUnavailableError(f"{what} had no answer in {timeout:g} s") from None
+
+    def count_tokens(self, model: str | None = None, messages: Any = (), **kwargs: Any) -> TokenCount:
+        """How many input tokens the request ``complete(model, messages, **kwargs)`` would send, counted
+        without running it: ``.input_tokens``, and ``.exact`` — the provider's own count where its API
+        has one (Anthropic's ``count_tokens``; echo's tokenizer), else an estimate (about four characters
+        a token). Routed as the request would be (``.deployment``, ``.model``); nothing is generated and no
+        ledger row is written. Served by the embedded engine; a gateway serves it to the Anthropic SDK
+        (``POST /v1/messages/count_tokens``), not over GTL's transports."""
+        self._ensure_open()
+        request = self.request(model, messages, **kwargs)
+        count = getattr(self.backend, "count_tokens", None)
+        if count is None:
+            raise InvalidRequestError(
+                "this client cannot count tokens over its connection to a gateway (GTL has no message for it); "
+                "the gateway counts them at POST /v1/messages/count_tokens (the Anthropic SDK's "
+                "client.messages.count_tokens)"
+            )
+        return self._ask(count(request), f"the token count of {request.model}", timeout=120)
 
     def list_models(self, deployment: str) -> list[str]:
         """Ask the provider itself which models it offers (``GET /v1/models`` and the like)."""

@@ -59,6 +59,7 @@ from gtl_nb.engine.cache import CacheConfig, CachedAnswer, cache_key, is_cacheab
 from gtl_nb.engine.coalesce import Flight
 from gtl_nb.engine.config import missing_credentials
 from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.counting import TokenCount, counted_input
 from gtl_nb.engine.credentials import CredentialResolver, with_key
 from gtl_nb.engine.hooks import (
     AttemptStarted,
@@ -1756,6 +1757,42 @@ class Engine:
             return provider.parse_models(body), times(body) if times is not None else {}
         except ValueError as exc:
             raise ProviderUnavailableError(f"unreadable model list from {deployment.name}: {exc}") from None
+
+    async def count_tokens(self, request: CompletionRequest, *, context: RequestContext | None = None) -> TokenCount:
+        """``request``'s input tokens, counted without running it (``engine.counting``): the provider's own
+        count where its API has one (Anthropic) or the local generator's (echo), else the gateway's
+        estimate — ``TokenCount.exact`` says which. Routed as the completion would be, within the
+        context's allow-lists; a provider call counts against the principal's ``requests_per_minute``.
+        Raises the ``GTLError`` a completion would end with before any answer (no route, not allowed,
+        the provider's refusal), or the provider's trouble when no deployment could count."""
+        if context is None:
+            context = RequestContext(principal="")
+        scope = _REQUEST_CONTEXT.set(context)  # (the model's "did you mean" reads it, as an attempt's does)
+        try:
+            return await counted_input(self, request, context)
+        finally:
+            _REQUEST_CONTEXT.reset(scope)
+
+    def provider_error(
+        self,
+        provider: Any,
+        request: CompletionRequest,
+        target: Target,
+        deployment: Deployment,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> Error:
+        """A provider's non-2xx answer to a call other than a completion's (a token count) as that call's
+        caller reads it: what ``_checked`` makes of a completion's error — the deployment's keys scrubbed,
+        a gateway's caller told only what is about its request, an unknown model's "did you mean"."""
+        said = provider.decode_error(request, deployment, status, headers, body)
+        event = _with_provider(_scrubbed(said, deployment), target)
+        if self.audience == GATEWAY:
+            event = self._for_gateway_caller(event, target, deployment)
+        if event.code == "MODEL_NOT_FOUND":
+            event = self._with_close_models(event, target)
+        return event
 
     async def aclose(self) -> None:
         """Close the HTTP pool, the flight registry and the stores — once the writes still running for

@@ -12,6 +12,7 @@ from gtl_nb.protocol.errors import PermissionDeniedError
 SCOPES: Mapping[str, str] = MappingProxyType(
     {
         "completion": "chat:write",  # run a completion_request (and cancel it on its own connection)
+        "tokens.count": "chat:write",  # count a request's input tokens (POST /v1/messages/count_tokens)
         "session.read": "session:read",  # read the state of one's own sessions
         "session.cancel": "session:write",  # cancel one's own sessions (from another connection)
         "session.admin": "session:admin",  # read or cancel other principals' sessions
@@ -29,6 +30,7 @@ SCOPES: Mapping[str, str] = MappingProxyType(
 DOING: Mapping[str, str] = MappingProxyType(
     {
         "completion": "running a completion",
+        "tokens.count": "counting tokens (POST /v1/messages/count_tokens)",
         "session.read": "reading your sessions (client.sessions())",
         "session.cancel": "cancelling a session from another connection",
         "session.admin": "reading or cancelling other users' sessions (all_users=True)",

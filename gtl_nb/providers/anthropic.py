@@ -79,6 +79,12 @@ replays as the first content blocks of that assistant message)::
         {"type": "redacted_thinking", "data": "…"},
     ]}}
 
+Token counting (``count_request`` / ``parse_count``): ``POST /v1/messages/count_tokens`` with the body
+``build_request`` would send less ``COUNT_DROPS`` (``max_tokens``, ``stream``, ``temperature``, ``top_p``,
+``stop_sequences``: the endpoint refuses them as extra inputs, and none is part of the prompt), so the
+count is of the very prompt a completion sends; the answer's ``input_tokens`` is the count
+(``Engine.count_tokens``, ``engine/counting.py``).
+
 Decoding: SSE events ``message_start`` / ``content_block_*`` / ``message_delta`` / ``message_stop``
 (``ping`` and unknown events ignored); ``message_delta`` usage is cumulative and replaces earlier
 values. ``message_start``'s input counts, given before any content, go on at once as a ``streaming``
@@ -106,6 +112,8 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any, ClassVar
+
+import msgspec
 
 from gtl_nb.protocol.errors import InvalidRequestError
 from gtl_nb.protocol.messages import (
@@ -171,6 +179,9 @@ DEFAULT_MAX_TOKENS = 4096
 DEFAULT_THINKING_BUDGET = 2048
 MIN_THINKING_BUDGET = 1024
 """The least ``budget_tokens`` Anthropic takes."""
+COUNT_DROPS = ("max_tokens", "stream", "temperature", "top_p", "stop_sequences")
+"""The Messages fields ``POST /v1/messages/count_tokens`` refuses ("max_tokens: Extra inputs are not
+permitted"): none of them is part of the prompt."""
 
 _FINISH: dict[str, FinishReason] = {
     "end_turn": "stop",
@@ -809,6 +820,30 @@ class AnthropicDialect:
             retry_after=retry_after_seconds(headers, message=message),
             http_status=status,
         )
+
+    def count_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest:
+        """``POST /v1/messages/count_tokens`` for ``request``'s input: the Messages body ``build_request``
+        would send, without what the counting endpoint refuses as extra inputs (``COUNT_DROPS``: how long
+        or how the answer is written changes nothing of the prompt), so the count is of the very prompt a
+        completion sends — system, turns, tools, tool choice, thinking, output format."""
+        body = build_body(msgspec.structs.replace(request, stop=None, stream=False), deployment)
+        for name in COUNT_DROPS:
+            body.pop(name, None)
+        return HttpRequest(
+            method="POST",
+            url=f"{_base_url(deployment)}/v1/messages/count_tokens",
+            headers=_headers(deployment, json_body=True),
+            body=encode_body(body),
+            stream=False,
+        )
+
+    def parse_count(self, body: bytes) -> int:
+        """``input_tokens`` of a count's answer (``{"input_tokens": N}``); ``ValueError`` for anything else."""
+        data = parse_json_body(body)
+        count = data.get("input_tokens") if isinstance(data, dict) else None
+        if not _is_count(count) or count < 0:
+            raise ValueError("the answer holds no input_tokens count")
+        return int(count)
 
     def models_request(self, deployment: Deployment, *, now: float) -> HttpRequest:
         """``GET /v1/models`` with the largest page Anthropic allows (1000)."""

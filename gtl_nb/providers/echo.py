@@ -19,6 +19,8 @@ split by ``gtl_nb.providers.tokenizer``, at ``pace`` seconds per token (set per 
   SDKs' ``parse`` helpers need; ``pattern`` and the like are not followed), ``json_object`` the usual
   answer as ``{"answer": ...}``; a format it cannot read is an ``InvalidRequestError``, never prose.
 * A failed tool's result (``tool_error``) is reported as failed.
+* ``count_input(request)``: the ``tokens_in`` its answer would report, counted without answering (the
+  gateway's token counting calls it an exact count).
 * ``max_tokens`` truncates the answer (``finish_reason`` ``length``); ``stop`` sequences cut it, and
   ``done.stop_sequence`` names the one that did (so Anthropic's endpoint answers ``stop_sequence``).
 """
@@ -88,6 +90,11 @@ class EchoProvider:
             )
         ]
 
+    def count_input(self, request: CompletionRequest) -> int:
+        """The ``tokens_in`` an answer to ``request`` reports, without answering it: echo is its own
+        tokenizer, so this count is exact (``Engine.count_tokens``)."""
+        return count_message_tokens(_message_text(m) for m in request.messages)
+
     # -- generation -----------------------------------------------------------------------------
 
     def generate(self, request: CompletionRequest) -> Iterator[tuple[float, StreamEvent]]:
@@ -95,7 +102,7 @@ class EchoProvider:
         answer = _answer_text(request)
         calls = _tool_calls(request)  # (before any event too: arguments too large to write are refused)
         sid = request.session_id
-        tokens_in = count_message_tokens(_message_text(m) for m in request.messages)
+        tokens_in = self.count_input(request)
         tokens_out = 0
         reasoning_tokens = 0
         thinks = request.reasoning and thinking_asked(request) is not False

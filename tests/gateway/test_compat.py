@@ -858,8 +858,8 @@ def test_what_gtl_has_no_message_for_is_a_clear_not_found(oai, claude):
         oai.embeddings.create(model="text-embedding-3-small", input="hello")
     with pytest.raises(openai.NotFoundError, match="/v1/completions"):
         oai.completions.create(model=target("openai"), prompt="hello")
-    with pytest.raises(anthropic.NotFoundError, match="count_tokens"):
-        claude.messages.count_tokens(model=target("openai"), messages=[{"role": "user", "content": "hello"}])
+    with pytest.raises(anthropic.NotFoundError, match="GTL has no message for it"):
+        claude.messages.batches.list()
 
 
 def test_an_sdk_given_a_base_url_ending_in_v1_twice_reads_an_error_saying_so(base_url):

@@ -24,7 +24,7 @@ from gtl_nb.protocol.messages import (
     ToolCallEvent,
     Usage,
 )
-from gtl_nb.providers.anthropic import DEFAULT_MAX_TOKENS, AnthropicDialect
+from gtl_nb.providers.anthropic import COUNT_DROPS, DEFAULT_MAX_TOKENS, AnthropicDialect
 from gtl_nb.providers.base import Deployment, HttpDialect
 
 FIXTURES = wire.fixture_dir("anthropic")
@@ -827,3 +827,51 @@ def test_model_times_read_created_at_and_leave_out_what_is_not_a_time() -> None:
     }
     assert DIALECT.model_times(json.dumps(page).encode()) == {"claude-sonnet-4-5": 1759104000, "offset": 1759104000}
     assert DIALECT.model_times(b"not json") == {}
+
+
+# ----------------------------------------------------------------------------------------------
+# token counting (``count_request`` / ``parse_count``)
+
+
+def test_a_count_is_asked_of_the_counting_endpoint_with_the_prompt_a_completion_sends() -> None:
+    asked = request(
+        [Message(role="system", content="Be brief."), Message(role="user", content="What is the weather in Oslo?")],
+        tools=[Tool(name="get_weather", parameters={"type": "object"})],
+        tool_choice="required",
+        temperature=0.3,
+        top_p=0.9,
+        stop=["END"],
+        max_tokens=50,
+        reasoning=True,
+        reasoning_budget=2048,
+        stream=True,
+    )
+    described = DIALECT.count_request(asked, DEPLOYMENT, now=0.0)
+    sent = json.loads(described.body)
+    assert described.method == "POST" and described.url == "https://api.anthropic.com/v1/messages/count_tokens"
+    assert described.headers["x-api-key"] == DEPLOYMENT.api_key and not described.stream
+    whole = body_of(asked)
+    # the prompt as a completion sends it; nothing the counting endpoint refuses as an extra input
+    assert sent == {key: value for key, value in whole.items() if key not in COUNT_DROPS}
+    assert {"system", "tools", "tool_choice", "thinking", "messages", "model"} <= set(sent)
+    assert not {"max_tokens", "stream", "temperature", "top_p", "stop_sequences"} & set(sent)
+
+
+def test_a_count_takes_stop_sequences_the_completion_would_refuse() -> None:
+    """A stop sequence is not part of the prompt: one the Messages API refuses does not stop a count."""
+    sent = json.loads(DIALECT.count_request(request(stop=[" "]), DEPLOYMENT, now=0.0).body)
+    assert "stop_sequences" not in sent and sent["messages"][0]["role"] == "user"
+
+
+@pytest.mark.parametrize("body", [b'{"input_tokens": 0}', b'{"input_tokens": 1234, "context_management": null}'])
+def test_a_count_is_read_from_input_tokens(body: bytes) -> None:
+    assert DIALECT.parse_count(body) == json.loads(body)["input_tokens"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"not json", b"[]", b"{}", b'{"input_tokens": "12"}', b'{"input_tokens": -1}', b'{"input_tokens": true}'],
+)
+def test_an_answer_without_a_count_is_a_value_error(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        DIALECT.parse_count(body)

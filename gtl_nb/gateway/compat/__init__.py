@@ -6,16 +6,17 @@ session of the listener: the same authentication, routing, budgets, ledger row, 
 and shutdown as ``POST /v1/gtl``. These encoders are the gateway's own; they share nothing with the
 simulators in ``gtl_nb.sim``, which stay independent witnesses of the formats.
 
-===============================  =====================================================================
-``POST /v1/chat/completions``    OpenAI Chat Completions, streamed or not (``openai``)
-``POST /v1/responses``           OpenAI Responses API, streamed or not (``openai``; ``responses_*``);
-                                 ``/v1/responses/…`` is a ``404``: the gateway stores no responses
-``POST /v1/messages``            Anthropic Messages, streamed or not (``anthropic``)
-``GET /v1/models[/{id}]``        the gateway's models, in whichever SDK's shape asks (``models``)
-``/v1/embeddings``,              ``404`` in OpenAI's error shape: GTL has no message for them
+====================================  =====================================================================
+``POST /v1/chat/completions``         OpenAI Chat Completions, streamed or not (``openai``)
+``POST /v1/responses``                OpenAI Responses API, streamed or not (``openai``; ``responses_*``);
+                                      ``/v1/responses/…`` is a ``404``: the gateway stores no responses
+``POST /v1/messages``                 Anthropic Messages, streamed or not (``anthropic``)
+``GET /v1/models[/{id}]``             the gateway's models, in whichever SDK's shape asks (``models``)
+``/v1/embeddings``,                   ``404`` in OpenAI's error shape: GTL has no message for them
 ``/v1/completions``
-``/v1/messages/…``               ``404`` in Anthropic's error shape (token counting, batches)
-===============================  =====================================================================
+``POST /v1/messages/count_tokens``    a request's input tokens (``anthropic``; ``Engine.count_tokens``)
+``/v1/messages/…``                    ``404`` in Anthropic's error shape (batches)
+====================================  =====================================================================
 
 Modules: ``routes`` (``compat_routes``, registered by ``gateway.http.build_app``), ``intake`` (key
 and body), ``fields`` (typed reading of a foreign body), ``runner`` (running one session, collected

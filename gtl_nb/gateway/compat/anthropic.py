@@ -4,7 +4,14 @@
 of the listener (``runner``) and answers a ``message`` object or, with ``stream: true``, the
 Messages event stream (``anthropic_response``). The key is ``x-api-key: <GhostToken>`` or
 ``Authorization: Bearer <GhostToken>`` (``intake``); ``anthropic-version`` and ``anthropic-beta``
-are accepted whatever they say. Paths under ``/v1/messages/`` (token counting, batches) answer 404.
+are accepted whatever they say.
+
+``POST /v1/messages/count_tokens`` reads the same body (``anthropic_request.count_request``: no
+``max_tokens``), with the same key, scope (``chat:write``: a count is the first step of a completion,
+and a token that may not run one learns nothing from sizing one), routing and allow-lists, and answers
+``{"input_tokens": N}`` from ``Engine.count_tokens``; its ``gtl-token-count`` header says ``exact`` (the
+provider counted: Anthropic's own count, echo's) or ``estimate`` (the gateway's, for a provider whose
+API has no counting call). Other paths under ``/v1/messages/`` (batches) answer 404.
 
 Errors are Anthropic's ``{"type": "error", "error": {"type", "message"}, "request_id"}`` with the
 status the SDK turns into its own exception class (``ERRORS``; docs/gateway.md has the same table),
@@ -21,21 +28,26 @@ import msgspec
 
 from gtl_nb.engine.core import Engine
 from gtl_nb.gateway.compat import intake
-from gtl_nb.gateway.compat.anthropic_request import messages_request
+from gtl_nb.gateway.compat.anthropic_request import count_request, messages_request
 from gtl_nb.gateway.compat.anthropic_response import MessageEncoder, message_object
+from gtl_nb.gateway.compat.models import routed_model
 from gtl_nb.gateway.compat.replay_state import restored
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.compat.thinking import NATIVE_KEYS, thinking_omitted
 from gtl_nb.gateway.offload import converted
 from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, UNCHECKABLE_RETRY_AFTER, GatewayStopping, TokenUncheckable
+from gtl_nb.gateway.scopes import require_scope
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
 from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError, OverloadedError
 from gtl_nb.protocol.messages import CompletionRequest, Error
 from gtl_nb.providers.base import ONE_CALL_PARAM
 
-__all__ = ["ERRORS", "AnthropicEndpoints", "error_object", "error_reply"]
+__all__ = ["COUNT_HEADER", "ERRORS", "AnthropicEndpoints", "error_object", "error_reply"]
+
+COUNT_HEADER = "gtl-token-count"
+"""The header of a token count's answer: ``exact`` (the provider's own count) or ``estimate`` (the gateway's)."""
 
 ERRORS: Mapping[str, tuple[int, str]] = MappingProxyType(
     {
@@ -129,6 +141,11 @@ def _read(body: dict[str, Any], session_id: str) -> CompletionRequest:
     return restored(messages_request(body, session_id))
 
 
+def _read_count(body: dict[str, Any], request_id: str) -> CompletionRequest:
+    """The GTL request a count body describes, the replay state on its tool call ids restored."""
+    return restored(count_request(body, request_id))
+
+
 class AnthropicEndpoints:
     """The Anthropic-compatible handlers of one listener."""
 
@@ -175,16 +192,41 @@ class AnthropicEndpoints:
         answer = message_object(transcript, model=message.model, thinking_omitted=thinking_omitted(body))
         return json_reply(200, answer, {"request-id": session_id})
 
+    async def count_tokens(self, request: Any) -> Any:
+        """``POST /v1/messages/count_tokens``: ``{"input_tokens": N}``, exact or estimated (module docstring).
+        No session runs and no ledger row is written: nothing is generated (docs/ledger.md)."""
+        request_id = f"req_{unique_hex()}"
+        try:
+            context = intake.authenticated(self.authenticate, intake.api_key(request.headers), request, api="anthropic")
+            require_scope(context, "tokens.count")
+            body, size = await intake.read_json(request, self.max_bytes, dotted=True)
+            asked = await converted(size, _read_count, body, request_id)  # (a large body: in a thread)
+        except GTLError as exc:  # the caller's key, scope or body
+            exc.session_id = request_id
+            return refusal(exc)
+        try:  # from here on, answered as /v1/messages answers a session's error (a provider's 529 is a 529)
+            counted = await self.engine.count_tokens(asked, context=context)
+            if (
+                not counted.exact
+            ):  # nobody was asked: a name routing does not vouch for is checked as GET /v1/models/{id} does
+                await routed_model(self.engine, context, asked.model)
+        except GTLError as exc:
+            return error_reply(exc.to_event(request_id))
+        headers = {"request-id": request_id, COUNT_HEADER: "exact" if counted.exact else "estimate"}
+        return json_reply(200, {"input_tokens": counted.input_tokens}, headers)
+
     async def unsupported(self, request: Any) -> Any:
-        """``/v1/messages/…`` (token counting, batches): 404, and why."""
+        """``/v1/messages/…`` (batches): 404, and why."""
         message = (
-            f"this gateway does not serve {request.url.path}: GTL has no message for it; "
-            "it serves POST /v1/messages, POST /v1/chat/completions, POST /v1/responses and GET /v1/models"
+            f"this gateway does not serve {request.url.path}: GTL has no message for it; it serves "
+            "POST /v1/messages, POST /v1/messages/count_tokens, POST /v1/chat/completions, POST /v1/responses "
+            "and GET /v1/models"
         )
         return error_reply(Error(session_id="", code="MODEL_NOT_FOUND", message=message))
 
     async def not_allowed(self, request: Any) -> Any:
-        """Any method but POST on ``/v1/messages``: 405 in Anthropic's shape."""
-        message = f"{request.method} /v1/messages is not served; use POST /v1/messages"
+        """Any method but POST on ``/v1/messages`` or ``/v1/messages/count_tokens``: 405 in Anthropic's shape."""
+        path = request.url.path
+        message = f"{request.method} {path} is not served; use POST {path}"
         error = Error(session_id="", code="INVALID_REQUEST", message=message)
         return error_reply(error, status=405, headers={"allow": "POST"})

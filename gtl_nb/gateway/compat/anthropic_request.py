@@ -49,6 +49,9 @@ Mapping (docs/gateway.md, "OpenAI- and Anthropic-compatible endpoints"):
 * ``IGNORED`` (``top_k``, ``metadata``, ``service_tier``, ``context_management``…) is
   accepted and ignored: each tunes, labels or bills the call (Claude Code sends ``context_management``
   with every request), and none changes what the answer must be.
+* ``count_request`` reads the body of ``POST /v1/messages/count_tokens`` the same way: its fields
+  (``COUNTED``) only — ``max_tokens``, ``stream``, ``temperature``… are "Extra inputs are not permitted",
+  as Anthropic's counting endpoint says — and no ``max_tokens`` in the request it makes.
 * Any other field is refused (400) as Anthropic refuses it — "max_token: Extra inputs are not
   permitted" — with the field it is a near miss of; GTL's own request fields (``providers``…, what
   ``extra_body`` would carry) are refused saying where they go. So is a key the API does not define in
@@ -72,7 +75,7 @@ from gtl_nb.protocol.limits import MAX_MESSAGES, MAX_PARTS, MAX_STOP_SEQUENCES, 
 from gtl_nb.protocol.messages import MAX_NAME_LENGTH, MAX_TOKENS_LIMIT, CompletionRequest, Message, Tool, ToolCall
 from gtl_nb.providers.base import limited_to_one_call
 
-__all__ = ["IGNORED", "MAPPED", "REFUSED", "messages_request"]
+__all__ = ["COUNTED", "IGNORED", "MAPPED", "REFUSED", "count_request", "messages_request"]
 
 _CHOICES = {"auto": "auto", "any": "required", "none": "none"}
 
@@ -176,11 +179,12 @@ def _only(value: dict[str, Any], known: frozenset[str], where: str) -> None:
         raise FieldError(f"{where}.{key}", f"{said}; did you mean {close}?" if close else said)
 
 
-def unknown_field(body: dict[str, Any]) -> None:
+def unknown_field(body: dict[str, Any], known: frozenset[str] = _KNOWN) -> None:
     """``FieldError`` for the first field of ``body`` that Messages has not (a slip such as
-    ``max_token``, ignored, would silently change the answer), worded as Anthropic words it."""
+    ``max_token``, ignored, would silently change the answer), worded as Anthropic words it; ``known``:
+    the fields of the endpoint asked (``COUNTED`` for token counting)."""
     for key in body:
-        if key in _KNOWN:
+        if key in known:
             continue
         name = key[:100]
         if key in _GTL_FIELDS:
@@ -190,7 +194,7 @@ def unknown_field(body: dict[str, Any]) -> None:
                 'the model string chooses the deployment ("deployment:model") or the gateway routes a bare '
                 "model, and a failover list (providers) is taken by POST /v1/gtl and gtl_nb.connect()",
             )
-        close = fields.did_you_mean(key, _KNOWN)
+        close = fields.did_you_mean(key, known)
         said = "Extra inputs are not permitted"  # Anthropic's words
         raise FieldError(name, f"{said}; did you mean {close}?" if close else said)
 
@@ -240,6 +244,39 @@ def messages_request(body: dict[str, Any], session_id: str) -> CompletionRequest
         reasoning_budget=budget_asked(body),
         reasoning_effort=_effort(body, thinks),
     )
+
+
+COUNTED = frozenset(
+    {
+        "model",
+        "messages",
+        "system",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "output_config",
+        "output_format",
+        "cache_control",
+        "mcp_servers",  # refused as the Messages endpoint refuses them (beta)
+        "compaction",  # (beta) likewise, unless null
+        "speed",  # ignored: how fast the answer comes changes no prompt
+        "context_management",  # ignored, as on the Messages endpoint (beta)
+        "billing_policy",  # ignored, as on the Messages endpoint (beta)
+    }
+)
+"""The fields ``POST /v1/messages/count_tokens`` takes (its SDK's ``MessageCountTokensParams``, the beta's
+too). Any other is refused as Anthropic refuses it — ``max_tokens``, ``stream``, ``temperature``,
+``stop_sequences``: "Extra inputs are not permitted" (none of them is part of the prompt)."""
+
+
+def count_request(body: dict[str, Any], session_id: str) -> CompletionRequest:
+    """The GTL request a count body describes: read as a Messages body is (every check, the same
+    ``FieldError``s), with no ``max_tokens`` (``None``) and nothing to sample or stop."""
+    unknown_field(body, COUNTED)
+    # (a stand-in max_tokens for the reader, which requires one; a thinking budget is checked against the
+    # largest, so only its own limits apply)
+    request = messages_request({**body, "max_tokens": MAX_TOKENS_LIMIT}, session_id)
+    return msgspec.structs.replace(request, max_tokens=None)
 
 
 def _stop_sequences(stop: list[Any] | None) -> list[str] | None:

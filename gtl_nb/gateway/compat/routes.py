@@ -49,6 +49,8 @@ def compat_routes(
         Route("/v1/chat/completions", chat.chat_completions, methods=["POST"]),
         Route("/v1/responses", chat.responses, methods=["POST"]),
         Route("/v1/messages", messages.messages, methods=["POST"]),
+        Route("/v1/messages/count_tokens", messages.count_tokens, methods=["POST"]),
+        Route("/v1/messages/count_tokens", messages.not_allowed, methods=_BUT_POST),
         Route("/v1/messages/{rest:path}", messages.unsupported, methods=_ANY_METHOD),
         Route("/v1/models", listing.list, methods=["GET"]),
         Route("/v1/models/{model:path}", listing.retrieve, methods=["GET"]),
