@@ -876,10 +876,11 @@ class Client:
     def count_tokens(self, model: str | None = None, messages: Any = (), **kwargs: Any) -> TokenCount:
         """How many input tokens the request ``complete(model, messages, **kwargs)`` would send, counted
         without running it: ``.input_tokens``, and ``.exact`` — the provider's own count where its API
-        has one (Anthropic's ``count_tokens``; echo's tokenizer), else an estimate (about four characters
-        a token). Routed as the request would be (``.deployment``, ``.model``); nothing is generated and no
-        ledger row is written. Served by the embedded engine; a gateway serves it to the Anthropic SDK
-        (``POST /v1/messages/count_tokens``), not over GTL's transports."""
+        has one (Anthropic's ``count_tokens``, Gemini's ``countTokens``; echo's tokenizer), else an
+        estimate (about four characters a token). Routed as the request would be (``.deployment``,
+        ``.model``); nothing is generated and no ledger row is written. Served by the embedded engine; a
+        gateway serves it to the Anthropic SDK (``POST /v1/messages/count_tokens``), not over GTL's
+        transports."""
         self._ensure_open()
         request = self.request(model, messages, **kwargs)
         count = getattr(self.backend, "count_tokens", None)

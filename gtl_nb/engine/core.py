@@ -1760,7 +1760,7 @@ class Engine:
 
     async def count_tokens(self, request: CompletionRequest, *, context: RequestContext | None = None) -> TokenCount:
         """``request``'s input tokens, counted without running it (``engine.counting``): the provider's own
-        count where its API has one (Anthropic) or the local generator's (echo), else the gateway's
+        count where its API has one (Anthropic, Gemini) or the local generator's (echo), else the gateway's
         estimate — ``TokenCount.exact`` says which. Routed as the completion would be, within the
         context's allow-lists; a provider call counts against the principal's ``requests_per_minute``.
         Raises the ``GTLError`` a completion would end with before any answer (no route, not allowed,

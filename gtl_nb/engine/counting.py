@@ -3,11 +3,13 @@
 The count is of the request a completion would send, for the deployment routing would send it to:
 
 * **Exact** where the provider counts: an HTTP dialect with ``count_request`` / ``parse_count``
-  (Anthropic's ``POST /v1/messages/count_tokens``) is asked, with the deployment's key — or the stored
-  key the caller's token chose — and answers what its usage would report as input; a local generator
-  with ``count_input`` (``echo``, its own tokenizer) counts what its answer's usage reports.
+  (Anthropic's ``POST /v1/messages/count_tokens``, Gemini's ``models/{model}:countTokens``) is asked,
+  with the deployment's key — or the stored key the caller's token chose — and answers what its usage
+  would report as input; a local generator with ``count_input`` (``echo``, its own tokenizer) counts
+  what its answer's usage reports.
 * **An estimate** elsewhere (``estimate_prompt_tokens``: about four characters a token, 1,000 an image):
-  OpenAI, Gemini, Bedrock, Ollama and OpenAI-compatible servers have no counting call the gateway makes.
+  OpenAI, Azure, Bedrock, Ollama and OpenAI-compatible servers have no counting call the gateway makes
+  (and a request a counting API cannot carry — Gemini asked for one tool call at most — is estimated too).
   ``TokenCount.exact`` says which, and a gateway's answer says so too (never an estimate presented as
   the provider's count).
 
@@ -36,6 +38,7 @@ from gtl_nb.engine.transport import TransportError
 from gtl_nb.log import get_logger, redact
 from gtl_nb.protocol.errors import GTLError, ModelNotFoundError, ProviderUnavailableError, error_from_event
 from gtl_nb.protocol.messages import CompletionRequest
+from gtl_nb.providers.base import NotServedHere
 from gtl_nb.providers.registry import get_provider, is_local
 
 if TYPE_CHECKING:
@@ -97,6 +100,8 @@ async def counted_input(engine: Engine, request: CompletionRequest, context: Req
             reserved = await _reserve(engine, request, context)
         try:
             return _count(await _asked(engine, provider, sent, target, context), True, target)
+        except NotServedHere:  # what the API cannot carry (Gemini and one tool call at most): its count, estimated
+            return _count(estimate_prompt_tokens(request), False, target)
         except GTLError as exc:
             if not _moves_on(exc):
                 raise

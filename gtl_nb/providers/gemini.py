@@ -78,6 +78,10 @@ unless a ``QuotaFailure`` names a per-day quota, ``retry_after`` from ``RetryInf
 500 → INTERNAL, 503 → OVERLOADED, 504 → TIMEOUT (all retryable). Bodies may be array-wrapped. Error
 bodies are read from a bounded prefix; a stream or body the decoder cannot read (not JSON, too deep, too
 large, an unexpected shape) ends with a retryable PROVIDER_UNAVAILABLE ``error`` (``GuardedDecoder``).
+
+Token counting (``count_request`` / ``parse_count``): ``POST {base}/{version}/models/{model}:countTokens``
+with the ``generateContent`` body as its ``generateContentRequest`` (the model named inside it too), the
+stop sequences left out; the answer's ``totalTokens`` is the count (``Engine.count_tokens``).
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
+
+import msgspec
 
 from gtl_nb.protocol.errors import InvalidRequestError
 from gtl_nb.protocol.messages import (
@@ -794,6 +800,29 @@ class GeminiDialect:
             retry_after=retry_after,
             http_status=status,
         )
+
+    def count_request(self, request: CompletionRequest, deployment: Deployment, *, now: float) -> HttpRequest:
+        """``POST {base}/{version}/models/{model}:countTokens`` for ``request``'s input: the body
+        ``build_request`` would send, whole, as the ``generateContentRequest`` (so the system instruction and
+        the function declarations are counted, which ``contents`` alone would leave out), without the stop
+        sequences (no part of the prompt, and more than Gemini takes would refuse the count)."""
+        model = _model_path(request.model)
+        body = build_body(msgspec.structs.replace(request, stop=None, stream=False), deployment)
+        return HttpRequest(
+            method="POST",
+            url=f"{_base_url(deployment)}/{_version(deployment)}/{model}:countTokens",
+            headers=_headers(deployment, json_body=True),
+            body=encode_body({"generateContentRequest": {"model": model, **body}}),
+            stream=False,
+        )
+
+    def parse_count(self, body: bytes) -> int:
+        """``totalTokens`` of a count's answer; ``ValueError`` for anything else."""
+        data = parse_json_body(body)
+        count = data.get("totalTokens") if isinstance(data, dict) else None
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise ValueError("the answer holds no totalTokens count")
+        return count
 
     def models_request(self, deployment: Deployment, *, now: float) -> HttpRequest:
         """``GET /v1beta/models`` with the largest page Gemini serves (1000)."""

@@ -15,6 +15,8 @@ before it) and never goes with ``thinkingBudget`` (400 "You can only set only on
 thinking level."); a ``thinkingBudget`` outside a Gemini 2.5 model's range is its 400 (``_budget_refusal``), and
 so are function names outside its rule (``_function_name_refusal``). A turn of function responses must
 follow a turn of as many function calls (the API's two 400s).
+``:countTokens`` counts ``contents`` or a whole ``generateContentRequest`` with the arithmetic of the usage's
+``promptTokenCount`` (``_count_tokens``).
 Key: ``x-goog-api-key`` header or ``?key=``; a wrong key is a 400 ``API_KEY_INVALID``, a missing one a 403.
 Request fields are read in camelCase or snake_case.
 """
@@ -331,8 +333,7 @@ class GeminiSim:
             if method in ("generateContent", "streamGenerateContent"):
                 return self._generate(req, ctx, version, model, stream=method == "streamGenerateContent")
             if method == "countTokens":
-                body = req.json if isinstance(req.json, dict) else {}
-                return json_response(200, {"totalTokens": self._answer(body, ctx, model).tokens_in})
+                return self._count_tokens(req, ctx, version, model)
         if req.method == "GET" and re.match(r"^/(v1|v1beta|v1alpha)/models$", req.path):
             return json_response(200, {"models": [self._model(m) for m in self._models(ctx)]})
         model_match = _MODEL_PATH.match(req.path)
@@ -445,6 +446,30 @@ class GeminiSim:
         return parts
 
     # -- generation ------------------------------------------------------------------------------------------
+
+    def _count_tokens(self, req: SimRequest, ctx: SimContext, version: str, model: str) -> SimResponse:
+        """``models/{model}:countTokens``: ``{"totalTokens": N}`` for ``contents`` alone, or for a whole
+        ``generateContentRequest`` (system instruction and function declarations counted too; ``contents``
+        beside it ignored, as documented) — with the arithmetic of the usage's ``promptTokenCount``
+        (``_input_tokens``), so a count equals the usage of the same request. An unknown model is the 404
+        of ``generateContent`` (naming ``countTokens``), a turn of function responses without its calls the
+        same 400; a prompt over the window is still counted."""
+        body = req.json
+        if not isinstance(body, dict):
+            return _google_error(400, "Invalid JSON payload received. Unexpected token.")
+        if not ctx.accepts_model(model, GEMINI_MODELS):
+            return _google_error(
+                404,
+                f"models/{model} is not found for API version {version}, or is not supported for countTokens. "
+                "Call ListModels to see the list of available models and their supported methods.",
+            )
+        whole = _get(body, "generateContentRequest")
+        counted = whole if isinstance(whole, dict) else {"contents": _get(body, "contents") or []}
+        unpaired = _unpaired_responses([c for c in _get(counted, "contents") or [] if isinstance(c, dict)])
+        refused = unpaired or _function_name_refusal(counted)
+        if refused is not None:
+            return _google_error(400, refused)
+        return json_response(200, {"totalTokens": _input_tokens(counted, model)})
 
     def _generate(self, req: SimRequest, ctx: SimContext, version: str, model: str, *, stream: bool) -> SimResponse:
         body = req.json

@@ -1,7 +1,7 @@
 """``POST /v1/messages/count_tokens``, driven by the official Anthropic SDK (``client.messages.count_tokens``).
 
-An Anthropic deployment's count is Anthropic's own (the simulator counts with the arithmetic of its usage,
-so a count equals the ``usage.input_tokens`` of the same request); echo counts with its own tokenizer;
+An Anthropic or Gemini deployment's count is the provider's own (each simulator counts with the arithmetic of
+its usage, so a count equals the ``usage.input_tokens`` of the same request); echo counts with its own tokenizer;
 every other deployment's is the gateway's estimate, and the ``gtl-token-count`` header says which. The
 errors are those ``/v1/messages`` answers, in Anthropic's shape; a count writes no ledger row.
 """
@@ -93,13 +93,20 @@ def counted(client: anthropic.Anthropic, model: str, **request: Any) -> tuple[in
 # -- exact: the provider counts -----------------------------------------------------------------------
 
 
+COUNTING_PATHS = {"anthropic": "/v1/messages/count_tokens", "gemini": "/v1beta/models/gemini-2.5-flash:countTokens"}
+
+
+@pytest.mark.parametrize("provider", list(COUNTING_PATHS))
 @pytest.mark.parametrize("shape", list(REQUESTS))
-def test_an_anthropic_deployment_counts_what_the_answer_then_uses(shape, claude, backends):
+def test_a_deployment_whose_api_counts_counts_what_the_answer_then_uses(provider, shape, claude, backends):
+    """Anthropic's ``count_tokens`` and Gemini's ``countTokens`` are asked (with the prompt the completion
+    sends: no max_tokens for Anthropic, the whole generateContentRequest for Gemini), and their count is
+    the input the answer to the same request reports."""
     request = REQUESTS[shape]
-    tokens, how, _ = counted(claude, target("anthropic"), **request)
-    asked = backends["anthropic"].requests[-1]
-    assert asked.path == "/v1/messages/count_tokens" and "max_tokens" not in asked.json  # Anthropic's own count
-    answer = claude.messages.create(model=target("anthropic"), max_tokens=4096, **request)
+    tokens, how, _ = counted(claude, target(provider), **request)
+    asked = backends[provider].requests[-1]
+    assert asked.path == COUNTING_PATHS[provider] and "max_tokens" not in asked.json  # the provider's own count
+    answer = claude.messages.create(model=target(provider), max_tokens=4096, **request)
     assert how == "exact" and tokens == answer.usage.input_tokens > 0
 
 
@@ -127,7 +134,7 @@ def test_a_count_writes_no_ledger_row(claude, ledger_path):
 # -- elsewhere: the gateway's estimate, said so ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("provider", ["openai", "gemini", "bedrock", "ollama"])
+@pytest.mark.parametrize("provider", ["openai", "bedrock", "ollama"])
 @pytest.mark.parametrize("shape", ["plain", "tools", "image"])
 def test_elsewhere_the_count_is_the_gateways_estimate_and_says_so(provider, shape, claude, backends):
     request = REQUESTS[shape]
@@ -136,6 +143,15 @@ def test_elsewhere_the_count_is_the_gateways_estimate_and_says_so(provider, shap
     asked = [each.method for each in backends[provider].requests[before:]]
     assert how == "estimate" and "POST" not in asked  # nothing generated (Ollama's model list may be read: GET)
     assert tokens == estimate_prompt_tokens(count_request({"model": target(provider), **request}, request_id))
+
+
+def test_what_a_counting_api_cannot_carry_is_estimated_not_refused(claude, backends):
+    """Gemini takes no "one tool call at most": its completion would be refused there (another deployment
+    may serve it), yet the prompt has a size all the same — estimated, and said so."""
+    before = len(backends["gemini"].requests)
+    choice = {"type": "auto", "disable_parallel_tool_use": True}
+    tokens, how, _ = counted(claude, target("gemini"), **REQUESTS["tools"], extra_body={"tool_choice": choice})
+    assert how == "estimate" and tokens > 0 and len(backends["gemini"].requests) == before
 
 
 # -- errors, as /v1/messages answers them ---------------------------------------------------------------

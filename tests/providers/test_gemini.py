@@ -6,6 +6,7 @@ import json
 import re
 from typing import Any
 
+import msgspec
 import pytest
 import wire
 
@@ -794,3 +795,33 @@ def test_gemini_3_calls_replayed_without_a_signature_take_googles_stand_in() -> 
     names = ("gemini-3", "gemini-30-x", "Gemini-3-Pro", "publishers/google/models/gemini-3-flash", "gemini-pro-latest")
     assert all(checks_signatures(name) for name in names)
     assert not any(checks_signatures(name) for name in ("gemini-2.5-pro", "xgemini-3", "gemma-3-27b-it", "latest"))
+
+
+# ----------------------------------------------------------------------------------------------
+# token counting (``count_request`` / ``parse_count``)
+
+
+def test_a_count_sends_the_whole_generate_content_request() -> None:
+    asked = request(
+        [Message(role="system", content="Be brief."), Message(role="user", content="What is the weather in Oslo?")],
+        tools=[Tool(name="get_weather", parameters={"type": "object"})],
+        stop=["a", "b", "c", "d", "e", "f"],  # more than Gemini takes: no part of the prompt, left out of a count
+        max_tokens=50,
+        stream=True,
+    )
+    described = DIALECT.count_request(asked, DEPLOYMENT, now=0.0)
+    sent = json.loads(described.body)
+    assert described.url == "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.5-flash:countTokens"
+    assert described.headers["x-goog-api-key"] == DEPLOYMENT.api_key and not described.stream
+    whole = sent["generateContentRequest"]
+    assert whole.pop("model") == "models/gemini-2.5-flash"
+    assert "stopSequences" not in whole.get("generationConfig", {})
+    assert whole["systemInstruction"] == {"parts": [{"text": "Be brief."}]} and whole["tools"]
+    assert whole["contents"] == body_of(msgspec.structs.replace(asked, stop=None))["contents"]
+
+
+@pytest.mark.parametrize("body", [b"", b"{}", b'{"totalTokens": "3"}', b'{"totalTokens": -2}', b"[1]"])
+def test_a_count_answer_without_total_tokens_is_a_value_error(body: bytes) -> None:
+    with pytest.raises(ValueError):
+        DIALECT.parse_count(body)
+    assert DIALECT.parse_count(b'{"totalTokens": 31, "promptTokensDetails": []}') == 31

@@ -399,3 +399,47 @@ def test_a_thinking_level_goes_to_gemini_3_alone_and_never_with_a_budget(serve_s
     assert early.value.code == 400 and "thinking_level is not supported" in str(early.value)
     budget = types.GenerateContentConfig(thinking_config=types.ThinkingConfig(thinking_budget=2048))
     assert client(s).models.generate_content(model="gemini-2.5-flash", contents="hi", config=budget).text
+
+
+# -- token counting -------------------------------------------------------------------------------------------
+
+HEADERS = {"x-goog-api-key": "sim-key"}
+
+
+def test_sdk_counts_what_the_usage_then_reports(serve_sim: Any) -> None:
+    s = serve_sim("gemini")
+    contents = [
+        types.Content(role="user", parts=[types.Part(text="Hello")]),
+        types.Content(role="model", parts=[types.Part(text="Hello! How can I help?")]),
+        types.Content(role="user", parts=[types.Part(text="Tell me about the harbour of Bergen")]),
+    ]
+    counted = client(s).models.count_tokens(model=MODEL, contents=contents)
+    answer = client(s).models.generate_content(model=MODEL, contents=contents)
+    assert counted.total_tokens == answer.usage_metadata.prompt_token_count > 0
+
+
+def test_a_whole_generate_content_request_counts_its_system_instruction_and_tools(serve_sim: Any) -> None:
+    s = serve_sim("gemini")
+    whole = {
+        "model": f"models/{MODEL}",
+        "contents": [{"role": "user", "parts": [{"text": "What is the weather in Oslo?"}]}],
+        "systemInstruction": {"parts": [{"text": "Be brief. Answer in one sentence."}]},
+        "tools": [{"functionDeclarations": [{"name": "get_weather", "parametersJsonSchema": {"type": "object"}}]}],
+    }
+    url = f"{s.base_url}/v1beta/models/{MODEL}"
+    counted = httpx.post(f"{url}:countTokens", json={"generateContentRequest": whole}, headers=HEADERS).json()
+    alone = httpx.post(f"{url}:countTokens", json={"contents": whole["contents"]}, headers=HEADERS).json()
+    usage = httpx.post(f"{url}:generateContent", json=whole, headers=HEADERS).json()["usageMetadata"]
+    assert counted["totalTokens"] == usage["promptTokenCount"] > alone["totalTokens"] > 0
+
+
+def test_a_count_of_an_unknown_model_or_unpaired_responses_is_the_apis_error(serve_sim: Any) -> None:
+    s = serve_sim("gemini")
+    url = f"{s.base_url}/v1beta/models/{MODEL}:countTokens"
+    missing = httpx.post(f"{s.base_url}/v1beta/models/gemini-nope:countTokens", json={"contents": []}, headers=HEADERS)
+    assert missing.status_code == 404 and "countTokens" in missing.json()["error"]["message"]
+    answers = [{"role": "user", "parts": [{"functionResponse": {"name": "f", "response": {"ok": True}}}]}]
+    unpaired = httpx.post(url, json={"contents": answers}, headers=HEADERS)
+    assert unpaired.status_code == 400 and unpaired.json()["error"]["status"] == "INVALID_ARGUMENT"
+    bad = httpx.post(url, content=b"{oops", headers=HEADERS)
+    assert bad.status_code == 400

@@ -10,7 +10,7 @@ are accepted whatever they say.
 ``max_tokens``), with the same key, scope (``chat:write``: a count is the first step of a completion,
 and a token that may not run one learns nothing from sizing one), routing and allow-lists, and answers
 ``{"input_tokens": N}`` from ``Engine.count_tokens``; its ``gtl-token-count`` header says ``exact`` (the
-provider counted: Anthropic's own count, echo's) or ``estimate`` (the gateway's, for a provider whose
+provider counted: Anthropic's or Gemini's own count, echo's) or ``estimate`` (the gateway's, for a provider whose
 API has no counting call). Other paths under ``/v1/messages/`` (batches) answer 404.
 
 Errors are Anthropic's ``{"type": "error", "error": {"type", "message"}, "request_id"}`` with the
