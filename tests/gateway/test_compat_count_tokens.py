@@ -382,6 +382,16 @@ def test_a_model_the_token_may_not_use_is_refused_as_messages_refuses_it(countin
     assert count.value.body["error"] == create.value.body["error"] and len(anthropic_sim.requests) == before
 
 
+def test_a_name_not_served_is_offered_close_names_only_if_the_token_may_list_models(counting_gateway):
+    """As a completion's "did you mean": a token without ``models:read`` learns no model's name."""
+    running, mint, _ = counting_gateway
+    for scopes, offered in ((("chat:write",), False), (("chat:write", "models:read"), True)):
+        with pytest.raises(anthropic.NotFoundError) as caught:
+            as_token(running, mint(*scopes)).messages.count_tokens(model="openai:gpt-4o-minii", messages=QUESTION)
+        said = caught.value.body["error"]["message"]
+        assert "'openai:gpt-4o-minii'" in said and ("'openai:gpt-4o-mini'" in said) is offered
+
+
 def test_a_count_the_provider_answers_spends_the_principals_requests_per_minute(counting_gateway):
     running, mint, anthropic_sim = counting_gateway
     client = as_token(running, mint("chat:write", subject="counter"))

@@ -26,21 +26,28 @@ from typing import Any
 
 import msgspec
 
+from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
 from gtl_nb.gateway.compat import intake
 from gtl_nb.gateway.compat.anthropic_request import count_request, messages_request
 from gtl_nb.gateway.compat.anthropic_response import MessageEncoder, message_object
-from gtl_nb.gateway.compat.models import routed_model
+from gtl_nb.gateway.compat.models import not_listed, routed_model
 from gtl_nb.gateway.compat.replay_state import restored
 from gtl_nb.gateway.compat.reply import Reply, error_headers, json_reply, retried_already, try_later
 from gtl_nb.gateway.compat.runner import SessionRunner, StreamedSession, collect
 from gtl_nb.gateway.compat.thinking import NATIVE_KEYS, thinking_omitted
 from gtl_nb.gateway.offload import converted
 from gtl_nb.gateway.refusals import REFUSED_BEFORE_START, UNCHECKABLE_RETRY_AFTER, GatewayStopping, TokenUncheckable
-from gtl_nb.gateway.scopes import require_scope
+from gtl_nb.gateway.scopes import SCOPES, has_scope, require_scope
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.ids import unique_hex
-from gtl_nb.protocol.errors import AuthenticationError, FrameTooLargeError, GTLError, OverloadedError
+from gtl_nb.protocol.errors import (
+    AuthenticationError,
+    FrameTooLargeError,
+    GTLError,
+    ModelNotFoundError,
+    OverloadedError,
+)
 from gtl_nb.protocol.messages import CompletionRequest, Error
 from gtl_nb.providers.base import ONE_CALL_PARAM
 
@@ -141,6 +148,17 @@ def _read(body: dict[str, Any], session_id: str) -> CompletionRequest:
     return restored(messages_request(body, session_id))
 
 
+async def _served(engine: Engine, context: RequestContext, model: str) -> None:
+    """``ModelNotFoundError`` unless a completion naming ``model`` would be served (``routed_model``); its
+    "did you mean" only to a token that may list models, as a completion's (``Engine._visible``)."""
+    try:
+        await routed_model(engine, context, model)
+    except ModelNotFoundError:
+        if has_scope(context, SCOPES["models.list"]):
+            raise
+        raise not_listed(model) from None
+
+
 def _read_count(body: dict[str, Any], request_id: str) -> CompletionRequest:
     """The GTL request a count body describes, the replay state on its tool call ids restored."""
     return restored(count_request(body, request_id))
@@ -206,10 +224,9 @@ class AnthropicEndpoints:
             return refusal(exc)
         try:  # from here on, answered as /v1/messages answers a session's error (a provider's 529 is a 529)
             counted = await self.engine.count_tokens(asked, context=context)
-            if (
-                not counted.exact
-            ):  # nobody was asked: a name routing does not vouch for is checked as GET /v1/models/{id} does
-                await routed_model(self.engine, context, asked.model)
+            if not counted.exact:  # nobody was asked: a name routing alone does not vouch for is checked
+                # as GET /v1/models/{id} checks it (an unknown name at the local-model deployment is a 404)
+                await _served(self.engine, context, asked.model)
         except GTLError as exc:
             return error_reply(exc.to_event(request_id))
         headers = {"request-id": request_id, COUNT_HEADER: "exact" if counted.exact else "estimate"}
