@@ -340,13 +340,15 @@ def test_a_key_the_provider_quotes_never_reaches_the_caller_or_the_log(tmp_path)
 
 @pytest.fixture
 def counting_gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any, sim.Simulator]]:
-    """A GhostToken gateway with echo, Anthropic and OpenAI, each principal kept to 2 requests a minute."""
+    """A GhostToken gateway with echo, Anthropic and OpenAI, each principal kept to 2 requests a minute and
+    the tenant ``acme`` to 1."""
     anthropic_sim = sim.serve("anthropic", seed=2)
     openai_sim = sim.serve("openai", seed=2)
     more = {
         "providers.anthropic": {"api_key": SIM_KEY, "base_url": anthropic_sim.base_url},
         "providers.openai": {"api_key": SIM_KEY, "base_url": openai_sim.base_url},
         "budgets": {"requests_per_minute": 2},
+        "budgets.tenants.acme": {"requests_per_minute": 1},
     }
     config, mint = jwt_echo_gateway(tmp_path, monkeypatch, "GTL_TEST_COUNT_SECRET", more=more)
     try:
@@ -406,6 +408,16 @@ def test_a_count_the_provider_answers_spends_the_principals_requests_per_minute(
     with pytest.raises(anthropic.RateLimitError):  # and a completion shares the same minute
         client.messages.create(model="echo", max_tokens=10, messages=QUESTION)
     assert counted(as_token(running, mint("chat:write", subject="other")), target("anthropic"), messages=QUESTION)[0]
+
+
+def test_a_tenants_shared_minute_counts_its_members_counts(counting_gateway):
+    running, mint, _ = counting_gateway
+    first = as_token(running, mint("chat:write", subject="ann-of-acme", tenant="acme"))
+    second = as_token(running, mint("chat:write", subject="bob-of-acme", tenant="acme"))
+    assert counted(first, target("anthropic"), messages=QUESTION)[1] == "exact"
+    with pytest.raises(anthropic.RateLimitError) as refused:  # bob's own minute is untouched; acme's is spent
+        second.messages.count_tokens(model=target("anthropic"), messages=QUESTION)
+    assert "acme" in refused.value.message
 
 
 # -- the embedded client --------------------------------------------------------------------------------
