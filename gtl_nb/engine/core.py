@@ -87,6 +87,7 @@ from gtl_nb.log import get_logger, quotes_secret, redact, scrub_secret
 from gtl_nb.protocol.errors import (
     ConfigurationError,
     GTLError,
+    InternalError,
     InvalidRequestError,
     ModelNotFoundError,
     PermissionDeniedError,
@@ -1770,6 +1771,11 @@ class Engine:
         scope = _REQUEST_CONTEXT.set(context)  # (the model's "did you mean" reads it, as an attempt's does)
         try:
             return await counted_input(self, request, context)
+        except (GTLError, asyncio.CancelledError):
+            raise
+        except Exception as exc:  # a bug below is the caller's INTERNAL, as a session's, never a bare traceback
+            log.exception("counting the tokens of %r failed inside the engine", request.session_id)
+            raise InternalError(f"gtl_nb internal error: {type(exc).__name__}: {exc}") from None
         finally:
             _REQUEST_CONTEXT.reset(scope)
 

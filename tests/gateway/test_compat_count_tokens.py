@@ -242,6 +242,18 @@ def test_every_field_the_sdk_counts_with_is_known_to_the_endpoint():
     assert sdk_fields(anthropic.resources.beta.Messages.count_tokens, *headers, "betas") <= COUNTED
 
 
+def test_a_bug_below_is_an_internal_error_in_anthropics_shape(claude, monkeypatch):
+    from gtl_nb.providers.anthropic import AnthropicDialect
+
+    def broken(self: Any, body: bytes) -> int:
+        raise TypeError("a bug")
+
+    monkeypatch.setattr(AnthropicDialect, "parse_count", broken)
+    with pytest.raises(anthropic.InternalServerError) as caught:
+        claude.messages.count_tokens(model=target("anthropic"), messages=QUESTION)
+    assert caught.value.status_code == 500 and caught.value.body["error"]["type"] == "api_error"
+
+
 # -- a provider that cannot count ------------------------------------------------------------------------
 
 
