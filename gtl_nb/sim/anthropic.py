@@ -142,6 +142,8 @@ COUNT_FIELDS = frozenset(
         "speed",
         "mcp_servers",
         "context_management",
+        "compaction",
+        "billing_policy",
     )
 )
 LOOKBACK_BLOCKS = 20  # block boundaries before a breakpoint where the service also looks for a hit

@@ -478,3 +478,15 @@ def test_a_prompt_over_the_window_is_still_counted(serve_sim: Any) -> None:
     assert client(s).messages.count_tokens(model=MODEL, messages=long).input_tokens > 50
     with pytest.raises(anthropic.BadRequestError, match="prompt is too long"):
         client(s).messages.create(model=MODEL, max_tokens=10, messages=long)
+
+
+def test_a_count_takes_every_field_the_sdks_count_with() -> None:
+    """The SDK's count_tokens and the beta's never send a field the simulator refuses as an extra input
+    (their keyword arguments less those sent as headers)."""
+    import inspect
+
+    from gtl_nb.sim.anthropic import COUNT_FIELDS
+
+    own = {"self", "extra_headers", "extra_query", "extra_body", "timeout", "betas", "user_profile_id", "workspace_id"}
+    for count in (anthropic.resources.Messages.count_tokens, anthropic.resources.beta.Messages.count_tokens):
+        assert set(inspect.signature(count).parameters) - own <= COUNT_FIELDS
