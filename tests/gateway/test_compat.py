@@ -833,7 +833,9 @@ def test_a_body_sent_as_anything_but_json_is_refused_as_openai_refuses_it(base_u
     bodies = {
         "/v1/chat/completions": json.dumps({"model": "echo", "messages": chat()}),
         "/v1/responses": json.dumps({"model": "echo", "input": PROMPT}),
-        "/v1/messages": json.dumps({"model": "echo", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}),
+        "/v1/messages": json.dumps(
+            {"model": "echo", "max_tokens": 10, "messages": [{"role": "user", "content": PROMPT}]}
+        ),
     }
     for path, body in bodies.items():
         for kind in ("application/x-www-form-urlencoded", "text/plain", "application/xml"):
