@@ -132,26 +132,32 @@ def serve_sim() -> Iterator[Any]:
         s.close()
 
 
+# a prompt of a million tokens (Gemini's window) takes seconds on a loaded machine: httpx's 5 s is too short
+TIMEOUT = 60.0
+
+
 def chat_request(provider: str, server: sim.Simulator, model: str, prompt: str = "hi") -> httpx.Response:
     """One non-streamed chat request for ``model`` in ``provider``'s dialect (the tests of every simulator's
     models and context windows send it)."""
     user = [{"role": "user", "content": prompt}]
     if provider in ("openai", "openai_compatible"):
         body = {"model": model, "messages": user}
-        return httpx.post(f"{server.base_url}/chat/completions", json=body, headers={"authorization": "Bearer sim-key"})
+        url = f"{server.base_url}/chat/completions"
+        return httpx.post(url, json=body, headers={"authorization": "Bearer sim-key"}, timeout=TIMEOUT)
     if provider == "azure":
         url = f"{server.root_url}/openai/deployments/{model}/chat/completions?api-version=2024-10-21"
-        return httpx.post(url, json={"messages": user}, headers={"api-key": "sim-key"})
+        return httpx.post(url, json={"messages": user}, headers={"api-key": "sim-key"}, timeout=TIMEOUT)
     if provider == "anthropic":
         headers = {"x-api-key": "sim-key", "anthropic-version": "2023-06-01"}
         body = {"model": model, "max_tokens": 20, "messages": user}
-        return httpx.post(f"{server.root_url}/v1/messages", json=body, headers=headers)
+        return httpx.post(f"{server.root_url}/v1/messages", json=body, headers=headers, timeout=TIMEOUT)
     if provider == "gemini":
         url = f"{server.root_url}/v1beta/models/{model}:generateContent"
         body = {"contents": [{"role": "user", "parts": [{"text": prompt}]}]}
-        return httpx.post(url, json=body, headers={"x-goog-api-key": "sim-key"})
+        return httpx.post(url, json=body, headers={"x-goog-api-key": "sim-key"}, timeout=TIMEOUT)
     if provider == "bedrock":
         body = {"messages": [{"role": "user", "content": [{"text": prompt}]}]}
         url = f"{server.root_url}/model/{model}/converse"
-        return httpx.post(url, json=body, headers={"authorization": "Bearer sim-key"})
-    return httpx.post(f"{server.root_url}/api/chat", json={"model": model, "messages": user, "stream": False})
+        return httpx.post(url, json=body, headers={"authorization": "Bearer sim-key"}, timeout=TIMEOUT)
+    body = {"model": model, "messages": user, "stream": False}
+    return httpx.post(f"{server.root_url}/api/chat", json=body, timeout=TIMEOUT)
