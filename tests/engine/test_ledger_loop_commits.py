@@ -68,7 +68,12 @@ async def requests(store: SqliteUsageLedger, names: list[str], status: str = "ok
         await store.finish(row, status=status, tokens_in=1, now=T0 + 1)
 
 
-def test_the_loop_that_queued_the_rows_commits_them(path: Path, commits: list[tuple[int, list[str]]]):
+def test_the_loop_that_queued_the_rows_commits_them(
+    path: Path, commits: list[tuple[int, list[str]]], monkeypatch: pytest.MonkeyPatch
+):
+    # the thread's backstop for a late loop out of reach: on a loaded machine the loop can be three
+    # windows late, and the thread would write the rows instead (test_a_loop_blocked_... covers that)
+    monkeypatch.setattr(ledger_writer, "BACKSTOP_WINDOWS", 1_000_000)
     store = SqliteUsageLedger(path, group_commit=WINDOW, loop_commits=True)
 
     async def scenario() -> int:
@@ -85,54 +90,81 @@ def test_the_loop_that_queued_the_rows_commits_them(path: Path, commits: list[tu
     assert commits == [(loop_thread, ["a", "b", "c"])]  # one commit, the loop's; the thread wrote nothing
 
 
-def test_a_lock_held_by_another_process_never_stalls_the_loop(path: Path):
-    # SQLite would wait up to busy_timeout (5 s here) for the lock; the loop tries once and hands the
-    # batch to the thread, which waits for the lock instead, then writes what queued meanwhile too
-    store = SqliteUsageLedger(Ledger(path, busy_timeout=5.0), owns=True, group_commit=WINDOW, loop_commits=True)
+def test_a_lock_held_by_another_process_never_stalls_the_loop(path: Path, monkeypatch: pytest.MonkeyPatch):
+    # SQLite would wait up to busy_timeout for the lock; the loop tries once and hands the batch to the
+    # thread, which waits for the lock instead, then writes what queued meanwhile too. The busy timeout is
+    # longer than the test ever waits: a loop that waited for the lock would still be waiting when the
+    # other connection lets go of it — after WAIT seconds at the latest —, so it would return only after
+    # the release, which is what the test looks for (no clock is read to judge it).
+    # The thread's backstop for a loop that is late with its commit (BACKSTOP_WINDOWS windows) is put
+    # out of reach: on a loaded machine the loop can be that late, and the thread would then take the
+    # batch before the loop tried — what this test is about is the loop's own attempt.
+    monkeypatch.setattr(ledger_writer, "BACKSTOP_WINDOWS", 1_000_000)
+    store = SqliteUsageLedger(Ledger(path, busy_timeout=10 * WAIT), owns=True, group_commit=WINDOW, loop_commits=True)
     writer_ledger = store._writer.ledger
-    attempts: list[tuple[int, bool]] = []
+    attempts: list[tuple[int, bool, bool]] = []  # (thread, waits for the lock, the lock was still held at its end)
     real = writer_ledger.transaction
+    taken, release, released = threading.Event(), threading.Event(), threading.Event()
 
     def recorded(work: Any, *, wait: bool = True) -> Any:
-        attempts.append((threading.get_ident(), wait))
-        return real(work, wait=wait)
+        try:
+            return real(work, wait=wait)
+        finally:
+            attempts.append((threading.get_ident(), wait, not released.is_set()))
 
     writer_ledger.transaction = recorded  # type: ignore[method-assign]
-    other = sqlite3.connect(path, isolation_level=None)
 
-    async def beat(seconds: float, pauses: list[float]) -> None:
-        last = time.monotonic()
-        deadline = last + seconds
-        while last < deadline:
+    def other_process() -> None:  # another writer of the file: it holds the lock until told (or WAIT s)
+        other = sqlite3.connect(path, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            taken.set()
+            release.wait(WAIT)
+            other.execute("COMMIT")
+            released.set()
+        finally:
+            other.close()
+
+    holder = threading.Thread(target=other_process, name="lock-holder", daemon=True)
+
+    async def until(condition: Any) -> bool:
+        deadline = time.monotonic() + WAIT
+        while not condition():
+            if time.monotonic() > deadline:
+                return False
             await asyncio.sleep(0.005)
-            now = time.monotonic()
-            pauses.append(now - last)
-            last = now
+        return True
 
-    async def scenario() -> tuple[int, float]:
-        pauses: list[float] = []
-        other.execute("BEGIN IMMEDIATE")
+    def loop_tried(loop_thread: int) -> bool:
+        return any(thread == loop_thread and not wait for thread, wait, _ in attempts)
+
+    async def scenario() -> int:
+        holder.start()
+        assert taken.wait(WAIT)
+        loop_thread = threading.get_ident()
         await requests(store, ["held-1", "held-2"])
-        await beat(0.3, pauses)  # fifteen windows: the loop tried, and handed the batch over
+        assert await until(lambda: loop_tried(loop_thread)), "the loop never tried its commit"
         await requests(store, ["queued-behind"])
-        await beat(0.3, pauses)  # the loop's next windows, while the thread waits for the lock
-        other.execute("COMMIT")
+        await asyncio.sleep(15 * WINDOW)  # the loop's next windows, while the thread waits for the lock
+        release.set()
         rows = await store.rows()
         assert [(row["session_id"], row["status"]) for row in rows] == [
             ("held-1", "ok"),
             ("held-2", "ok"),
             ("queued-behind", "ok"),
         ]
-        return threading.get_ident(), max(pauses)
+        return loop_thread
 
     try:
-        loop_thread, longest_pause = asyncio.run(scenario())
+        loop_thread = asyncio.run(scenario())
     finally:
-        other.close()
+        release.set()
+        holder.join(WAIT)
         store.close()
-    assert (loop_thread, False) in attempts  # the loop tried, without waiting
-    assert all(thread != loop_thread for thread, wait in attempts if wait)  # and only the thread waited
-    assert longest_pause < 2.5  # half the busy timeout: the loop never waited for the lock
+    mine = [(wait, held) for thread, wait, held in attempts if thread == loop_thread]
+    assert (False, True) in mine  # the loop tried without waiting, and was done while the lock was held
+    assert all(not wait for wait, _ in mine)  # only the thread waited
+    assert any(thread != loop_thread and wait for thread, wait, _ in attempts)  # ... and it wrote the batch
 
 
 def test_rows_a_finished_loop_left_queued_are_written_by_the_thread(path: Path, commits: list[tuple[int, list[str]]]):
