@@ -134,6 +134,7 @@ class LedgerWriter:
         self._abandoned = False
         self._urgent = False  # a start waiting for room: the thread writes now, whoever commits
         self._flush_target = 0  # a flush waits for this change: the thread writes until it is written
+        self._watchers: deque[tuple[int, Callable[[], None]]] = deque()  # (change, call once it is written)
         # commits on the loop (see "the loop's commits" below)
         self._commit_lock = threading.Lock()  # held by whoever writes to the file: the thread or the loop
         self._loop: asyncio.AbstractEventLoop | None = None  # the event loop that commits while it runs
@@ -241,6 +242,20 @@ class LedgerWriter:
                 raise LedgerBusyError(
                     f"the ledger {self.ledger.path} has not taken {behind} queued write(s) for {limit:g} s; see the log"
                 )
+
+    def when_committed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once every change queued before this call is written (or reported
+        lost): at once when nothing is waiting, else from whoever commits — the writer's thread or the
+        loop that committed, right after the commit — so it must be quick and thread-safe. What waits
+        for a row's durability without waiting on the request path (the gateway's audit log: a record
+        reaches its file only once its row is in the ledger's). Never called for changes a ``close``
+        gave up on."""
+        with self._lock:
+            target = self._seq
+            if self._committed < target:
+                self._watchers.append((target, callback))
+                return
+        callback()
 
     def flush_user(self, user: str | None) -> None:
         """``flush``, if any write still queued or being written is a row of ``user``."""
@@ -376,6 +391,15 @@ class LedgerWriter:
             self._done.notify_all()
             if self._idle:
                 self._wake.notify()
+            ready = []
+            watchers = self._watchers
+            while watchers and watchers[0][0] <= self._committed:  # queued in the order of their changes
+                ready.append(watchers.popleft()[1])
+        for callback in ready:
+            try:
+                callback()
+            except Exception:  # a watcher's defect must not stop the writer
+                log.exception("ledger %s: a call after a commit failed", self.ledger.path)
 
     def _commit(self, batch: list[Start | Finish]) -> None:
         """Write ``batch`` in one transaction, retrying (and saying so) while the file fails. When the

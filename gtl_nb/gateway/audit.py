@@ -145,6 +145,9 @@ _REPLICA_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU
 _SCHEME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789+-.")  # RFC 3986
 _MAX_TEXT = 256  # identifiers written to a record are cut here: a caller chooses session ids and model names
 _MAX_PENDING = 65_536  # sessions followed at once; more means RequestFinished went missing somewhere
+ROW_WAIT = 10.0
+"""Seconds ``close`` and ``flush`` wait for the ledger to commit the rows of records still held for them
+(the ledger's writer commits every ``group_commit_ms``; only a ledger stuck on its file takes longer)."""
 
 AUDIT_KEYS: Mapping[str, str] = MappingProxyType(
     {
@@ -1118,6 +1121,11 @@ class AuditLog:
         self._dropped = 0
         self._dropped_lock = threading.Lock()
         self._closed = False
+        # A record waits for its request's ledger row to be committed before it is queued (the ledger's
+        # ``when_written``), so a crash can never leave a record without its row; ``None``: a ledger that
+        # writes at once or cannot say (in memory, PostgreSQL, none): records are queued at once.
+        self._after_row: Callable[[Callable[[], None]], None] | None = None
+        self._held = 0  # records waiting for their rows (under ``_progress``)
         self._unsubscribe: list[Callable[[], None]] = []
         #: The file log's writer (``None`` when records go to PostgreSQL only).
         self._files = _ChainFiles(settings, wall_clock) if settings.path is not None else None
@@ -1153,9 +1161,17 @@ class AuditLog:
         the same time, then calls this)."""
         types = {name: deployment.type for name, deployment in engine.deployments.items()}
         self._provider_types = {**self._provider_types, **types}
+        self._follow_rows_of(engine)
         self.attach(engine.hooks)
         self.follow_interrupted(getattr(getattr(engine, "stores", None), "ledger", None))
         _LOGS[engine] = self
+
+    def _follow_rows_of(self, engine: Any) -> None:
+        """Hold each record until ``engine``'s ledger has committed the request's row, when the ledger
+        can say when (``when_written``: the SQLite ledger's writer, called right after a commit)."""
+        ledger = getattr(getattr(engine, "stores", None), "ledger", None)
+        after = getattr(ledger, "when_written", None)
+        self._after_row = after if callable(after) else None
 
     def follow_interrupted(self, ledger: Any) -> None:
         """Write a record for each request ``ledger``'s crash recovery marks ``interrupted`` (its
@@ -1250,10 +1266,23 @@ class AuditLog:
         if isinstance(event, Reloaded):  # records name the provider type of the deployments now configured
             types = {name: deployment.type for name, deployment in event.engine.deployments.items()}
             self._provider_types = {**self._provider_types, **types}
+            self._follow_rows_of(event.engine)
             return
         if isinstance(event, RequestFinished):
             pending = self._pending.pop(event.handle, None)
-            self._enqueue(self._record(event, pending))
+            record = self._record(event, pending)
+            after = self._after_row
+            if after is None:
+                self._enqueue(record)
+                return
+            # the row's end was queued before this event: the record follows once it is committed
+            with self._progress:
+                self._held += 1
+            try:
+                after(lambda: self._release(record))
+            except Exception:  # a ledger closed under us: the record is not held back for a row that never comes
+                log.exception("audit log %s: could not wait for the ledger row of a record", self.where)
+                self._release(record)
             return
         if isinstance(event, RequestStarted):
             if len(self._pending) >= _MAX_PENDING:
@@ -1314,14 +1343,30 @@ class AuditLog:
             record["answer"] = _answer_of(getattr(event, "answer", None))
         return record
 
+    def _release(self, record: dict[str, Any]) -> None:
+        """A held record whose ledger row is committed: queue it (from the ledger's committing thread)."""
+        try:
+            self._enqueue(record)
+        finally:
+            with self._progress:
+                self._held -= 1
+                self._progress.notify_all()
+
     def _enqueue(self, record: dict[str, Any]) -> None:
         if self._closed:
             self._count_dropped(1, "the audit log is closed")
             return
         if self._queue.put(record):
-            self._queued += 1
+            with self._progress:  # the loop's records and those the ledger's writer releases
+                self._queued += 1
         else:
             self._count_dropped(1, "the writer's queue is full")
+
+    def _wait_for_rows(self, timeout: float) -> int:
+        """Wait until no record is held for its ledger row, at most ``timeout`` seconds; how many still are."""
+        with self._progress:
+            self._progress.wait_for(lambda: self._held == 0, timeout)
+            return self._held
 
     def _count_dropped(self, count: int, why: str) -> None:
         with self._dropped_lock:
@@ -1420,7 +1465,9 @@ class AuditLog:
 
     def flush(self) -> None:
         """Wait until every record queued so far is written and checkpointed (a destination that cannot
-        keep them says so in ``degraded_reason``: records lost, or a checkpoint the disk refused)."""
+        keep them says so in ``degraded_reason``: records lost, or a checkpoint the disk refused). Records
+        held for their ledger rows are waited for first (``ROW_WAIT`` at most)."""
+        self._wait_for_rows(ROW_WAIT)
         target = self._queued
         with self._progress:
             self._sync_target = max(self._sync_target, target)
@@ -1434,6 +1481,14 @@ class AuditLog:
             return
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+        held = self._wait_for_rows(ROW_WAIT)  # the records of the last requests, their rows being committed
+        if held:
+            log.warning(
+                "audit log %s: %d record(s) still waited for their ledger rows after %g s and are lost",
+                self.where,
+                held,
+                ROW_WAIT,
+            )
         self._closed = True
         self._queue.close()  # the writer empties the queue first: a clean shutdown loses nothing
         self._thread.join()

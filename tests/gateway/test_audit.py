@@ -253,6 +253,69 @@ def test_requests_interrupted_by_a_kill_get_their_record_when_the_ledger_is_reco
     assert verify(log_path).ok
 
 
+def test_a_record_reaches_the_file_only_once_its_ledger_row_is_committed(tmp_path):
+    """A request ends before its row is committed (the ledger's group commit); its record waits for that
+    commit, so a gateway killed in between leaves neither, never a record without its row. Here another
+    writer holds the ledger's lock while requests end — a refusal and an answer —; each record is checked,
+    as it is appended, against the rows in the file then; after the lock is let go both land."""
+    import sqlite3
+
+    from gtl_nb.engine.ledger import Ledger
+
+    ledger_path = tmp_path / "ledger.sqlite3"
+    Ledger(ledger_path).close()  # the schema
+    settings = load_settings(providers={"echo": {"type": "echo"}}, environ={})
+    engine = build_engine(settings, ledger=str(ledger_path))
+    log_path = tmp_path / "audit.jsonl"
+    audit = AuditLog.for_engine(AuditSettings(path=log_path, fsync=False), engine, wall_clock=lambda: NOW)
+    files = audit._files
+    assert files is not None
+    appended: list[tuple[str, str | None]] = []  # (session, its row's status in the file as it was appended)
+    real_append = files.append
+
+    def witnessed(batch: list[dict[str, Any]]) -> int:
+        reader = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
+        try:
+            for record in batch:
+                if record.get("kind") == "request":
+                    found = reader.execute(
+                        "SELECT status FROM requests WHERE session_id = ?", (record["session_id"],)
+                    ).fetchone()
+                    appended.append((record["session_id"], found[0] if found else None))
+        finally:
+            reader.close()
+        return real_append(batch)
+
+    files.append = witnessed  # type: ignore[method-assign]
+    other = sqlite3.connect(ledger_path, isolation_level=None)  # another process's writer, holding the lock
+
+    async def main() -> list[Any]:
+        ends = []
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            for message in (request("answered", "echo"), request("refused", "no-such-model-xyz")):
+                last = None
+                async for event in engine.stream(message, context=CONTEXT):
+                    last = event
+                ends.append(last)
+            # the records would be appended within a window or two if they did not wait for their rows
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and not appended:
+                await asyncio.sleep(0.02)
+        finally:
+            other.execute("COMMIT")
+            other.close()
+        await engine.aclose()
+        return ends
+
+    ends = asyncio.run(main())
+    audit.close()
+    assert [type(end).__name__ for end in ends] == ["Done", "Error"]
+    assert appended == [("answered", "ok"), ("refused", "error")]
+    assert [(r["session_id"], r["status"]) for r in records(log_path)] == [("answered", "ok"), ("refused", "error")]
+    assert verify(log_path).ok
+
+
 def test_a_start_the_audit_log_refuses_names_the_recovered_requests_left_without_a_record(tmp_path, caplog):
     """The engine and the audit log open at the same time; opening the ledger marks a killed gateway's
     rows ``interrupted`` at once. When the audit log then refuses to start (a tampered chain), those rows
