@@ -9,9 +9,11 @@ negotiation, there being no hello); a gateway whose own ``GTL-Version`` names no
 ``VersionMismatchError`` at ``connect``. The provider list's ``GTL-Features`` header names the features
 the gateway knows (none when it has no such header): a request using an extension field it did not
 name is refused before it is sent (``protocol.extensions``), as on a connection. Cancelling a session
-closes its response, which the gateway takes as a cancel: the engine cancels upstream and the ledger
-row says cancelled. The provider questions the protocol cannot carry are answered as ``RemoteBackend``
-answers them (docs/gateway.md).
+hears the gateway's end first, as on a connection (``HttpBackend._cancel``: the answer's status, a
+refusal read whole, a ``200`` stream sent the ``cancel`` query and read to its end, each within
+``CANCEL_WAIT``); failing that it closes the response, which the gateway takes as a cancel: the engine
+cancels upstream and the ledger row says cancelled. The provider questions the protocol cannot carry
+are answered as ``RemoteBackend`` answers them (docs/gateway.md).
 
 Responses may come gzip-encoded (httpx asks for it and decodes each piece as it arrives, so a
 stream stays live); ``?compression=none`` on the URL asks for them uncompressed. TLS follows
@@ -47,12 +49,22 @@ from gtl_nb.protocol.negotiation import (
     negotiate_header,
 )
 from gtl_nb.transports.endpoints import parse_endpoint, tls_context, tls_hint, tls_refused
-from gtl_nb.transports.link import Deliver
+from gtl_nb.transports.link import CANCEL_WAIT, Deliver
 from gtl_nb.transports.remote import RemoteBackend
 from gtl_nb.transports.stream_reading import SessionStreamReader, stream_fault
 from gtl_nb.transports.unreached import unreached_reason
 
 __all__ = ["SCHEMES", "HttpBackend", "http_backend"]
+
+
+async def _first_of(task: asyncio.Future[None], waiting: Any) -> None:
+    """Return once ``task`` is done or ``waiting`` (an awaitable) finished, whichever first."""
+    other = asyncio.ensure_future(waiting)
+    try:
+        await asyncio.wait({task, other}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        other.cancel()
+
 
 SCHEMES = ("http", "https", "sse", "sses")
 _TLS = ("https", "sses")
@@ -191,8 +203,6 @@ class HttpBackend(RemoteBackend):
         return answer.result or {}
 
     async def session(self, request: CompletionRequest, deliver: Deliver) -> None:
-        import httpx
-
         sid = request.session_id
         ended = False
 
@@ -202,7 +212,57 @@ class HttpBackend(RemoteBackend):
                 ended = isinstance(event, (Done, Error))
                 deliver(event)
 
+        answered = asyncio.Event()  # the gateway's answer began: its status is known
+        status: list[int] = []
+        # the request runs in a task of its own, so a cancel of the caller does not cut it off before the
+        # gateway's end is known (``_cancel``)
+        exchange = asyncio.ensure_future(self._exchange(request, once, answered, status))
+        try:
+            await asyncio.shield(exchange)
+        except asyncio.CancelledError:
+            await self._cancel(sid, exchange, answered, status)
+            once(Error(session_id=sid, code="CANCELLED", message="cancelled by the caller"))
+            raise
+
+    async def _cancel(
+        self, sid: str, exchange: asyncio.Future[None], answered: asyncio.Event, status: list[int]
+    ) -> None:
+        """The caller cancelled: tell the gateway and hear its end, as the other transports do (a
+        ``cancel``, then up to ``CANCEL_WAIT`` for the session's terminal event) — whatever the gateway
+        recorded, the caller hears: the refusal that was on its way (a cap's ``OVERLOADED``, a
+        ``RATE_LIMIT``), a ``done`` that crossed the cancel, or ``CANCELLED``.
+
+        Over HTTP a session has no channel for a ``cancel``: closing its response is one. So the answer's
+        status is waited for first (the gateway answers at once, a refusal or the stream's ``200``); a
+        refusal is read to its end; a ``200`` stream gets the ``cancel`` query (``session:write``) and is
+        read on until its end. A gateway that does not take the query (a token without that scope) gets
+        its response closed, which cancels the session there, and the caller hears ``CANCELLED``."""
+        try:
+            await asyncio.wait_for(_first_of(exchange, answered.wait()), CANCEL_WAIT)
+            if not exchange.done() and status and status[0] == 200:
+                try:
+                    await asyncio.wait_for(self.query("cancel", {"session_id": sid}), CANCEL_WAIT)
+                except InvalidRequestError:
+                    pass  # not running: refused or ended already — its end is on its way
+            await asyncio.wait_for(asyncio.shield(exchange), CANCEL_WAIT)
+        except (asyncio.TimeoutError, GTLError):
+            pass  # no end in time, or no cancel the gateway takes: closing the response cancels it
+        except asyncio.CancelledError:  # cancelled again: stop waiting
+            pass
+        finally:
+            if not exchange.done():
+                exchange.cancel()  # leaving the request closes the response: the gateway cancels
+            await asyncio.gather(exchange, return_exceptions=True)
+
+    async def _exchange(
+        self, request: CompletionRequest, once: Deliver, answered: asyncio.Event, status: list[int]
+    ) -> None:
+        """One ``POST`` of ``request``, its events delivered through ``once`` (which ends the session)."""
+        import httpx
+
+        sid = request.session_id
         path = "/v1/gtl/sse" if self.sse else "/v1/gtl"
+        ended = False
         try:
             if self._closed:
                 raise ConfigurationError(f"this client is closed; connect to the {self.label} again")
@@ -216,6 +276,8 @@ class HttpBackend(RemoteBackend):
                 )
             headers = {"content-type": "application/json"}
             async with self._client().stream("POST", path, content=body, headers=headers) as response:
+                status.append(response.status_code)
+                answered.set()
                 if response.status_code != 200:
                     raise _failure(response.status_code, await response.aread(), self.label)
                 # only this session's stream events, in a legal order, each frame within the limit
@@ -234,12 +296,10 @@ class HttpBackend(RemoteBackend):
                         once(stream_fault(sid, violation))
                         return
                     if reading.ended:
+                        ended = True
                         break
             if not ended:
                 raise ProviderUnavailableError(f"the {self.label} ended the response before the session ended")
-        except asyncio.CancelledError:  # leaving the block closed the response: the gateway cancels
-            once(Error(session_id=sid, code="CANCELLED", message="cancelled by the caller"))
-            raise
         except GTLError as exc:
             once(exc.to_event(sid))
         except httpx.HTTPError as exc:
