@@ -44,6 +44,7 @@ import dataclasses
 import difflib
 import logging
 import math
+import operator
 import random
 import re
 import time
@@ -138,7 +139,7 @@ def _asked_for(request: CompletionRequest) -> str:
 _CONTENT = frozenset((Token, Reasoning, ToolCallEvent))
 _ANSWER = _CONTENT | {Usage}  # what a retry would send the caller a second time
 _TOKENS = frozenset((Token,))
-_SESSION_BOOKKEEPING = frozenset((Usage, Status))  # what ``stream_batches`` must see of every batch
+_TEXT = operator.attrgetter("text")
 _REQUEST_CONTEXT: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("gtl_request_context")
 """The context of the session being streamed, for the attempts deep below (the stored key a token chose)."""
 #: Output tokens reserved against tokens-per-minute when a request sets no ``max_tokens``.
@@ -368,6 +369,12 @@ async def _run_lane(
                         checked.append(event)
                         flowing = outcome.content and outcome.first is not None and machine.state is SessionState.OPEN
                 if checked:  # handed on as ``run_session`` hands on a batch of the general path
+                    if checked is batch:  # tokens alone (the answer flowing)
+                        record.produced = (record.produced or 0) + sum(map(len, map(_TEXT, checked)))
+                    else:
+                        for event in checked:
+                            if type(event) in _CONTENT:
+                                record.produced = (record.produced or 0) + _characters(event)
                     try:
                         for event in checked:
                             send(event)
@@ -426,6 +433,11 @@ class _SessionRecord:
     answer: list[str] | None = None  # the answer's text pieces, kept only when a hook subscriber wants it
     finish_reason: str | None = None
     refused: bool = False  # refused before it ran (a scope, a session cap): its hook events say so
+    # characters of content (text, reasoning, tool calls) handed to the caller, every attempt's; ``None``
+    # until content began. A session that ends before its provider reported usage is counted from it
+    # (``Engine._finish``): the provider bills what it generated, cancelled or not
+    produced: int | None = None
+    flight: Flight | None = None  # the shared call it read (``_source``), led or followed
     # the request's identity in its hook events: subscribers key per-request state by it, never by the
     # session id (the client's: two running requests may share one)
     handle: object = field(default_factory=object)
@@ -704,11 +716,14 @@ class Engine:
                     batches = batches or _batches_of()  # (the source could not be chosen: nothing follows)
                 answer = record.answer
                 # (asked in C first: most batches are tokens alone, and only hooks want their text)
-                if answer is not None or not _SESSION_BOOKKEEPING.isdisjoint(map(type, batch)):
+                if answer is None and _TOKENS.issuperset(map(type, batch)):
+                    record.produced = (record.produced or 0) + sum(map(len, map(_TEXT, batch)))
+                else:
                     for event in batch:
                         kind = type(event)
-                        if kind is Token:
-                            if answer is not None:
+                        if kind in _CONTENT:
+                            record.produced = (record.produced or 0) + _characters(event)
+                            if answer is not None and kind is Token:
                                 answer.append(event.text)
                         elif kind is Usage:
                             usage = event
@@ -945,9 +960,9 @@ class Engine:
             return
         if _never_waits(self.stores.budgets):  # nothing can cancel an in-process counter half-way
             for each in held:
-                await self._settle(each, None, counted=False)
+                await self._settle(each, None, None, counted=False)
             return
-        work = asyncio.ensure_future(asyncio.gather(*(self._settle(each, None, counted=False) for each in held)))
+        work = asyncio.ensure_future(asyncio.gather(*(self._settle(each, None, None, counted=False) for each in held)))
         self._background.add(work)  # held until done: a cancel below leaves it running, referenced by nobody else
         work.add_done_callback(self._background.discard)
         if wait is None:
@@ -1027,6 +1042,8 @@ class Engine:
         if deployment is not None:
             fields["deployment"] = fields.get("deployment") or deployment.name
             fields["provider_type"] = deployment.type
+        if usage is None and fields["status"] != "ok":
+            fields.update(self._estimated_use(request, record, fields["status"], deployment))
         work = []
         if row is not None and self.stores.ledger is not None:
             finish_nowait = getattr(self.stores.ledger, "finish_nowait", None)
@@ -1042,12 +1059,13 @@ class Engine:
         counted = counts_against_budgets(fields["status"], fields.get("deployment"))
         # in-process counters never wait: settled directly, a cancellation cannot come in between
         settle_now = not work and _never_waits(self.stores.budgets)
+        tokens, cost = _spent(usage, fields)
         if not settle_now:
-            work.extend(self._settle(held, usage, counted=counted) for held in reservation or ())
+            work.extend(self._settle(held, tokens, cost, counted=counted) for held in reservation or ())
         try:
             if settle_now:
                 for held in reservation or ():
-                    await self._settle(held, usage, counted=counted)
+                    await self._settle(held, tokens, cost, counted=counted)
             elif work:
                 # a cancellation must not lose the row's completion: the write runs as a task of its own;
                 # the caller hears of the end once it has landed, so a reader right after sees the row
@@ -1073,21 +1091,46 @@ class Engine:
         except Exception:
             log.exception("ledger: could not complete row %s", row)
 
-    async def _settle(self, reservation: Reservation, usage: Usage | None, *, counted: bool = True) -> None:
-        """Settle the reservation with what was used, or give it back whole when the request does not
-        count (``ratelimit.counts_against_budgets``)."""
+    def _estimated_use(
+        self, request: CompletionRequest, record: _SessionRecord, status: str, deployment: Deployment | None
+    ) -> dict[str, Any]:
+        """The ledger fields of a session that called a provider and ended — cancelled, or failed —
+        before the provider reported usage: what it is known to have used, marked ``usage_estimated``.
+
+        Once content began, the provider generated at least what reached the caller and read the
+        prompt: the prompt's estimate (``_estimate_input_tokens``) and the content's characters at four
+        a token, priced from the catalog. A request cancelled before any content was sent all the same
+        (the provider may bill the prompt it read): its prompt's estimate counts, no output. A request
+        that failed before any content counts nothing (a provider's refusal bills nothing). No
+        estimate for a cached answer, nor before a provider was called, nor for a reader of a shared
+        call (``coalesce``) that went on for other readers, here or on another replica: the one that
+        reads its usage pays. The last reader to leave one — the call cancelled with it — is counted.
+        ``{}``: nothing to estimate."""
+        if deployment is None or not record.path or record.cache_hit:
+            return {}
+        flight = record.flight
+        if flight is not None and (flight.remote or not flight.abandoned):
+            return {}
+        produced = record.produced
+        if produced is None and status != "cancelled":
+            return {}
+        tokens_in = _estimate_input_tokens(request)
+        tokens_out = _estimate_tokens(produced or 0)
+        model = record.model or ""
+        cost = None if self.catalog is None else self.catalog.cost(deployment.type, model, tokens_in, tokens_out)
+        return {"tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost, "usage_estimated": True}
+
+    async def _settle(
+        self, reservation: Reservation, tokens: int | None, cost: float | None, *, counted: bool = True
+    ) -> None:
+        """Settle the reservation with what was used (``None``: unknown, the estimate stays), or give
+        it back whole when the request does not count (``ratelimit.counts_against_budgets``)."""
         if not counted:
             try:
                 await self.stores.budgets.release(reservation)
             except Exception:
                 log.exception("budgets: could not give back the reservation of %s", reservation.principal)
             return
-        tokens = cost = None
-        if usage is not None and not usage.cache_hit:
-            tokens = (usage.tokens_in or 0) + (usage.tokens_out or 0)
-            cost = usage.cost
-        elif usage is None or usage.cache_hit:
-            tokens, cost = 0, 0.0  # nothing was used upstream (refused, cancelled early, or a replay)
         try:
             await self.stores.budgets.settle(reservation, tokens=tokens, cost=cost, now=self.wall_clock())
         except Exception:
@@ -1166,6 +1209,7 @@ class Engine:
         flight = self._flights.get(flight_key) if flight_key else None
         if flight is not None and not flight.abandoned:
             record.coalesced = True
+            record.flight = flight
             record.path.append(targets[0].name)
             record.model = targets[0].model
             return _one_by_one(self._read_flight(flight, sid, machine, started))
@@ -1177,6 +1221,7 @@ class Engine:
         # others off; the call is cancelled only when its last reader has gone.
         flight = Flight()
         self._flights[flight_key] = flight
+        record.flight = flight
         flight.publish(Status(session_id=sid, state="queued"))  # (as the session began)
         flight.task = asyncio.ensure_future(self._fly(flight, flight_key, attempts, sid))
         return _one_by_one(self._read_flight(flight, sid, machine, started, own=(record, targets[0])))
@@ -2281,6 +2326,29 @@ def _stamp(
     )
 
 
+def _spent(usage: Usage | None, fields: Mapping[str, Any]) -> tuple[int | None, float | None]:
+    """The tokens and cost a budget reservation is settled with: the provider's report; else the
+    row's estimate (``Engine._estimated_use``); else nothing used upstream (refused, failed before any
+    content, or a replay of the cache)."""
+    if usage is not None and not usage.cache_hit:
+        return (usage.tokens_in or 0) + (usage.tokens_out or 0), usage.cost
+    if usage is None and fields.get("usage_estimated"):
+        return fields["tokens_in"] + fields["tokens_out"], fields["cost"]
+    return 0, 0.0
+
+
+def _characters(event: StreamEvent) -> int:
+    """The characters of one content event (a token, reasoning, a tool call's name and arguments)."""
+    if type(event) is ToolCallEvent:
+        return len(event.function.name) + len(event.function.arguments)
+    return len(event.text)  # type: ignore[union-attr]
+
+
+def _estimate_tokens(characters: int) -> int:
+    """Tokens of ``characters`` of text, at about four characters per token (rounded up)."""
+    return -(-characters // 4)
+
+
 def _output_estimate(request: CompletionRequest) -> int:
     return request.max_tokens or DEFAULT_OUTPUT_ESTIMATE
 
@@ -2314,5 +2382,6 @@ def _finished_event(
         cached_tokens_in=fields.get("cached_tokens_in"),
         cache_write_tokens_in=fields.get("cache_write_tokens_in"),
         refused=record.refused,
+        usage_estimated=bool(fields.get("usage_estimated")),
         handle=record.handle,
     )

@@ -134,6 +134,9 @@ class RequestFinished:
     """The part of ``tokens_in`` written to the provider's prompt cache."""
     refused: bool = False
     """Refused before it ran (its ``RequestStarted`` said so)."""
+    usage_estimated: bool = False
+    """``tokens_in``, ``tokens_out`` and ``cost`` are gtl_nb's estimate, not the provider's report: the
+    session ended (cancelled, or failed) after its provider was called and before it reported usage."""
     handle: object = field(default_factory=object, compare=False, repr=False)
     """This request's own identity in the process (the same object in each of its events; never sent)."""
 

@@ -224,9 +224,9 @@ INSERT_STARTED = (
 INSERT_FINISHED = (
     f"INSERT INTO {TABLE} (time, time_utc, end_time, session_id, user, deployment, provider_type, model, "
     "status, error_code, finish_reason, tokens_in, tokens_out, cached_tokens_in, cache_write_tokens_in, "
-    "reasoning_tokens_out, cost, ttft_ms, latency_ms, cache_hit, coalesced, failover_path, pid, proc_start, "
-    "hostname, tenant, key_id, trace_id) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "reasoning_tokens_out, cost, usage_estimated, ttft_ms, latency_ms, cache_hit, coalesced, failover_path, pid, "
+    "proc_start, hostname, tenant, key_id, trace_id) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 
 # One UPDATE completes a row; the status guard makes a second finish change nothing.
@@ -234,7 +234,8 @@ _FINISH = (
     f"UPDATE {TABLE} SET status = ?, end_time = ?, error_code = ?, finish_reason = ?, "
     "deployment = COALESCE(?, deployment), provider_type = COALESCE(?, provider_type), "
     "model = COALESCE(?, model), tokens_in = ?, tokens_out = ?, cached_tokens_in = ?, cache_write_tokens_in = ?, "
-    "reasoning_tokens_out = ?, cost = ?, ttft_ms = ?, latency_ms = COALESCE(?, (? - time) * 1000.0), "
+    "reasoning_tokens_out = ?, cost = ?, usage_estimated = ?, ttft_ms = ?, "
+    "latency_ms = COALESCE(?, (? - time) * 1000.0), "
     "cache_hit = COALESCE(?, cache_hit), coalesced = COALESCE(?, coalesced), "
     "failover_path = COALESCE(?, failover_path) "
     "WHERE id = ? AND status = 'started'"
@@ -251,10 +252,11 @@ FINISH_UPDATE_ROWS = (
     "deployment = COALESCE(v.column5, deployment), provider_type = COALESCE(v.column6, provider_type), "
     "model = COALESCE(v.column7, model), tokens_in = v.column8, tokens_out = v.column9, "
     "cached_tokens_in = v.column10, cache_write_tokens_in = v.column11, reasoning_tokens_out = v.column12, "
-    "cost = v.column13, ttft_ms = v.column14, latency_ms = COALESCE(v.column15, (v.column16 - time) * 1000.0), "
-    "cache_hit = COALESCE(v.column17, cache_hit), coalesced = COALESCE(v.column18, coalesced), "
-    "failover_path = COALESCE(v.column19, failover_path) "
-    "FROM (VALUES {values}) AS v WHERE id = v.column20 AND status = 'started'"
+    "cost = v.column13, usage_estimated = v.column14, ttft_ms = v.column15, "
+    "latency_ms = COALESCE(v.column16, (v.column17 - time) * 1000.0), "
+    "cache_hit = COALESCE(v.column18, cache_hit), coalesced = COALESCE(v.column19, coalesced), "
+    "failover_path = COALESCE(v.column20, failover_path) "
+    "FROM (VALUES {values}) AS v WHERE id = v.column21 AND status = 'started'"
 )
 
 
@@ -279,6 +281,7 @@ _FINISH_DETAILS = (
     "cache_write_tokens_in",
     "reasoning_tokens_out",
     "cost",
+    "usage_estimated",
     "ttft_ms",
     "latency_ms",
     "cache_hit",
@@ -321,6 +324,7 @@ def clean_finish_fields(row_id: int, fields: Mapping[str, Any]) -> dict[str, Any
     for name in ("cache_hit", "coalesced"):
         value = fields.get(name)
         clean[name] = None if value is None else bool(value)
+    clean["usage_estimated"] = bool(fields.get("usage_estimated"))
     clean["failover_path"] = _path_steps(fields.get("failover_path"))
     return clean
 
@@ -409,6 +413,7 @@ def finished_row_values(
         clean["cache_write_tokens_in"],
         clean["reasoning_tokens_out"],
         clean["cost"],
+        bool(clean["usage_estimated"]),
         clean["ttft_ms"],
         (when - began) * 1000.0 if latency is None else latency,
         started[7] if clean["cache_hit"] is None else int(bool(clean["cache_hit"])),
@@ -418,7 +423,8 @@ def finished_row_values(
     )
 
 
-_NO_OUTCOME = (None,) * 10  # error_code, finish_reason, the five token counts, cost, ttft_ms, latency_ms
+# error_code, finish_reason, the five token counts, cost, usage_estimated, ttft_ms, latency_ms
+_NO_OUTCOME = (None,) * 11
 
 
 def started_row_values(started: Sequence[Any]) -> tuple[Any, ...]:
@@ -537,6 +543,7 @@ class Ledger:
         cache_write_tokens_in: int | None = None,
         reasoning_tokens_out: int | None = None,
         cost: float | None = None,
+        usage_estimated: bool = False,
         ttft_ms: float | None = None,
         latency_ms: float | None = None,
         cache_hit: bool | None = None,
@@ -550,8 +557,9 @@ class Ledger:
         ``provider_type``, ``model``, ``cache_hit``, ``coalesced`` and ``failover_path`` overwrite
         the values given to ``start`` only when not None (failover changes the deployment). Token
         counts, cost, timings and ``finish_reason`` (why an ok answer ended: the ``done`` event's)
-        are stored as given (None = unknown); ``latency_ms`` defaults to the wall-clock time since
-        ``start``.
+        are stored as given (None = unknown); ``usage_estimated`` says the counts and cost are
+        gtl_nb's estimate, not the provider's report (a session that ended before its provider
+        reported usage); ``latency_ms`` defaults to the wall-clock time since ``start``.
 
         Raises ``LedgerStateError`` (and changes nothing) when the row does not exist or is no
         longer ``started`` — finished already, or marked ``interrupted`` by recovery.
@@ -576,6 +584,7 @@ class Ledger:
                     "cache_write_tokens_in": cache_write_tokens_in,
                     "reasoning_tokens_out": reasoning_tokens_out,
                     "cost": cost,
+                    "usage_estimated": usage_estimated,
                     "ttft_ms": ttft_ms,
                     "latency_ms": latency_ms,
                     "cache_hit": cache_hit,
@@ -1224,6 +1233,8 @@ def _record(values: Sequence[Any]) -> dict[str, Any]:
     record["failover_path"] = _path_list(record["failover_path"])
     record["cache_hit"] = bool(record["cache_hit"])
     record["coalesced"] = bool(record["coalesced"])
+    if record["usage_estimated"] is not None:  # (NULL: a row still started, or written before version 7)
+        record["usage_estimated"] = bool(record["usage_estimated"])
     return record
 
 

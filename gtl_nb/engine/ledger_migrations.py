@@ -108,6 +108,13 @@ def _m006_tenant_time(conn: sqlite3.Connection) -> None:
     conn.execute("CREATE INDEX requests_tenant_time ON requests (tenant, time) WHERE tenant IS NOT NULL")
 
 
+def _m007_usage_estimated(conn: sqlite3.Connection) -> None:
+    """``usage_estimated``: 1 when a row's token counts and cost are gtl_nb's estimate (a session that
+    ended, cancelled or failed, after its provider was called and before it reported usage), 0 when
+    they are the provider's report or there are none. NULL for older rows: not recorded then."""
+    conn.execute("ALTER TABLE requests ADD COLUMN usage_estimated INTEGER")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _m001_create_requests,
     _m002_request_context,
@@ -115,6 +122,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     _m004_cache_writes,
     _m005_finish_reason,
     _m006_tenant_time,
+    _m007_usage_estimated,
 )
 
 

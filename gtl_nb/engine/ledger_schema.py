@@ -94,11 +94,18 @@ COLUMNS: tuple[Column, ...] = (
         "string",
         "why an ok answer ended: stop, length, tool_calls, content_filter or other; NULL when not ok",
     ),
+    # schema version 7: the counts and cost are an estimate (a session ended before usage was reported)
+    Column(
+        "usage_estimated",
+        "INTEGER",
+        "boolean",
+        "1 when the token counts and cost are gtl_nb's estimate, not the provider's report; NULL if started",
+    ),
 )
 
 COLUMN_NAMES: tuple[str, ...] = tuple(column.name for column in COLUMNS)
 
-_BESIDE = {"cache_write_tokens_in": "cached_tokens_in", "finish_reason": "error_code"}
+_BESIDE = {"cache_write_tokens_in": "cached_tokens_in", "finish_reason": "error_code", "usage_estimated": "cost"}
 """Columns added after their kin (``ALTER TABLE`` appends), shown next to it in a DataFrame."""
 
 

@@ -43,6 +43,13 @@ estimate``. So usage can exceed a limit by less than ``e + sum over requests in 
 flight were underestimated. Once they settle, the next ``reserve`` sees the actual figures.
 Requests per minute have no such slack: each counts exactly 1 when admitted.
 
+**A request that ends before its provider reported usage** (cancelled, or cut by an error) is settled
+with an estimate of what it used, never with nothing (``Engine._estimated_use``: once its answer began,
+its prompt's estimate and the content that reached its caller at four characters a token, priced; cancelled
+while its provider was silent, its prompt's estimate). "Actual" above is then that estimate: settled at
+nothing, any number of requests each nearly a whole answer would have been ``actual - estimate`` below
+what was really used, and the bound would not hold for a client that cancels just before each end.
+
 ``BudgetGuard`` is the older, synchronous check: the counts come from ``usage_source(user,
 since_unix) -> (requests, tokens, cost_usd)`` (what the user used at or after ``since_unix``), and a
 request counts only once the source has it, so concurrent requests can together pass a limit.

@@ -1224,6 +1224,7 @@ class AuditLog:
             "tokens_in": None,
             "tokens_out": None,
             "cost": None,
+            "usage_estimated": False,
             "duration_ms": _finite(duration),
             "ttft_ms": None,
             "cache_hit": bool(row.get("cache_hit")),
@@ -1331,6 +1332,7 @@ class AuditLog:
             "tokens_in": event.tokens_in,
             "tokens_out": event.tokens_out,
             "cost": _finite(event.cost),
+            "usage_estimated": bool(getattr(event, "usage_estimated", False)),
             "duration_ms": _finite(duration),
             "ttft_ms": _finite(getattr(event, "ttft_ms", None)),  # a field the hook may carry (docs/operations.md)
             "cache_hit": event.cache_hit,

@@ -123,6 +123,7 @@ def test_every_column_round_trips_through_start_and_finish(ledger: Ledger):
         cache_hit=True,
         failover_path=["primary", "backup"],
         finish_reason="length",  # (stored as given: the engine gives it for ok rows only)
+        usage_estimated=True,
         now=T0 + 1.5,
     )
     expected = {
@@ -155,6 +156,7 @@ def test_every_column_round_trips_through_start_and_finish(ledger: Ledger):
         "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736",
         "cache_write_tokens_in": 30,
         "finish_reason": "length",
+        "usage_estimated": True,
     }
     assert ledger.row(row_id) == expected
     # The same values through pandas, converted to the documented dtypes.
@@ -290,6 +292,7 @@ EXPECTED_DTYPES = {
     "cache_write_tokens_in": "Int64",  # (the table's last column: a DataFrame shows it beside its kin)
     "reasoning_tokens_out": "Int64",
     "cost": "float64",
+    "usage_estimated": "boolean",  # (added in version 7: a DataFrame shows it beside the cost)
     "ttft_ms": "float64",
     "latency_ms": "float64",
     "cache_hit": "boolean",
@@ -440,11 +443,12 @@ def test_a_file_from_a_newer_version_is_used_as_is(path: Path, caplog: pytest.Lo
     with Ledger(path):
         pass
     raw(path, "ALTER TABLE requests ADD COLUMN future TEXT DEFAULT 'x'")
-    raw(path, "PRAGMA user_version = 7")
+    newer = len(ledger_migrations.MIGRATIONS) + 1
+    raw(path, f"PRAGMA user_version = {newer}")
     with caplog.at_level("WARNING", logger="gtl_nb"), Ledger(path) as ledger:
         row_id = ledger.start(session_id="s")
         ledger.finish(row_id, status="ok")
-        assert ledger.schema_version == 7
+        assert ledger.schema_version == newer
         assert list(ledger.to_dataframe().columns) == list(EXPECTED_DTYPES)
     assert "newer than this gtl_nb knows" in caplog.text
 
@@ -770,6 +774,7 @@ def test_a_ledger_of_the_previous_release_opens_upgraded_with_its_rows_intact(tm
         assert (upgraded["tenant"], upgraded["key_id"], upgraded["trace_id"]) == (None, None, None)
         assert upgraded["cache_write_tokens_in"] is None  # not reported: NULL, never 0
         assert upgraded["finish_reason"] is None  # not recorded then
+        assert upgraded["usage_estimated"] is None  # not recorded then
     assert {name: str(dtype) for name, dtype in frame.dtypes.items()} == EXPECTED_DTYPES
 
 

@@ -56,6 +56,7 @@ DETAILS: dict[str, Any] = {
     "cache_write_tokens_in": 1004,
     "reasoning_tokens_out": 1005,
     "cost": 0.125,
+    "usage_estimated": True,
     "ttft_ms": 210.5,
     "latency_ms": 1500.25,
     "cache_hit": True,
@@ -69,6 +70,7 @@ def stored(details: dict[str, Any]) -> dict[str, Any]:
     """``details`` as the columns hold them in SQL: flags 0/1, the path JSON text."""
     row = dict(details)
     row["cache_hit"], row["coalesced"] = int(row["cache_hit"]), int(row["coalesced"])
+    row["usage_estimated"] = int(row["usage_estimated"])
     row["failover_path"] = json.dumps(row["failover_path"])
     return row
 

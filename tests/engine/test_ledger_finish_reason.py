@@ -57,7 +57,8 @@ def reasons_of(path: Path) -> list[tuple[str, str, str | None]]:
 
 
 def test_the_column_is_text_appended_by_version_5_and_read_beside_the_outcome():
-    assert COLUMN_NAMES[-1] == "finish_reason" and ledger_migrations.MIGRATIONS[4].__name__ == "_m005_finish_reason"
+    assert ledger_migrations.MIGRATIONS[4].__name__ == "_m005_finish_reason"
+    assert COLUMN_NAMES.index("finish_reason") == COLUMN_NAMES.index("cache_write_tokens_in") + 1  # appended
     assert "finish_reason" in FINISH_FIELDS and DTYPES["finish_reason"] == "string"
     names = list(DTYPES)
     assert names[names.index("status") :][:3] == ["status", "error_code", "finish_reason"]

@@ -175,7 +175,7 @@ class MemoryUsageLedger:
 def _apply_details(row: dict[str, Any], clean: Mapping[str, Any]) -> None:
     """``Ledger.finish``'s UPDATE: measures and the finish reason as given; who answered, flags and
     path only when given."""
-    for name in ("finish_reason", *TOKEN_COUNTS, "cost", "ttft_ms"):
+    for name in ("finish_reason", *TOKEN_COUNTS, "cost", "usage_estimated", "ttft_ms"):
         row[name] = clean[name]
     row["latency_ms"] = clean["latency_ms"]
     for name in ("deployment", "provider_type", "model", "cache_hit", "coalesced", "failover_path"):

@@ -173,6 +173,7 @@ _OUTCOME_COLUMNS = (
     "cache_write_tokens_in",
     "reasoning_tokens_out",
     "cost",
+    "usage_estimated",
     "ttft_ms",
     "latency_ms",
     "cache_hit",
@@ -182,11 +183,12 @@ _OUTCOME_COLUMNS = (
 
 
 _KIND = {column.name: column.sql for column in COLUMNS}
+_FLAGS = ("cache_hit", "coalesced", "usage_estimated")  # boolean columns here, INTEGER 0/1 in SQLite
 
 
 def _pg_type(name: str) -> str:
     """The PostgreSQL type of a ``requests`` column (``postgres_schema``)."""
-    if name in ("cache_hit", "coalesced"):
+    if name in _FLAGS:
         return "boolean"
     if name == "failover_path":
         return "jsonb"
@@ -216,7 +218,7 @@ _FINISH_HEAD = (
     "provider_type = COALESCE(v.provider_type, r.provider_type), "
     "model = COALESCE(v.model, r.model), tokens_in = v.tokens_in, tokens_out = v.tokens_out, "
     "cached_tokens_in = v.cached_tokens_in, cache_write_tokens_in = v.cache_write_tokens_in, "
-    "reasoning_tokens_out = v.reasoning_tokens_out, cost = v.cost, "
+    "reasoning_tokens_out = v.reasoning_tokens_out, cost = v.cost, usage_estimated = v.usage_estimated, "
     "ttft_ms = v.ttft_ms, latency_ms = COALESCE(v.latency_ms, (v.end_time - r.time) * 1000.0), "
     "cache_hit = COALESCE(v.cache_hit, r.cache_hit), coalesced = COALESCE(v.coalesced, r.coalesced), "
     "failover_path = COALESCE(v.failover_path, r.failover_path), recovered = false FROM (VALUES "
@@ -923,6 +925,7 @@ class PostgresUsageLedger:
             "cache_write_tokens_in": clean["cache_write_tokens_in"],
             "reasoning_tokens_out": clean["reasoning_tokens_out"],
             "cost": clean["cost"],
+            "usage_estimated": None if clean["usage_estimated"] is None else bool(clean["usage_estimated"]),
             "ttft_ms": clean["ttft_ms"],
             "latency_ms": clean["latency_ms"],
             "cache_hit": clean["cache_hit"],
@@ -1228,7 +1231,7 @@ def _json_list(path: Iterable[Any]) -> str:
 
 # Columns the writes gained after spools were first written: an entry an older gtl_nb spooled has
 # none of them (NULL: that writer did not know them), and it is still written, not lost.
-_LATER_COLUMNS = ("cache_write_tokens_in", "finish_reason")
+_LATER_COLUMNS = ("cache_write_tokens_in", "finish_reason", "usage_estimated")
 
 
 def _clean_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -1245,12 +1248,14 @@ def _record(values: Iterable[Any]) -> dict[str, Any]:
     record["failover_path"] = None if path is None else list(path)
     record["cache_hit"] = bool(record["cache_hit"])
     record["coalesced"] = bool(record["coalesced"])
+    if record["usage_estimated"] is not None:  # (NULL: a row still started, or written before version 6)
+        record["usage_estimated"] = bool(record["usage_estimated"])
     return record
 
 
 def _bindable(name: str, value: Any) -> Any:
     """A filter value as the column compares it (SQLite's affinity: a number matches text as its text)."""
-    if name in ("cache_hit", "coalesced"):
+    if name in _FLAGS:
         return bool(value)
     if isinstance(value, bool):
         value = int(value)

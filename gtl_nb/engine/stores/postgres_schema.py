@@ -26,7 +26,8 @@ appends; every reader names its columns). Its own columns:
 Ledger versions: 1 ``create_requests``, 2 ``create_leases``, 3 ``cache_writes`` (the SQLite ledger's
 version 4: ``cache_write_tokens_in``, NULL in older rows), 4 ``finish_reason`` (the SQLite ledger's
 version 5: ``finish_reason``, NULL in older rows), 5 ``tenant_time`` (the SQLite ledger's version 6: an
-index of a tenant's rows by time).
+index of a tenant's rows by time), 6 ``usage_estimated`` (the SQLite ledger's version 7:
+``usage_estimated``, a boolean, NULL in older rows).
 """
 
 from __future__ import annotations
@@ -151,12 +152,17 @@ _TENANT_TIME = Migration(
     "tenant_time", (f"CREATE INDEX requests_tenant_time ON {TABLE} (tenant, time) WHERE tenant IS NOT NULL",)
 )
 
+# The SQLite ledger's version 7: the token counts and cost are gtl_nb's estimate, not the provider's
+# report (a session that ended before its provider reported usage); NULL in older rows.
+_USAGE_ESTIMATED = Migration("usage_estimated", (f"ALTER TABLE {TABLE} ADD COLUMN usage_estimated BOOLEAN",))
+
 LEDGER_MIGRATIONS: tuple[Migration, ...] = (
     _CREATE_REQUESTS,
     _CREATE_LEASES,
     _CACHE_WRITES,
     _FINISH_REASON,
     _TENANT_TIME,
+    _USAGE_ESTIMATED,
 )
 
 AUDIT_MIGRATIONS: tuple[Migration, ...] = (

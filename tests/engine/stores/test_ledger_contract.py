@@ -82,6 +82,7 @@ def test_every_finish_field_round_trips(ledger: UsageLedger):
             cache_write_tokens_in=30,
             reasoning_tokens_out=7,
             cost=0.0125,
+            usage_estimated=True,
             ttft_ms=210.5,
             latency_ms=1500.25,
             cache_hit=True,
@@ -110,6 +111,7 @@ def test_every_finish_field_round_trips(ledger: UsageLedger):
         "cache_write_tokens_in": 30,
         "reasoning_tokens_out": 7,
         "cost": 0.0125,
+        "usage_estimated": True,
         "ttft_ms": 210.5,
         "latency_ms": 1500.25,
         "cache_hit": True,
@@ -153,6 +155,29 @@ def test_each_token_count_lands_in_its_own_column_whichever_way_the_row_is_writt
     assert str(frame["cache_write_tokens_in"].dtype) == "Int64"
     writes = frame["cache_write_tokens_in"]
     assert list(writes[:2]) == [103, 203] and writes.isna().tolist() == [False, False, True]
+
+
+def test_the_estimate_mark_lands_in_its_column_whichever_way_the_row_is_written(ledger: UsageLedger):
+    # with its start (one INSERT) and as an UPDATE of a started row; a row still started has no mark yet
+    async def scenario() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        first = await ledger.start(session_id="together", context=ADA, model="m", now=T0)
+        await ledger.finish(first, status="cancelled", error_code="CANCELLED", tokens_in=7, usage_estimated=True)
+        second = await ledger.start(session_id="apart", context=ADA, model="m", now=T0 + 2)
+        running = await ledger.rows(session_id="apart")
+        await ledger.finish(second, status="cancelled", error_code="CANCELLED", tokens_out=3, usage_estimated=True)
+        third = await ledger.start(session_id="reported", context=ADA, model="m", now=T0 + 4)
+        await ledger.rows()
+        await ledger.finish(third, status="ok", tokens_in=9, tokens_out=2)
+        return running, await ledger.rows()
+
+    running, rows = run(scenario())
+    assert [row["usage_estimated"] for row in running] == [None]
+    assert [(row["session_id"], row["usage_estimated"]) for row in rows] == [
+        ("together", True),
+        ("apart", True),
+        ("reported", False),
+    ]
+    assert frame_from_rows(rows)["usage_estimated"].tolist() == [True, True, False]
 
 
 def test_the_finish_reason_of_each_row_lands_in_its_column_whichever_way_it_is_written(ledger: UsageLedger):

@@ -93,7 +93,7 @@ def test_the_table_has_the_ledger_columns_and_replicas_migrate_once(postgres_url
             "WHERE table_name = 'requests' ORDER BY ordinal_position",
         )
         # the columns of the SQLite ledger's version 3, its own, then those added since (ADD COLUMN appends)
-        later = ["cache_write_tokens_in", "finish_reason"]
+        later = ["cache_write_tokens_in", "finish_reason", "usage_estimated"]
         assert list(COLUMN_NAMES[-len(later) :]) == later
         assert [name for name, _ in columns] == [*COLUMN_NAMES[: -len(later)], *OWN_COLUMNS, *later]
         types = dict(columns)
@@ -105,10 +105,11 @@ def test_the_table_has_the_ledger_columns_and_replicas_migrate_once(postgres_url
         )
         assert types["cache_write_tokens_in"] == types["cached_tokens_in"] == "bigint"
         assert types["finish_reason"] == types["error_code"] == "text"
+        assert types["usage_estimated"] == types["cache_hit"] == "boolean"
         assert query(postgres_url, "SELECT component, version FROM gtl_schema_version") == [
             ("ledger", len(LEDGER_MIGRATIONS))
         ]
-        assert len(LEDGER_MIGRATIONS) == 5
+        assert len(LEDGER_MIGRATIONS) == 6
         assert not ledgers[0].degraded and ledgers[0].degraded_reason is None
         assert ledgers[0].replica != ledgers[1].replica
     finally:
@@ -1075,12 +1076,57 @@ def test_a_database_of_ledger_version_4_gains_the_tenant_index_and_keeps_its_row
         "VALUES (%s, 'then', 'old', 'ada', 'ok', 'acme', 12, 'gone', 1) RETURNING id",
         T0,
     )
-    before = query(postgres_url, "SELECT * FROM requests")
+    old_columns = [
+        name
+        for (name,) in query(
+            postgres_url,
+            "SELECT column_name FROM information_schema.columns "
+            "WHERE table_name = 'requests' ORDER BY ordinal_position",
+        )
+    ]
+    before = query(postgres_url, f"SELECT {', '.join(map(quoted, old_columns))} FROM requests")
     ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
     try:
         assert run(ledger.totals(tenant="acme")).requests == 1
     finally:
         ledger.close()
-    assert query(postgres_url, "SELECT version FROM gtl_schema_version WHERE component = 'ledger'") == [(5,)]
+    assert query(postgres_url, "SELECT version FROM gtl_schema_version WHERE component = 'ledger'") == [
+        (len(LEDGER_MIGRATIONS),)
+    ]
     assert query(postgres_url, "SELECT indexname FROM pg_indexes WHERE indexname = 'requests_tenant_time'")
-    assert query(postgres_url, "SELECT * FROM requests") == before
+    # (later versions append columns)
+    assert query(postgres_url, f"SELECT {', '.join(map(quoted, old_columns))} FROM requests") == before
+
+
+def test_a_database_of_ledger_version_5_gains_the_estimate_mark_and_keeps_its_rows(postgres_url: str, spool: Path):
+    assert run(_migrated(postgres_url, LEDGER_MIGRATIONS[:5])) == (0, 5)  # as the release before left it
+    query(
+        postgres_url,
+        'INSERT INTO requests (time, time_utc, end_time, session_id, "user", status, error_code, replica, '
+        "replica_seq) VALUES (%s, 'then', %s, 'old', 'ada', 'cancelled', 'CANCELLED', 'gone', 1) RETURNING id",
+        T0,
+        T0 + 1,
+    )
+    ledger = PostgresUsageLedger(postgres_url, spool_path=spool)
+    try:
+        assert query(postgres_url, "SELECT version FROM gtl_schema_version WHERE component = 'ledger'") == [
+            (len(LEDGER_MIGRATIONS),)
+        ]
+
+        async def scenario() -> list[dict[str, Any]]:
+            cut = await ledger.start(session_id="cut", context=ADA, model="m", now=T0 + 5)
+            await ledger.finish(
+                cut, status="cancelled", error_code="CANCELLED", tokens_in=4, tokens_out=9, usage_estimated=True
+            )
+            answered = await ledger.start(session_id="answered", context=ADA, model="m", now=T0 + 7)
+            await ledger.finish(answered, status="ok", tokens_in=4, tokens_out=12, now=T0 + 8)
+            return await ledger.rows()
+
+        rows = run(scenario())
+    finally:
+        ledger.close()
+    assert [(row["session_id"], row["usage_estimated"]) for row in rows] == [
+        ("old", None),  # not recorded by the release that wrote it
+        ("cut", True),
+        ("answered", False),
+    ]
