@@ -254,7 +254,8 @@ class GatewayConnection:
         elif isinstance(event, Query):
             self._ask(event)
         elif isinstance(event, (Cancel, Error)):
-            # a client's cancel, or the connection ending a session itself (a bad frame, the end)
+            # a client's cancel, or the connection ending a session itself (a bad frame, the end: a client's
+            # own connection-level error arrives here as CANCELLED, whatever its code — GTLConnection)
             task = self._tasks.get(event.session_id)
             if task is not None:
                 if type(event) is Error and event.code != "CANCELLED":  # the client was told this error:

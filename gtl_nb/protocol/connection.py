@@ -62,9 +62,13 @@ server answers a ``completion_request`` reusing its id with a retryable ``INVALI
 request alone (not a bad frame): as a new session it would receive the old one's late events. The
 ``max_bad_frames``-th bad frame ends the connection with a connection-level error.
 
-**The end.** Whatever ends the connection, every session still live gets one ``error`` event (the
-peer's connection-level error; ``PROVIDER_UNAVAILABLE`` on a client and ``CANCELLED`` on a server
-at the peer's EOF; the local error given to ``close``), then ``ConnectionTerminated``; after that
+**The end.** Whatever ends the connection, every session still live gets one ``error`` event (on a
+client the server's connection-level error; ``PROVIDER_UNAVAILABLE`` on a client and ``CANCELLED`` on a
+server at the peer's EOF; the local error given to ``close``), then ``ConnectionTerminated``. On a
+server a client's connection-level ``error`` is the client going away whatever its code: its sessions
+end ``CANCELLED`` (the client cannot make them read as the gateway's or a provider's failure), and
+``ConnectionTerminated`` carries a ``CANCELLED`` error quoting the client's code and the start of its
+message, escaped (``client_gave_up``) — for a log line, never a row; after that
 ``next_event()`` returns ``CONNECTION_CLOSED``. ``send`` then returns nothing for messages that
 expect no answer (events, cancels), and raises for a ``completion_request``.
 """
@@ -90,6 +94,7 @@ from gtl_nb.protocol.connection_events import (
 )
 from gtl_nb.protocol.errors import (
     ERROR_CLASSES,
+    CancelledError,
     ConfigurationError,
     GTLError,
     ProtocolError,
@@ -382,11 +387,19 @@ class GTLConnection:
             else:
                 self._violation(item.error, item.session_id, kind=item.message_type, unreadable=True)
         elif isinstance(item, Error) and not item.session_id:
-            self._terminate(
-                error_from_event(item),
-                by_peer=True,
-                session_error=lambda sid: msgspec.structs.replace(item, session_id=sid),
-            )
+            if self.role == "server":  # the client going away, whatever it calls it
+                gave_up = client_gave_up(item)
+                self._terminate(
+                    gave_up,
+                    by_peer=True,
+                    session_error=lambda sid: Error(session_id=sid, code="CANCELLED", message=_CLIENT_ENDED),
+                )
+            else:
+                self._terminate(
+                    error_from_event(item),
+                    by_peer=True,
+                    session_error=lambda sid: msgspec.structs.replace(item, session_id=sid),
+                )
         elif self.state is ConnectionState.HANDSHAKE:
             self._handshake(item)  # type: ignore[arg-type]
         elif self.role == "server":
@@ -593,6 +606,28 @@ def _still_ending(sid: str) -> Error:
     it: the request alone is refused (retryable, not a bad frame — the client did see that end)."""
     message = f"session {sid!r} is still ending on the server; send the request again, or under a new id"
     return Error(session_id=sid, code="INVALID_REQUEST", message=message, retryable=True)
+
+
+_CLIENT_ENDED = "the client ended the connection"
+_QUOTED = 200  # characters of a client's own words a server's log line quotes at most
+
+
+def client_gave_up(error: Error) -> CancelledError:
+    """What a server makes of a client's connection-level ``error``: the client went away (``CANCELLED``),
+    its code and the start of its message quoted, escaped, cut — words a log line may show, never the
+    cause of the sessions' end."""
+    code = _escaped(str(error.code)[:_QUOTED])
+    words = str(error.message)
+    said = _escaped(words[:_QUOTED]) + ("…" if len(words) > _QUOTED else "")
+    return CancelledError(f"{_CLIENT_ENDED} with an error frame (its code {code}: {said})")
+
+
+def _escaped(text: str) -> str:
+    """``text`` with every character a terminal or log reader would act on or not show (a newline, ESC,
+    a bidi override) as its Python escape, so a peer's words cannot forge a log line."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def _connection_error(code: str, message: str) -> Error:

@@ -395,6 +395,27 @@ def test_a_slow_reader_holds_its_own_session_only(served, certs, quic_config):
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("code", ["INTERNAL", "RATE_LIMIT", "PROVIDER_UNAVAILABLE"])
+def test_a_clients_error_frame_on_the_control_stream_cancels_its_sessions(served, certs, quic_config, code):
+    # the client going away, whatever code it writes: its running session's row says cancelled, never
+    # that the gateway or its provider failed
+    ledger = quic_config.parent / "ledger.sqlite"
+    sid = f"gave-up-{code}"
+
+    async def main() -> None:
+        async with raw_peer(served.url, certs) as (peer, _quic):
+            session = open_raw(peer, frame(request("paced:echo", "a session the client gives up on, " * 8, sid)))
+            await session.wait_until(lambda: any(isinstance(each, Token) for each in session.frames()))
+            words = "client-chosen words\n\x1b[31mforged"
+            peer.write(0, frame(Error(session_id="", code=code, message=words)))  # the control stream
+            await asyncio.wait_for(session.ended.wait(), 20)
+
+    asyncio.run(main())
+    assert [(row["status"], row["error_code"]) for row in rows_when(ledger, session_id=sid)] == [
+        ("cancelled", "CANCELLED")
+    ]
+
+
 def test_bad_streams_get_an_error_on_their_own_stream_and_the_third_closes_the_connection(served, certs):
     async def main() -> None:
         async with raw_peer(served.url, certs) as (peer, _quic):

@@ -530,6 +530,24 @@ def test_close_tells_the_peer_and_ends_local_sessions():
     assert client_events[0] == Error(session_id="s1", code="INVALID_REQUEST", message="going away")
 
 
+@pytest.mark.parametrize("code", ["INTERNAL", "RATE_LIMIT", "AUTH_FAILED", "PROVIDER_UNAVAILABLE", "CANCELLED"])
+def test_a_clients_connection_level_error_is_the_client_going_away_whatever_its_code(code: str):
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.pump()
+    words = "client-chosen\n\x1b[31mforged \u202e" + "y" * 500
+    pair.inject_to_server(encode(Error(session_id="", code=code, message=words)) + b"\n")  # type: ignore[arg-type]
+    _, server_events = pair.pump()
+    ended, end = server_events[-2:]
+    # the session ends as a cancel: the client cannot make it read as the gateway's or a provider's failure
+    assert ended == Error(session_id="s1", code="CANCELLED", message="the client ended the connection")
+    assert end.by_peer and end.error.code == "CANCELLED"
+    # its words, for a log line: quoted, cut, every control character escaped
+    said = str(end.error)
+    assert code in said and "client-chosen\\n\\x1b[31mforged \\u202e" in said and said.endswith("…)")
+    assert said.isprintable() and "y" * 500 not in said  # cut: a client's words do not fill a log
+
+
 def test_after_the_end_only_connection_closed_and_late_bytes_are_ignored():
     server = GTLConnection("server")
     server.receive_data(b"")
