@@ -37,10 +37,13 @@ from gtl_nb.transports.framed import FramedConnection
 from gtl_nb.transports.link import OPEN_TIMEOUT, ClientLink, Deliver
 from gtl_nb.transports.unreached import unreached_reason
 
-__all__ = ["Dialer", "Link", "LinkOpener", "RemoteBackend"]
+__all__ = ["Dialer", "HelloDialer", "Link", "LinkOpener", "RemoteBackend"]
 
 Dialer = Callable[[], Awaitable[Channel]]
 """Opens a new byte stream to the gateway; raises ``GTLError`` or ``OSError`` when it cannot."""
+HelloDialer = Callable[[bytes], Awaitable[Channel]]
+"""A ``Dialer`` handed the connection's first bytes (its ``hello``), which it writes before it waits for the
+gateway's answer (``RemoteBackend``'s ``dial_with_hello``)."""
 
 
 class Link(Protocol):
@@ -81,13 +84,16 @@ class RemoteBackend:
     Give ``dial`` or ``open_link``. ``label`` names the gateway in messages and ``repr(client)``;
     ``token`` travels in ``hello`` (of the dialled connections; a link opener sends its own);
     ``defaults`` are the request defaults the client applies (the protocol does not carry the
-    gateway's yet).
+    gateway's yet). ``dial_with_hello`` (instead of ``dial``) is a ``HelloDialer``: given the hello, for a
+    transport whose gateway may answer only once the client sent something (gRPC through nginx over TLS
+    holds the call's first headers until then, so a dialer that waits for them first would wait for ever).
     """
 
     def __init__(
         self,
         dial: Dialer | None = None,
         *,
+        dial_with_hello: HelloDialer | None = None,
         open_link: LinkOpener | None = None,
         label: str,
         token: str | None = None,
@@ -100,9 +106,10 @@ class RemoteBackend:
         self.defaults = defaults or RequestDefaults()
         self.label = label
         self.open_timeout = open_timeout
-        if (dial is None) == (open_link is None):
-            raise ConfigurationError("RemoteBackend needs either dial or open_link")
+        if [dial, dial_with_hello, open_link].count(None) != 2:
+            raise ConfigurationError("RemoteBackend needs one of dial, dial_with_hello and open_link")
         self._dial = dial
+        self._dial_with_hello = dial_with_hello
         self._open_link = open_link
         self._token = token
         self._max_frame_bytes = max_frame_bytes
@@ -181,9 +188,12 @@ class RemoteBackend:
         return link
 
     async def _dial_link(self) -> ClientLink:
-        assert self._dial is not None
-        channel = await self._dial()
         connection = GTLConnection("client", token=self._token, max_frame_bytes=self._max_frame_bytes)
+        if self._dial_with_hello is not None:
+            channel = await self._dial_with_hello(connection.data_to_send())  # the hello, written at once
+        else:
+            assert self._dial is not None
+            channel = await self._dial()
         return ClientLink(FramedConnection(connection, channel, reader_waits=False), label=self.label)
 
     # -- questions about providers (answered from the gateway's provider list) ----------------------------

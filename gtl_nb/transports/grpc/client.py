@@ -98,7 +98,7 @@ def grpc_endpoint(
 
     reached = False  # a call has started once: a later failure is no TLS mix-up
 
-    async def dial() -> Channel:
+    async def dial(hello: bytes) -> Channel:
         nonlocal reached
         channel = await open_session(
             address,
@@ -107,11 +107,12 @@ def grpc_endpoint(
             compression=compression,
             where=where,
             first_contact=not reached,
+            hello=hello,
         )
         reached = True
         return channel
 
-    return RemoteBackend(dial, label=where, loop=loop)
+    return RemoteBackend(dial_with_hello=dial, label=where, loop=loop)
 
 
 async def open_session(
@@ -122,16 +123,33 @@ async def open_session(
     compression: grpc.Compression | None = None,
     where: str = "grpc gateway",
     first_contact: bool = False,
+    hello: bytes = b"",
 ) -> GrpcStreamChannel:
     """Open a ``Session`` call to ``address`` and wrap it; ``OSError`` when the gateway cannot be reached
-    (on ``first_contact``, a plaintext dial the server closed unanswered says to try ``grpcs://``)."""
+    (on ``first_contact``, a plaintext dial the server closed unanswered says to try ``grpcs://``).
+
+    ``hello`` (the connection's first frame) is written before the wait for the gateway's initial metadata:
+    nginx in front of the gateway over TLS passes those headers on only once the client sent a message."""
     options = channel_options()
     if credentials is None:
         channel = grpc.aio.insecure_channel(address, options=options, compression=compression)
     else:
         channel = grpc.aio.secure_channel(address, credentials, options=options, compression=compression)
+    stream: GrpcStreamChannel | None = None
     try:
         call = channel.stream_stream(SESSION_METHOD)(metadata=tuple(metadata or ()))
+
+        async def close() -> None:
+            try:
+                await call.done_writing()
+                await asyncio.wait_for(call.code(), CLOSE_WAIT)  # the gateway ends its sessions and rows first
+            except Exception:
+                pass
+            finally:
+                await channel.close()
+
+        stream = GrpcStreamChannel(call.read, call.write, role="client", peer=address, where=where, close=close)
+        stream.write(hello)  # the sender writes it as soon as the call starts
         try:
             initial = await asyncio.wait_for(call.initial_metadata(), DIAL_TIMEOUT)
         except asyncio.TimeoutError:
@@ -158,28 +176,15 @@ async def open_session(
                 raise ConnectionError(f"{address}: {text}{hint}")
             raise status_error(code, details, where=where)
     except BaseException:
+        if stream is not None:
+            stream.abandon()
         await channel.close()
         raise
+    assert stream is not None
     announced = dict(initial or ()).get(MAX_FRAME_KEY)
-
-    async def close() -> None:
-        try:
-            await call.done_writing()
-            await asyncio.wait_for(call.code(), CLOSE_WAIT)  # the gateway ends its sessions and rows first
-        except Exception:
-            pass
-        finally:
-            await channel.close()
-
-    return GrpcStreamChannel(
-        call.read,
-        call.write,
-        role="client",
-        peer=address,
-        where=where,
-        peer_max_frame_bytes=int(announced) if isinstance(announced, str) and announced.isdigit() else None,
-        close=close,
-    )
+    if isinstance(announced, str) and announced.isdigit():
+        stream.peer_max_frame_bytes = int(announced)
+    return stream
 
 
 def _compression(endpoint: str) -> grpc.Compression | None:

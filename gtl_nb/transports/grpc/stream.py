@@ -514,6 +514,15 @@ class GrpcStreamChannel:
             self._room.clear()
             await self._room.wait()
 
+    def abandon(self) -> None:
+        """Drop what is queued and stop the sender: the call is given up before it started (a failed dial)."""
+        self._closed = True
+        self._break()
+        sender = self._sender
+        if sender is not None and not sender.done():
+            self._stopping_sender = True
+            sender.cancel()
+
     async def aclose(self) -> None:
         """Send what is queued (within ``CLOSE_WAIT`` seconds), then close this side (idempotent)."""
         if self._closed:
