@@ -5,7 +5,8 @@
 * ``Session`` (bidirectional) — one GTL connection per call: ``GatewayConnection`` over a
   ``GrpcStreamChannel`` (``transports/grpc/stream.py``), so hello, many sessions, cancels, bad frames
   and back-pressure work as on every other transport. The call's initial metadata announces the frame
-  limit (``gtl-max-frame-bytes``).
+  limit (``gtl-max-frame-bytes``). The client's half-close (the end of its requests) lets the sessions
+  and queries under way finish, then the call ends ``OK`` (``GatewayConnection.client_done_sending``).
 * ``Complete`` (unary) — one session through ``engine.core.run_session``; the ``CompletionResult``
   holds every event, the last one its ``done`` or ``error``. One beyond the principal's
   ``max_sessions_per_principal`` is ``RESOURCE_EXHAUSTED`` / ``OVERLOADED``, once its ledger row and
@@ -263,6 +264,7 @@ class GTLServicer(pb_grpc.GTLServicer):
             shutdown=shutdown,
             transport="grpc",
         )
+        channel.on_half_close = gateway.client_done_sending  # its sessions run to their end, then it closes
         try:
             await self._work_on(gateway.run(), connection=True)
         finally:

@@ -31,6 +31,10 @@ whatever the transport under ``framed``:
   finish for ``shutdown.grace`` seconds, after which they are cancelled (``CANCELLED``, "cancelled by
   the gateway shutting down"); the connection closes as soon as it runs no session and records no
   refusal (whose error goes out first), so ``run`` returns.
+* **The client's half-close** (``client_done_sending``: gRPC's end of the request stream, while the call
+  still carries answers): sessions and queries running go on to their end — each its ``done`` or
+  ``error`` — and then the connection closes, as in a stop. A client that reads nothing meanwhile is
+  still let go by the transport's write timeout.
 * **The end.** When the connection ends — the client closed it, broke the protocol too often, or
   ``run`` was cancelled — every session's task is cancelled and awaited, so each ledger row is
   complete before ``run`` returns. A session the connection itself ended (a bad frame) is cancelled
@@ -202,6 +206,7 @@ class GatewayConnection:
         )
         self._closed_here = False
         self._refusing = False  # the reader awaits a refusal's row: the stop closes the connection after it
+        self._client_done = False  # the client sends no more (client_done_sending): close once nothing runs
         self._principals = sessions_of(engine)
 
     @property
@@ -242,6 +247,13 @@ class GatewayConnection:
                 if self._stopped_and_idle():  # its error went out: the connection's last word in a stop
                     self._close(None)
                     return
+
+    def client_done_sending(self) -> None:
+        """The client ended its messages but still reads (gRPC's half-close): what runs goes on to its end,
+        then the connection closes (at once when nothing runs)."""
+        self._client_done = True
+        if self._watching and self._stopped_and_idle():
+            self._close(None)
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -381,8 +393,12 @@ class GatewayConnection:
             self._timer = asyncio.get_running_loop().call_later(max(0.01, delay), self._check_idle)
 
     def _quiet(self) -> None:
-        """The last session or query has ended: the idle count starts now, if nothing else runs."""
+        """The last session or query has ended: the idle count starts now, if nothing else runs (or the
+        connection closes, when the client sends no more)."""
         if self._tasks or self._desk.busy:
+            return
+        if self._client_done and self._watching and self._stopped_and_idle():
+            self._close(None)
             return
         self._last_activity = self._clock()
         if self._said_hello:
@@ -414,9 +430,13 @@ class GatewayConnection:
         self._unwatch_grace = self.shutdown.after_grace(self._grace_over)
 
     def _stopped_and_idle(self) -> bool:
-        """Shutdown began and the connection has nothing left to end: no session, no refusal being recorded."""
-        stopping = self.shutdown is not None and self.shutdown.is_stopping
-        return stopping and not self._tasks and not self._refusing
+        """Shutdown began (or the client sends no more) and the connection has nothing left to end: no
+        session, no refusal being recorded (and, for a client done sending, no query being answered)."""
+        if self._tasks or self._refusing:
+            return False
+        if self.shutdown is not None and self.shutdown.is_stopping:
+            return True
+        return self._client_done and not self._desk.busy
 
     def _grace_over(self) -> None:
         self._unwatch_grace = None

@@ -185,8 +185,14 @@ class ClientLink:
         await self._wait_reader()
 
     async def aclose(self) -> None:
-        """Close politely: live sessions end ``CANCELLED``, the gateway reads the end of its input."""
+        """Close politely: live sessions end ``CANCELLED`` — each cancelled on the gateway first, since the end
+        of its input may mean only that no more requests come (gRPC's half-close) — and the gateway reads
+        the end of its input."""
         if not self.framed.closed:
+            for sid, slot in list(self._slots.items()):
+                if not slot.finished:
+                    with contextlib.suppress(GTLError):
+                        self.framed.send_nowait(Cancel(session_id=sid))
             self.framed.close_nowait()
             self._dispatch_local()
         await self.framed.channel.aclose()

@@ -356,6 +356,68 @@ def test_a_query_travels_over_the_session_stream(stub):
     assert isinstance(answer, m.Answer) and answer.query_id == "q1" and "echo" in answer.result["breakers"]
 
 
+# -- the client's half-close: no more requests, answers still read ---------------------------------------------
+
+
+def test_a_half_closed_session_call_runs_its_sessions_to_their_end(write_config, tmp_path):
+    """The generated stub called the ordinary way — a request iterator whose end is gRPC's half-close, right
+    after the requests — gets each session's whole answer and its ``done``, then the call ends ``OK``; the
+    ledger rows say ``ok``."""
+    ledger = tmp_path / "rows.sqlite"
+    hello = to_frame(m.Hello(versions=["1.0"]), pb.ClientFrame)
+    fast = to_frame(request("Say something", session_id="fast", model=f"openai:{MODEL}"), pb.ClientFrame)
+    slow = to_frame(request("Say something", session_id="slow", model=f"slow:{MODEL}"), pb.ClientFrame)
+    with grpc_gateway(write_config(ledger=ledger)) as running, grpc.insecure_channel(running.address) as channel:
+        call = pb_grpc.GTLStub(channel).Session(iter([hello, fast, slow]), timeout=60)
+        messages = [from_proto(reply) for reply in call]
+        assert call.code() is grpc.StatusCode.OK
+    ends = {message.session_id: message for message in messages if isinstance(message, (m.Done, m.Error))}
+    assert sorted(ends) == ["fast", "slow"]
+    assert all(isinstance(end, m.Done) for end in ends.values()), ends
+    for sid in ("fast", "slow"):
+        assert any(isinstance(message, Token) and message.session_id == sid for message in messages)
+        assert [row["status"] for row in rows_when(ledger, session_id=sid)] == ["ok"]
+
+
+def test_done_writing_on_a_grpc_aio_call_lets_sessions_and_queries_finish(gateway):
+    """grpc.aio's ``done_writing()`` with a streaming session and a query under way: both are answered, and the
+    call ends ``OK`` once nothing runs."""
+
+    async def main() -> tuple[list[Any], grpc.StatusCode]:
+        async with grpc.aio.insecure_channel(gateway.address) as channel:
+            call = pb_grpc.GTLStub(channel).Session()
+            await call.write(to_frame(m.Hello(versions=["1.0"], features=list(FEATURES)), pb.ClientFrame))
+            streaming = request("Say something", session_id="aio", model=f"slow:{MODEL}")
+            await call.write(to_frame(streaming, pb.ClientFrame))
+            await call.write(to_frame(m.Query(query_id="q1", name="breakers"), pb.ClientFrame))
+            await call.done_writing()
+            received = []
+            while (reply := await call.read()) is not grpc.aio.EOF:
+                received.append(from_proto(reply))
+            return received, await call.code()
+
+    received, code = asyncio.run(main())
+    assert code is grpc.StatusCode.OK
+    ends = [message for message in received if isinstance(message, (m.Done, m.Error)) and message.session_id]
+    assert [(type(end).__name__, end.session_id) for end in ends] == [("Done", "aio")]
+    assert [message.query_id for message in received if isinstance(message, m.Answer)] == ["q1"]
+
+
+def test_closing_a_client_with_a_running_stream_cancels_it_on_the_gateway(write_config, tmp_path):
+    """``client.close()`` while a session streams: the session is cancelled on the gateway (its row says so) —
+    the client cancels it before the end of its requests, which no longer cancels anything by itself."""
+    ledger = tmp_path / "rows.sqlite"
+    with grpc_gateway(write_config(ledger=ledger)) as running:
+        client = gtl_nb.connect(running.url)
+        stream = client.stream(f"slow:{MODEL}", LONG_PROMPT)
+        for event in stream:
+            if isinstance(event, Token):
+                break
+        client.close()
+        rows = rows_when(ledger, session_id=stream.session_id)
+    assert [row["status"] for row in rows] == ["cancelled"]
+
+
 class CountingRelay:
     """A loopback TCP relay that counts the bytes going each way."""
 

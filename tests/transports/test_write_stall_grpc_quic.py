@@ -96,6 +96,42 @@ def test_a_grpc_call_with_nothing_to_write_is_not_cut():
     assert asyncio.run(main()) == (False, False)
 
 
+async def end_of_requests() -> Any:
+    """A receive that finds the client's half-close: it sends no more (it may still read)."""
+    import grpc
+
+    return grpc.aio.EOF
+
+
+def test_a_half_closed_grpc_call_waits_for_its_sessions_and_is_still_let_go_at_the_write_timeout():
+    """The gateway's channel after the client's half-close: ``on_half_close`` is told once and the read waits
+    (the sessions go on), until a write stalls past the bound — then the read ends, as for a client that left."""
+
+    async def main() -> tuple[list[str], bool, bytes, bool]:
+        told: list[str] = []
+        stalled = asyncio.Event()
+
+        async def send(data: bytes) -> None:
+            await stalled.wait()  # the first write completes only when the test says so: never
+            await never()
+
+        channel = GrpcStreamChannel(
+            end_of_requests, send, role="server", write_timeout=TIMEOUT, on_half_close=lambda: told.append("done")
+        )
+        reading = asyncio.ensure_future(channel.read())
+        while not told:
+            await asyncio.sleep(0)
+        waiting = not reading.done()  # told, and still reading: nothing ended the call
+        channel.write(token_frame())  # a session's event the client never takes
+        read = await asyncio.wait_for(reading, 5)
+        await asyncio.wait_for(channel.aclose(), 1)
+        return told, waiting, read, channel.half_closed
+
+    told, waiting, read, half_closed = asyncio.run(main())
+    assert told == ["done"] and waiting and half_closed
+    assert read == b""
+
+
 # -- QUIC ------------------------------------------------------------------------------------------------------
 
 

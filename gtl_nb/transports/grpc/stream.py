@@ -26,7 +26,11 @@ sessions, cancels, bad frames, one terminal event per session — exactly as on 
   connection's frame reader looks for them (``protocol/frames.py``), so the connection ends that
   session and counts the frame toward ``max_bad_frames``, as for a bad JSON frame. Its error message
   quotes the mapping's reason, which names the field, never the value. The end of the stream, a
-  cancelled call and a broken one read as ``b""``. With ``convert`` (the gateway) each message is
+  cancelled call and a broken one read as ``b""`` — except, with ``on_half_close`` (the gateway), the end of
+  the client's requests (gRPC's half-close: it sends no more, it still reads): ``read()`` then calls
+  ``on_half_close`` once and waits, so the connection's sessions run to their end; it returns ``b""``
+  when the call ends under it (a write stalled past ``write_timeout``) — the gateway closes the
+  connection itself once nothing runs. With ``convert`` (the gateway) each message is
   read by ``read()`` itself, through ``convert`` — which reads a large one in a worker thread — one
   message at a time, in the order they came.
 * **A frame this end cannot send** (a value the proto cannot carry, ``mapping``): the gateway sends
@@ -200,8 +204,14 @@ class GrpcStreamChannel:
         batches: bool = False,
         convert: Convert | None = None,
         write_timeout: float = math.inf,
+        on_half_close: Callable[[], object] | None = None,
     ) -> None:
         self.peer = peer
+        self.on_half_close = on_half_close
+        """Called once when the peer ended its messages (see the module docstring); ``None``: that end reads
+        as ``b""``, the peer gone."""
+        self.half_closed = False
+        """Whether the peer ended its messages while the call goes on (with ``on_half_close`` only)."""
         self.batches = batches and role == "server"
         """Whether the frames waiting for the sender go out together (``ServerFrame.more``)."""
         self.role = role
@@ -239,7 +249,11 @@ class GrpcStreamChannel:
         while not self._inbox:
             if self._finished:
                 return b""
-            if self._receiving is None:
+            if self.half_closed:  # nothing more comes: wait for the call's end (_end_reads)
+                hook, self.on_half_close = self.on_half_close, None
+                if hook is not None:
+                    asyncio.get_running_loop().call_soon(hook)
+            elif self._receiving is None:
                 # the receive runs as a task of its own: gRPC raises CancelledError for a call
                 # cancelled under us, which must not be taken for this reader being cancelled,
                 # and a refusal made by write() must be able to wake the reader meanwhile
@@ -280,7 +294,10 @@ class GrpcStreamChannel:
             return
         data = received.result()
         if data is None or data is grpc.aio.EOF:
-            self._finished = True
+            if self.on_half_close is not None and not self.broken and not self._closed:
+                self.half_closed = True  # the peer sends no more but still reads
+            else:
+                self._finished = True
             return
         self._inbox.append(self._frame_of(data) if self._convert is None else _Unread(data))
 
