@@ -47,7 +47,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.engine.core import Engine, SessionEnd, run_session
 from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown
 from gtl_nb.gateway.offload import InTurn
 from gtl_nb.gateway.permissions import completion_context, visible_providers
@@ -436,9 +436,12 @@ class _Connection:
     def violation(self, session: _Session, violation: StreamViolation) -> None:
         log.warning("client %s sent a bad stream: %s", self.where, violation.error.message)
         if session.task is not None:
-            # its session runs: it is cancelled, and ends as its row does (an answer already whole is
-            # delivered). Refused with an error of its own, the client was told INVALID_REQUEST while the
-            # row said ok — the answer finished in the same turn — or cancelled
+            # its session runs: it is cancelled with INVALID_REQUEST, its row completed with that error too
+            # (SessionEnd.end_with) — unless the engine had decided its end already (an answer already whole
+            # is delivered, as its row says), so the client and the row never tell two ends
+            assert session.machine is not None
+            sid, reason = session.machine.session_id, violation.error.message
+            session.ending.end_with(Error(session_id=sid, code="INVALID_REQUEST", message=reason))
             session.cancel_reason = f"the client, which sent a bad frame on its stream ({violation.error.message})"
             session.cancel()
         elif session.machine is None:  # (else its request is being refused with its row: that error ends it)
@@ -535,6 +538,7 @@ class _Session:
         connection.readers.add(self.reads)
         self.machine: SessionStateMachine | None = None
         self.task: asyncio.Task[None] | None = None
+        self.ending = SessionEnd()  # how its session ended, or the error the gateway ends it with (a bad stream)
         self.done = False  # the terminal event went out (or the stream was refused)
         self.client_done = False  # the client ended or reset its side
         self.cancel_reason: str | None = None  # who cancelled it, when not the connection's own reason
@@ -681,6 +685,7 @@ class _Session:
                 drain=self.drain,
                 finish=self.finish,
                 cancelled_by=lambda: self.cancel_reason or self.connection.cancel_reason,
+                ending=self.ending,
             )
         except Exception:  # a bug, or an event this stream cannot carry: already ended with INTERNAL
             log.exception("session %r failed in the gateway", request.session_id)

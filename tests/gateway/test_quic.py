@@ -435,6 +435,38 @@ def test_bad_streams_get_an_error_on_their_own_stream_and_the_third_closes_the_c
     asyncio.run(main())
 
 
+@pytest.mark.parametrize("mistake", ["a second request", "a cancel for another session", "garbage after the request"])
+def test_a_bad_stream_ends_its_running_session_invalid_request_on_the_wire_and_in_its_row(
+    write_config, certs, tmp_path, mistake
+):
+    """A stream whose session runs and that then carries something else than one request (then one cancel):
+    its session ends ``INVALID_REQUEST`` — on the wire and in its ledger row, as on WebSocket and gRPC."""
+    ledger = tmp_path / "rows.sqlite"
+    sid = "bad-" + mistake.replace(" ", "-")
+    first = frame(request(f"slow:{MODEL}", LONG_PROMPT, sid))
+    after = {
+        "a second request": frame(request("echo", "again", sid + "-2")),
+        "a cancel for another session": frame(Cancel(session_id="another")),
+        "garbage after the request": b"garbage, not a frame\n",
+    }[mistake]
+
+    async def main(url: str) -> list[Any]:
+        async with raw_peer(url, certs) as (peer, _quic):
+            collector = Collector()
+            stream_id = peer.open_stream(collector)
+            peer.write(stream_id, first)
+            await collector.wait_until(lambda: b'"type":"status"' in collector.data)  # it runs
+            peer.write(stream_id, after, end=True)
+            await asyncio.wait_for(collector.ended.wait(), 10)
+            return collector.frames()
+
+    with quic_gateway(write_config(ledger=ledger), certs) as running:
+        frames = asyncio.run(main(running.url))
+    ends = [event for event in frames if isinstance(event, (Done, Error))]
+    assert [(type(end), end.code) for end in ends] == [(Error, "INVALID_REQUEST")], frames  # type: ignore[union-attr]
+    assert [(row["status"], row["error_code"]) for row in rows(ledger, sid)] == [("error", "INVALID_REQUEST")]
+
+
 def test_a_session_before_hello_is_refused_and_a_silent_client_is_closed(quic_config, certs):
     with quic_gateway(quic_config, certs, header_timeout=0.5) as gateway:
 
