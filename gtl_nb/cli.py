@@ -3,7 +3,8 @@
     gtl complete "prompt" [--model echo] [--system S] [--temperature T] [--max-tokens N] [--json]
     gtl models
     gtl --gateway URL complete|models ...   the same on a running gateway ($GTL_NB_GATEWAY; its token
-                                            in $GTL_TOKEN, else $GTL_NB_TOKEN, never on the command line)
+                                            in $GTL_TOKEN, else $GTL_NB_TOKEN, never on the command line;
+                                            --verify FILE or $GTL_NB_CA_FILE: the CA of its certificate)
     gtl usage [--by model|provider|day|hour|user|status|...] [--days N] [--json]   the ledger's sums
                                             (this machine's file; a gateway's with gtl --gateway URL usage)
     gtl sim PROVIDER [--port P] [--seed S] [--pace SECONDS]
@@ -33,7 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from gtl_nb.client import CONNECT_READS, TOKEN_VARIABLES
+from gtl_nb.client import CA_FILE_ENV, CONNECT_READS, TOKEN_VARIABLES
 from gtl_nb.notebook.args import effort_choice, finite_float, non_negative_int
 from gtl_nb.protocol.errors import ConfigurationError, GTLError, PermissionDeniedError, RequestError
 from gtl_nb.words import shown_in_terminal
@@ -68,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"run complete, models and usage on this gateway (ws://HOST:PORT, http://…, HOST:PORT) instead of "
         f"in this process (complete and models: default ${GATEWAY_ENV}; usage only as typed); its token is read "
         f"from ${TOKEN_ENV} (else ${FALLBACK_TOKEN_ENV})",
+    )
+    parser.add_argument(
+        "--verify",
+        metavar="FILE",
+        default=None,
+        help=f"with --gateway https://… (wss://, grpcs://, quic://): the CA file that signed the gateway's "
+        f"certificate (`gtl certs` writes ca.pem; default ${CA_FILE_ENV}, else the system's trust store)",
     )
     parser.add_argument("--log", metavar="LEVEL", help="log verbosity: DEBUG, INFO, WARNING, ERROR")
     parser.add_argument("--version", action="version", version=f"gtl_nb {_version()}")
@@ -110,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
             metavar="URL",
             default=argparse.SUPPRESS,  # not typed here: the one before the command (or none) stands
             help=f"run on this gateway instead of in this process (as gtl --gateway; token from ${TOKEN_ENV})",
+        )
+        sub.choices[name].add_argument(
+            "--verify",
+            metavar="FILE",
+            default=argparse.SUPPRESS,  # not typed here: the one before the command (or none) stands
+            help=f"the CA file of the gateway's certificate (as gtl --verify; default ${CA_FILE_ENV})",
         )
     for name in CONFIG_COMMANDS:  # `gtl complete --config FILE ...` reads as well as `gtl --config FILE complete ...`
         sub.choices[name].add_argument(
@@ -168,8 +182,24 @@ def _client(args: argparse.Namespace) -> Any:
             )
         # $GTL_NB_GATEWAY=embedded://: the engine here, which takes no token; a gateway's is read from the
         # same variables, in the same order, as gtl_nb.connect's
-        token = None if is_embedded(args.gateway) else sendable_environment_token()
-        return connect(args.gateway, token=token)
+        if is_embedded(args.gateway):
+            if args.verify is not None:
+                raise ConfigurationError(
+                    f"--verify {args.verify}: the engine of this process ({GATEWAY_ENV}={args.gateway}) has no "
+                    "certificate to check; --verify is for a gateway's (--gateway https://…)"
+                )
+            return connect(args.gateway)
+        if args.verify is not None and not Path(args.verify).expanduser().is_file():
+            raise ConfigurationError(f"--verify {args.verify}: no such file (the CA file; gtl certs writes ca.pem)")
+        token = sendable_environment_token()
+        if args.verify is None:  # $GTL_NB_CA_FILE, else the system's store (connect reads it)
+            return connect(args.gateway, token=token)
+        return connect(args.gateway, token=token, verify=str(Path(args.verify).expanduser()))
+    if args.verify is not None:
+        raise ConfigurationError(
+            f"--verify {args.verify} is the CA file of a gateway's certificate: give the gateway too "
+            f"(--gateway https://HOST:PORT, or ${GATEWAY_ENV})"
+        )
     if args.config is not None and not Path(args.config).expanduser().is_file():
         raise ConfigurationError(f"--config {args.config}: no such file")
     return connect(config=args.config)
@@ -218,9 +248,17 @@ def _for_the_shell(message: str) -> str:
     for python_words in (f"give it to gtl_nb.connect as its token argument {CONNECT_READS}", _OLDER_ADVICE):
         message = message.replace(python_words, f"put it in ${TOKEN_ENV} for gtl --gateway")
     message = message.replace("the models query (gtl_nb's client.models())", "gtl --gateway URL models")
+    for python_words in _VERIFY_ADVICE:  # a refused certificate: the CA file goes in --verify
+        message = message.replace(python_words, _SHELL_VERIFY)
     for python_words, shell_words in _SCOPE_ADVICE:
         message = message.replace(python_words, shell_words)
     return shown_in_terminal(message.replace("(named by config=)", "(named by --config)"))
+
+
+_VERIFY_ADVICE = ("pass verify= the CA file that signed it", "pass the gateway's CA file (verify=...)")
+"""How the transports tell a Python caller to trust a private CA (``transports.endpoints``, ``quic.wire``,
+``grpc.client``)."""
+_SHELL_VERIFY = f"give the CA file that signed it with gtl --verify FILE (or in ${CA_FILE_ENV})"
 
 
 _NEEDS_A_PROMPT = 'gtl complete needs a prompt: gtl complete "..." (or one piped in: echo ... | gtl complete)'

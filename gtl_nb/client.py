@@ -95,6 +95,9 @@ def new_session_id() -> str:
     return "sess_" + time_ordered_hex()
 
 
+CA_FILE_ENV = "GTL_NB_CA_FILE"
+"""The CA file ``connect`` to a gateway trusts when given no ``verify=`` (a private CA's, ``gtl certs``'s
+``ca.pem``); ``gtl --gateway`` reads it too when given no ``--verify``. Unset or empty: the system's trust store."""
 TOKEN_VARIABLES = ("GTL_TOKEN", "GTL_NB_TOKEN")
 """Where ``connect`` to a gateway finds its token when given none, in order: ``$GTL_TOKEN``, then the
 older ``$GTL_NB_TOKEN``. The ``gtl`` command and the notebook read them alike (``environment_token``),
@@ -204,7 +207,8 @@ def connect(
     ``gtl serve --http HOST:PORT``, ``"ws://HOST:PORT"`` runs them over one WebSocket to it; ``token``
     goes in ``Authorization: Bearer``. For a gateway, ``token`` defaults to ``$GTL_TOKEN``, else
     ``$GTL_NB_TOKEN`` (``environment_token``). ``sses://`` and ``wss://`` are their TLS forms; ``verify=`` is
-    ``True`` (the system's trust store), a CA file (``gtl certs`` writes ``ca.pem``) or ``False``.
+    ``True`` (the system's trust store), a CA file (``gtl certs`` writes ``ca.pem``) or ``False``; not given,
+    it is the file ``$GTL_NB_CA_FILE`` names, else ``True``.
     ``"https://HOST:PORT"`` and a bare ``"HOST:PORT"`` read the gateway's ``/.well-known/gtl`` and use
     the best transport it offers (QUIC, gRPC, WebSocket, SSE, HTTP, in that order); ``client.transport``
     says which (docs/transports.md).
@@ -350,6 +354,21 @@ def _is_embedded(endpoint: str) -> bool:
     return (endpoint.split("://", 1)[0] if "://" in endpoint else endpoint) == "embedded"
 
 
+def environment_ca_file(environ: Any = None) -> str | None:
+    """The CA file ``$GTL_NB_CA_FILE`` names (``None`` when it is unset or empty); a ``ConfigurationError``
+    naming the variable when that file cannot be read (a set-up mistake, said before any connection)."""
+    path = (os.environ if environ is None else environ).get(CA_FILE_ENV, "").strip()
+    if not path:
+        return None
+    expanded = os.path.expanduser(path)
+    if not os.path.isfile(expanded) or not os.access(expanded, os.R_OK):
+        raise ConfigurationError(
+            f"${CA_FILE_ENV} names {path}, which is not a readable file: give the CA file that signed the gateway's "
+            "certificate (`gtl certs` writes ca.pem), or unset it to trust the system's store"
+        )
+    return expanded
+
+
 def _gateway_options(endpoint: str, options: dict[str, Any]) -> Any:
     """``verify=`` out of ``options``, the arguments ``connect`` was given for the gateway at
     ``endpoint``, after checking the address and that nothing else is given: a gateway reads its own
@@ -373,7 +392,9 @@ def _gateway_options(endpoint: str, options: dict[str, Any]) -> Any:
                 "or a scheme (https://HOST:PORT, grpc://HOST:PORT, …); use connect() or connect('embedded://') "
                 "to run the engine in this process"
             )
-    verify = options.pop("verify", True)
+    verify = options.pop("verify", None)
+    if verify is None:
+        verify = environment_ca_file() or True
     given = [name for name, value in options.items() if value is not None]
     if given:
         raise ConfigurationError(
