@@ -38,6 +38,7 @@ from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol import AuthenticationError, Token
 from gtl_nb.protocol import messages as m
 from gtl_nb.protocol.codec import decode, encode
+from gtl_nb.protocol.connection import GTLConnection
 from gtl_nb.protocol.errors import (
     CancelledError,
     ConfigurationError,
@@ -556,6 +557,30 @@ def test_every_call_counts_against_the_per_address_cap_over_any_number_of_connec
         # the cancelled call's place is free again; the second still holds its own
         _until(lambda: _lists(pb_grpc.GTLStub(two)), "a call to be let in after one ended")
         second.cancel()
+
+
+def test_a_refused_dial_always_hears_the_gateway_s_refusal(write_config):
+    """The client writes its hello before the gateway's answer (nginx over TLS needs that); a gateway refusing
+    the call meanwhile (here: the per-address cap) could leave grpc.aio reporting ``INTERNAL`` "Internal error
+    from Core" in place of its status — about one dial in ten. Every dial hears ``OVERLOADED`` instead."""
+    from gtl_nb.transports.grpc.client import open_session
+
+    async def dials(address: str) -> list[str]:
+        hello = GTLConnection("client").data_to_send()
+        heard = []
+        for _ in range(40):
+            try:
+                channel = await open_session(address, hello=hello)
+            except GTLError as exc:
+                heard.append(exc.code)
+            else:
+                heard.append("opened")
+                await channel.aclose()
+        return heard
+
+    with grpc_gateway(write_config(), max_connections_per_address=1) as running, gtl_nb.connect(running.url):
+        heard = asyncio.run(dials(running.address))  # the client above holds the address's one call
+    assert set(heard) == {"OVERLOADED"}, heard
 
 
 def test_behind_a_trusted_proxy_each_forwarded_client_is_capped_and_the_proxy_itself_is_not(write_config):

@@ -45,10 +45,16 @@ from gtl_nb.transports.grpc.stream import (
 )
 from gtl_nb.transports.remote import RemoteBackend
 
-__all__ = ["DIAL_TIMEOUT", "channel_options", "grpc_endpoint"]
+__all__ = ["DIAL_ATTEMPTS", "DIAL_TIMEOUT", "channel_options", "grpc_endpoint"]
 
 DIAL_TIMEOUT = 5.0
 """Seconds to wait for the gateway to accept the ``Session`` call."""
+DIAL_ATTEMPTS = 2
+"""Dials within ``DIAL_TIMEOUT`` when grpc.aio lost the gateway's refusal (``open_session``)."""
+QUIET_WAIT = 1.0
+"""Seconds a dial made again waits for the gateway's answer before it writes its hello (``open_session``)."""
+_LOST_STATUS = "Internal error from Core"
+"""grpc.aio's details when a write of the call failed before the gateway's status was read (that status is lost)."""
 COMPRESSIONS = {"gzip": grpc.Compression.Gzip, "none": grpc.Compression.NoCompression}
 _CERTIFICATE_REFUSED = ("CERTIFICATE_VERIFY_FAILED", "Hostname Verification Check failed")
 """What gRPC's details say when this client refused the gateway's certificate (a set-up mistake, not retried)."""
@@ -129,13 +135,62 @@ async def open_session(
     (on ``first_contact``, a plaintext dial the server closed unanswered says to try ``grpcs://``).
 
     ``hello`` (the connection's first frame) is written before the wait for the gateway's initial metadata:
-    nginx in front of the gateway over TLS passes those headers on only once the client sent a message."""
+    nginx in front of the gateway over TLS passes those headers on only once the client sent a message.
+    A gateway that refuses the call (a cap, its shutdown) while that write is under way may leave grpc.aio
+    reporting its own ``INTERNAL`` "Internal error from Core" instead of the gateway's status (the failed
+    write's, set first); such a dial is made again, within the one ``DIAL_TIMEOUT``, the other way round:
+    it waits up to ``QUIET_WAIT`` seconds for the gateway's answer before it writes — a refusal then finds
+    no write under way, so the caller hears it — and writes its hello when nothing came by then (nginx)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DIAL_TIMEOUT
+    for attempt in range(1, DIAL_ATTEMPTS + 1):
+        try:
+            return await _dial_once(
+                address,
+                credentials=credentials,
+                metadata=metadata,
+                compression=compression,
+                where=where,
+                first_contact=first_contact,
+                hello=hello,
+                timeout=max(0.0, deadline - loop.time()),
+                quiet=0.0 if attempt == 1 else QUIET_WAIT,
+            )
+        except _StatusLost as lost:
+            if attempt == DIAL_ATTEMPTS or loop.time() >= deadline:
+                raise status_error(grpc.StatusCode.INTERNAL, lost.details, where=where) from None
+    raise AssertionError("unreachable")  # (the loop returns or raises)
+
+
+class _StatusLost(Exception):
+    """A dial whose call grpc.aio ended with its own ``INTERNAL`` status (see ``open_session``)."""
+
+    def __init__(self, details: str) -> None:
+        super().__init__(details)
+        self.details = details
+
+
+async def _dial_once(
+    address: str,
+    *,
+    credentials: grpc.ChannelCredentials | None,
+    metadata: list[tuple[str, str]] | None,
+    compression: grpc.Compression | None,
+    where: str,
+    first_contact: bool,
+    hello: bytes,
+    timeout: float,
+    quiet: float,
+) -> GrpcStreamChannel:
+    """One try of ``open_session``, waiting ``timeout`` seconds at most for the gateway's answer; ``hello`` is
+    written first, or after ``quiet`` seconds without an answer (or with it)."""
     options = channel_options()
     if credentials is None:
         channel = grpc.aio.insecure_channel(address, options=options, compression=compression)
     else:
         channel = grpc.aio.secure_channel(address, credentials, options=options, compression=compression)
     stream: GrpcStreamChannel | None = None
+    answered: asyncio.Future[Any] | None = None
     try:
         call = channel.stream_stream(SESSION_METHOD)(metadata=tuple(metadata or ()))
 
@@ -149,9 +204,12 @@ async def open_session(
                 await channel.close()
 
         stream = GrpcStreamChannel(call.read, call.write, role="client", peer=address, where=where, close=close)
-        stream.write(hello)  # the sender writes it as soon as the call starts
+        answered = asyncio.ensure_future(call.initial_metadata())
         try:
-            initial = await asyncio.wait_for(call.initial_metadata(), DIAL_TIMEOUT)
+            if quiet > 0:
+                await asyncio.wait({answered}, timeout=min(quiet, timeout))
+            stream.write(hello)  # the sender writes it as soon as the call starts
+            initial = await asyncio.wait_for(answered, max(0.0, timeout - quiet) if quiet > 0 else timeout)
         except asyncio.TimeoutError:
             raise OSError(f"{address} did not answer within {DIAL_TIMEOUT:g} s") from None
         if call.done():  # ended before it started: not reachable, or refused
@@ -174,8 +232,12 @@ async def open_session(
                 closed = any(mark in text for mark in _CLOSED_UNANSWERED)
                 hint = tls_hint("grpc") if credentials is None and closed and first_contact else ""
                 raise ConnectionError(f"{address}: {text}{hint}")
+            if code is grpc.StatusCode.INTERNAL and details == _LOST_STATUS:
+                raise _StatusLost(details)
             raise status_error(code, details, where=where)
     except BaseException:
+        if answered is not None and not answered.done():
+            answered.cancel()
         if stream is not None:
             stream.abandon()
         await channel.close()
