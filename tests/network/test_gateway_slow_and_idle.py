@@ -168,7 +168,7 @@ def test_a_client_flooding_pings_and_reading_nothing_holds_no_more_than_its_buff
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             sock.settimeout(0.2)
             started, sent, dropped = time.monotonic(), 0, None
-            while dropped is None and time.monotonic() - started < HEADER_TIMEOUT + 3 * MARGIN:
+            while dropped is None and time.monotonic() - started < HEADER_TIMEOUT + 10 * MARGIN:
                 try:
                     sent += sock.send(pings)
                 except TimeoutError:
@@ -176,7 +176,8 @@ def test_a_client_flooding_pings_and_reading_nothing_holds_no_more_than_its_buff
                 except OSError:
                     dropped = time.monotonic() - started
         assert_serves(gateway, ("ws",))
-    assert dropped is not None and dropped < HEADER_TIMEOUT + 2 * MARGIN, (dropped, sent)
+    # (the defect outlived the deadline by 40 s; the bound leaves a loaded machine its scheduling delays)
+    assert dropped is not None and dropped < HEADER_TIMEOUT + 5 * MARGIN, (dropped, sent)
     memory.assert_bounded(32 * 1024)
 
 
