@@ -131,10 +131,20 @@ def _refusal(status: int, body: bytes | None, label: str) -> GTLError:
     try:
         event = decode(body or b"")
     except ProtocolError:
-        return ProviderUnavailableError(f"the {label} refused the WebSocket with HTTP {status}")
+        hint = _tls_hint(status, body)
+        return ProviderUnavailableError(f"the {label} refused the WebSocket with HTTP {status}{hint}")
     if isinstance(event, Error):
         return error_from_event(event)
     return ProviderUnavailableError(f"the {label} refused the WebSocket with HTTP {status}")
+
+
+def _tls_hint(status: int, body: bytes | None) -> str:
+    """A hint for plain ``ws://`` sent to a port that speaks TLS: nginx answers it 400 saying so (its HTML
+    page, or the project's template's JSON "this port speaks TLS")."""
+    said = (body or b"")[:2048].lower()
+    if status == 400 and (b"https port" in said or b"speaks tls" in said):
+        return ": that port speaks TLS; connect with wss://"
+    return ""
 
 
 def ws_endpoint(

@@ -17,6 +17,7 @@ import httpx
 import openai
 import pytest
 
+import gtl_nb
 from gtl_nb.gateway.certs import make_dev_certificates
 from tests.nginx_server import NginxServer, find_nginx
 
@@ -127,6 +128,8 @@ def test_plain_http_to_the_tls_port_says_to_use_https(tmp_path: Path, replica: s
         with client, pytest.raises(openai.BadRequestError) as caught:
             client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
         assert "this port speaks TLS: connect with https://" in caught.value.message
+        with pytest.raises(gtl_nb.GTLError, match="that port speaks TLS; connect with wss://"):
+            gtl_nb.connect(f"ws://127.0.0.1:{nginx.http_port}").complete("echo", "hi")
         assert _HeldReplica.held == 0
     finally:
         nginx.stop()
