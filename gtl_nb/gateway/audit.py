@@ -60,6 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -1125,7 +1126,8 @@ class AuditLog:
         # ``when_written``), so a crash can never leave a record without its row; ``None``: a ledger that
         # writes at once or cannot say (in memory, PostgreSQL, none): records are queued at once.
         self._after_row: Callable[[Callable[[], None]], None] | None = None
-        self._held = 0  # records waiting for their rows (under ``_progress``)
+        self._held: dict[int, dict[str, Any]] = {}  # records waiting for their rows, by number (under ``_progress``)
+        self._held_numbers = itertools.count()
         self._unsubscribe: list[Callable[[], None]] = []
         #: The file log's writer (``None`` when records go to PostgreSQL only).
         self._files = _ChainFiles(settings, wall_clock) if settings.path is not None else None
@@ -1278,12 +1280,13 @@ class AuditLog:
                 return
             # the row's end was queued before this event: the record follows once it is committed
             with self._progress:
-                self._held += 1
+                number = next(self._held_numbers)
+                self._held[number] = record
             try:
-                after(lambda: self._release(record))
+                after(lambda: self._release(number))
             except Exception:  # a ledger closed under us: the record is not held back for a row that never comes
                 log.exception("audit log %s: could not wait for the ledger row of a record", self.where)
-                self._release(record)
+                self._release(number)
             return
         if isinstance(event, RequestStarted):
             if len(self._pending) >= _MAX_PENDING:
@@ -1345,14 +1348,14 @@ class AuditLog:
             record["answer"] = _answer_of(getattr(event, "answer", None))
         return record
 
-    def _release(self, record: dict[str, Any]) -> None:
-        """A held record whose ledger row is committed: queue it (from the ledger's committing thread)."""
-        try:
+    def _release(self, number: int) -> None:
+        """A held record whose ledger row is committed: queue it (from the ledger's committing thread; once:
+        ``close`` may have queued it already)."""
+        with self._progress:
+            record = self._held.pop(number, None)
+            self._progress.notify_all()
+        if record is not None:
             self._enqueue(record)
-        finally:
-            with self._progress:
-                self._held -= 1
-                self._progress.notify_all()
 
     def _enqueue(self, record: dict[str, Any]) -> None:
         if self._closed:
@@ -1367,8 +1370,8 @@ class AuditLog:
     def _wait_for_rows(self, timeout: float) -> int:
         """Wait until no record is held for its ledger row, at most ``timeout`` seconds; how many still are."""
         with self._progress:
-            self._progress.wait_for(lambda: self._held == 0, timeout)
-            return self._held
+            self._progress.wait_for(lambda: not self._held, timeout)
+            return len(self._held)
 
     def _count_dropped(self, count: int, why: str) -> None:
         with self._dropped_lock:
@@ -1484,9 +1487,14 @@ class AuditLog:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
         held = self._wait_for_rows(ROW_WAIT)  # the records of the last requests, their rows being committed
-        if held:
+        if held:  # a ledger stuck on its file (another process's lock): the audit log still loses nothing
+            with self._progress:
+                late, self._held = list(self._held.values()), {}
+            for record in late:
+                self._enqueue(record)
             log.warning(
-                "audit log %s: %d record(s) still waited for their ledger rows after %g s and are lost",
+                "audit log %s: %d record(s) written without their ledger rows committed (still waiting after "
+                "%g s): a crash now could leave them without rows",
                 self.where,
                 held,
                 ROW_WAIT,

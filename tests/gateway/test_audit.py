@@ -1109,3 +1109,42 @@ def test_gtl_audit_verify_on_a_log_a_running_gateway_writes_is_intact(tmp_path, 
     checkpoint_path(path).write_bytes(checkpointed)  # as after a crash: the checkpoint lags the log
     assert gtl_audit("verify", "--log", str(path)) == 1
     assert "what an abrupt stop leaves" in capsys.readouterr().err
+
+
+def test_records_still_waiting_for_a_stuck_ledger_at_close_are_written_not_lost(tmp_path, monkeypatch, caplog):
+    """Another writer holds the ledger's lock past the audit log's close: its records waited ROW_WAIT for
+    their rows and were then dropped — the audit log lost them; they are written now, the log says why."""
+    import sqlite3
+
+    from gtl_nb.engine.ledger import Ledger
+    from gtl_nb.gateway import audit as audit_module
+
+    monkeypatch.setattr(audit_module, "ROW_WAIT", 0.3)
+    ledger_path = tmp_path / "ledger.sqlite3"
+    Ledger(ledger_path).close()
+    settings = load_settings(providers={"echo": {"type": "echo"}}, environ={})
+    engine = build_engine(settings, ledger=str(ledger_path))
+    log_path = tmp_path / "audit.jsonl"
+    audit = AuditLog.for_engine(AuditSettings(path=log_path, fsync=False), engine, wall_clock=lambda: NOW)
+    other = sqlite3.connect(ledger_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # held through the audit log's close
+
+    async def answer() -> None:
+        async for _ in engine.stream(request("stuck", "echo"), context=CONTEXT):
+            pass
+
+    try:
+        asyncio.run(answer())
+        with caplog.at_level(logging.WARNING, logger="gtl_nb"):
+            audit.close()
+        assert [(r["session_id"], r["status"]) for r in records(log_path)] == [("stuck", "ok")]
+        assert "written without their ledger rows committed" in caplog.text
+    finally:
+        other.execute("COMMIT")
+        other.close()
+
+    async def close() -> None:
+        await engine.aclose()
+
+    asyncio.run(close())
+    assert [row["session_id"] for row in Ledger(ledger_path).rows()] == ["stuck"]  # the row landed after all
