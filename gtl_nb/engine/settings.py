@@ -124,17 +124,24 @@ class UpstreamSettings:
 
     def transport(self) -> Any:
         """A new ``HttpTransport`` of this kind (``engine.transport``)."""
+        kind = self.transport_class()
+        if self.client == "httpx":
+            # httpx counts keep-alive connections separately; without a bound of ours, keep them all
+            limit = self.max_connections or None
+            return kind(max_connections=limit, max_keepalive_connections=limit)
+        return kind(max_connections=self.max_connections, max_connections_per_host=self.max_connections_per_host)
+
+    def transport_class(self) -> Any:
+        """The ``HttpTransport`` class of ``client``, imported (a missing extra: ``ConfigurationError``).
+        Builds nothing: a reload checks with it what a start would refuse (``gateway.restart_checks``)."""
         if self.client == "httpx":
             from gtl_nb.engine.httpx_transport import HttpxTransport
 
-            # httpx counts keep-alive connections separately; without a bound of ours, keep them all
-            limit = self.max_connections or None
-            return HttpxTransport(max_connections=limit, max_keepalive_connections=limit)
-        bounds = {"max_connections": self.max_connections, "max_connections_per_host": self.max_connections_per_host}
+            return HttpxTransport
         if self.client == "aiohttp":
             from gtl_nb.engine.aiohttp_transport import AiohttpTransport
 
-            return AiohttpTransport(**bounds)
+            return AiohttpTransport
         if self.client == "h2":
             try:
                 from gtl_nb.engine.h2_transport import H2Transport
@@ -143,10 +150,10 @@ class UpstreamSettings:
                     f'[upstream] client = "h2" needs {exc.name or "h2"}, which is not installed: '
                     f"{install_extra('http2')}"
                 ) from None
-            return H2Transport(**bounds)
+            return H2Transport
         from gtl_nb.engine.httptools_transport import HttptoolsTransport
 
-        return HttptoolsTransport(**bounds)
+        return HttptoolsTransport
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,7 @@ __all__ = [
     "RequestTraceIds",
     "RequestTracer",
     "build_tracer_provider",
+    "check_exporter",
     "provider_name",
     "server_of",
 ]
@@ -184,6 +185,20 @@ class RequestTraceIds:
 # Building a tracer provider
 
 
+def check_exporter(exporter: str) -> None:
+    """What ``build_tracer_provider`` refuses of ``exporter`` (an unknown name, a missing package),
+    without building anything."""
+    if exporter not in EXPORTERS:
+        raise ConfigurationError(f"unknown trace exporter {exporter!r} (known: {', '.join(EXPORTERS)})")
+    _module("opentelemetry.trace")
+    if exporter == "none":
+        return
+    for name in ("opentelemetry.sdk.trace", "opentelemetry.sdk.trace.export", "opentelemetry.sdk.resources"):
+        _module(name)
+    if exporter == "otlp":
+        _module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
+
+
 def _module(name: str) -> Any:
     """``importlib.import_module(name)``, or the ``ConfigurationError`` that says which extra to install."""
     try:
@@ -224,15 +239,13 @@ def build_tracer_provider(
     slow collector never holds a request back. Raises ``ConfigurationError`` naming ``gtl_nb[otel]``
     when OpenTelemetry is not installed.
     """
-    if exporter not in EXPORTERS:
-        raise ConfigurationError(f"unknown trace exporter {exporter!r} (known: {', '.join(EXPORTERS)})")
-    _module("opentelemetry.trace")
+    check_exporter(exporter)  # before anything starts a thread
     if exporter == "none":
         return None
     sdk_trace = _module("opentelemetry.sdk.trace")
     sdk_export = _module("opentelemetry.sdk.trace.export")
     resources = _module("opentelemetry.sdk.resources")
-    if exporter == "otlp":  # checked before anything starts a thread
+    if exporter == "otlp":
         otlp = _module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
     environ = os.environ if environ is None else environ
     name = service_name or environ.get("OTEL_SERVICE_NAME") or "gtl_nb"

@@ -21,7 +21,9 @@ completion and query (``TokenAuthenticator.recheck``). What a reload cannot chan
 tables, the ``[gateway]`` limits (``max_frame_bytes``, ``trusted_proxies``, …), the event loop and
 ``advertise``, the ledger and the other stores' backends, the HTTP client of ``[upstream]``, the audit
 log, ``/metrics``, the vault — is reported in the reload's line as "restart to apply", the rest being
-applied (``gtl reload`` exits 3: taken in part). A change of the auth mode refuses the whole reload: the
+applied (``gtl reload`` exits 3: taken in part). Those tables are first checked as a start checks them
+(``gateway.restart_checks``): a change a start would refuse refuses the whole reload, so the restart
+the line advises never meets a file it refuses. A change of the auth mode refuses the whole reload: the
 rest of the file may count on it (a deployment added for callers who now need a token)."""
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from gtl_nb.gateway.auth import (
     kept_revocations,
 )
 from gtl_nb.gateway.reload_changes import applied_changes, policy_changes
+from gtl_nb.gateway.restart_checks import check_restart_tables
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
@@ -195,6 +198,12 @@ class Reloader:
                 token_changes = tuple(policy_changes(getattr(current, "policy", None), policy))
         before, after = self._fixed, _fixed_tables(settings, options)
         restart = tuple(name for name in sorted(before.keys() | after.keys()) if before.get(name) != after.get(name))
+        try:  # "restart to apply" must not send the operator to a start that refuses the file
+            check_restart_tables(settings, options, restart)
+        except BaseException:
+            if authenticate is not None and authenticate is not self.authenticate.target:
+                self.discard(PreparedReload(settings, options, catalog, credentials, authenticate, restart))
+            raise
         return PreparedReload(
             settings, options, catalog, credentials, authenticate, restart, not_renewed, token_changes
         )

@@ -42,7 +42,7 @@ from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError, GTLError
 from gtl_nb.words import missing_package
 
-__all__ = ["LISTENER_FUNCTIONS", "Parts", "open_parts", "serve"]
+__all__ = ["LISTENER_FUNCTIONS", "Parts", "audit_settings", "metrics_settings", "open_parts", "serve", "serve_function"]
 
 log = get_logger("gateway.server")
 
@@ -56,7 +56,7 @@ LISTENER_FUNCTIONS: dict[str, tuple[str, str]] = {
 Announce = Callable[[ListenerSettings, str], None]
 
 
-def _serve_function(transport: str) -> Callable[..., Awaitable[None]]:
+def serve_function(transport: str) -> Callable[..., Awaitable[None]]:
     target, extra = LISTENER_FUNCTIONS[transport]
     module_name, _, name = target.partition(":")
     try:
@@ -87,7 +87,7 @@ async def serve(
     without them ``serve`` opens its own (with ``engine`` when given: closed by its owner)."""
     if not gateway.listeners:
         raise ConfigurationError("no listener to serve: add a [gateway.http], [gateway.grpc] or [gateway.quic] table")
-    functions = {listener.transport: _serve_function(listener.transport) for listener in gateway.listeners}
+    functions = {listener.transport: serve_function(listener.transport) for listener in gateway.listeners}
     if parts is None:
         parts = await open_parts(settings, gateway, engine=engine, credentials=credentials)
     engine, own_engine = parts.engine, parts.own_engine
@@ -226,18 +226,18 @@ async def open_parts(
     it before anything opens; a failure of one part (a tampered audit log) closes the other; cancelled,
     it waits for both to finish opening and closes them (a thread cannot be stopped halfway)."""
     provider = _tracer_provider(gateway)  # [gateway.tracing]: a missing extra stops the start, before the rest
-    audit_settings = _audit_settings(gateway)
-    metrics_settings = _metrics_settings(gateway)
+    audit = audit_settings(gateway)
+    metrics = metrics_settings(gateway)
     loop = asyncio.get_running_loop()
     jobs: dict[str, asyncio.Future[Any]] = {}
     if engine is None:
         jobs["engine"] = loop.run_in_executor(
             None, lambda: build_engine(settings, credentials=credentials, audience=GATEWAY)
         )
-    if audit_settings is not None:
+    if audit is not None:
         from gtl_nb.gateway.audit import AuditLog
 
-        jobs["audit"] = loop.run_in_executor(None, AuditLog, audit_settings)
+        jobs["audit"] = loop.run_in_executor(None, AuditLog, audit)
     opened = await _all_opened(jobs)
     parts = Parts(
         engine if engine is not None else opened["engine"], own_engine=engine is None, audit=opened.get("audit")
@@ -245,10 +245,10 @@ async def open_parts(
     try:
         if provider is not None:
             parts.tracing = _tracer_for(provider, parts.engine)
-        if metrics_settings is not None:
+        if metrics is not None:
             from gtl_nb.gateway.metrics import Metrics
 
-            parts.metrics = (Metrics.for_engine(parts.engine), metrics_settings.require_token)
+            parts.metrics = (Metrics.for_engine(parts.engine), metrics.require_token)
         if parts.audit is not None:  # last: it records what the hooks before it saw of each request
             parts.audit.watch(parts.engine)
     except BaseException:
@@ -308,7 +308,7 @@ async def _close_opened(jobs: dict[str, asyncio.Future[Any]]) -> None:
                 await asyncio.to_thread(job.result().close)
 
 
-def _metrics_settings(gateway: GatewaySettings) -> Any:
+def metrics_settings(gateway: GatewaySettings) -> Any:
     """``[gateway.metrics]``'s settings when metrics are on, else ``None``."""
     if gateway.metrics is None:
         return None
@@ -323,7 +323,7 @@ def _metrics_settings(gateway: GatewaySettings) -> Any:
     return settings if settings.enabled else None
 
 
-def _audit_settings(gateway: GatewaySettings) -> Any:
+def audit_settings(gateway: GatewaySettings) -> Any:
     """``[gateway.audit]``'s settings when the audit log is on, else ``None`` (a bad key raises here,
     before anything opens). The log itself opens in ``open_parts``; ``gateway.audit.audit_log_of(engine)``
     finds it once it watches the engine (``/readyz`` reads its ``degraded_reason``)."""

@@ -218,7 +218,7 @@ def test_a_listener_that_comes_up_after_the_stop_began_is_never_announced(monkey
         shutdown.begin()  # the stop arrives while this listener is still starting
         ready("grpc://127.0.0.1:1")
 
-    monkeypatch.setattr(server, "_serve_function", lambda transport: slow_listener)
+    monkeypatch.setattr(server, "serve_function", lambda transport: slow_listener)
 
     class Engine:  # what serve() asks of an engine here (the live-sessions registry keeps a weak reference)
         hooks = SimpleNamespace(subscribe=lambda subscriber: None)

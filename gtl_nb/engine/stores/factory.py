@@ -35,7 +35,7 @@ from gtl_nb.engine.stores.urls import parse_store_url, unknown_scheme
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["open_stores"]
+__all__ = ["check_store_urls", "open_stores"]
 
 LedgerChoice = UsageLedger | Ledger | str | os.PathLike[str] | None
 
@@ -88,6 +88,40 @@ def open_stores(
         circuits = _open_breakers(breaker, clock, wall_clock)
         opened.pop_all()
     return Stores(ledger=usage, budgets=counters, cache=answers, breakers=circuits)
+
+
+def check_store_urls(
+    *,
+    ledger: Any = None,
+    cache: CacheConfig | None = None,
+    budgets: BudgetConfig | None = None,
+    breaker: BreakerConfig | None = None,
+) -> None:
+    """What ``open_stores`` would refuse of these choices' URLs (a bad URL, a store that cannot hold
+    that part, a missing driver), in its words, without opening or reaching anything: a reload checks
+    with it the stores it cannot change in place (``gateway.restart_checks``). A database that does
+    not answer is no mistake here, as it is none at a start (the parts that use it spool)."""
+    if isinstance(ledger, str) and is_postgres_url(ledger):
+        from gtl_nb.engine.stores.postgres_pool import parse_postgres_url, require_psycopg
+
+        parse_postgres_url(ledger, where="ledger")
+        require_psycopg()
+    elif isinstance(ledger, str) and "://" in ledger:
+        scheme = ledger.partition("://")[0].lower()
+        if scheme in ("redis", "rediss"):
+            raise ConfigurationError(
+                "ledger: the usage ledger does not live in Redis (Redis holds budgets, the cache and breakers); "
+                f"use {LEDGER_ACCEPTED}"
+            )
+        if scheme not in ("sqlite", "memory"):
+            raise ConfigurationError(f"ledger: unknown store {unknown_scheme(scheme)}; use {LEDGER_ACCEPTED}")
+        parse_store_url(ledger, where="ledger")
+    if budgets is not None and budgets.backend is not None:
+        parse_store_url(budgets.backend, where="[budgets] backend")
+    if cache is not None:
+        parse_store_url(cache.backend, where="[cache] backend")
+    if breaker is not None:
+        parse_store_url(breaker.backend, where="[routing.breaker] backend")
 
 
 def _open_ledger(
