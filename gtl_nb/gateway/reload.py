@@ -49,7 +49,7 @@ from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.errors import ConfigurationError
 
-__all__ = ["FAIL_OVER_NOTE", "PreparedReload", "Reloader", "SwappableAuthenticator"]
+__all__ = ["FAIL_OVER_NOTE", "PreparedReload", "Reloader", "SwappableAuthenticator", "secret_env_note"]
 
 
 FAIL_OVER_NOTE = "requests routed to it fail over, but for a key their token chooses"
@@ -229,6 +229,9 @@ class Reloader:
             line += f"; changed but not reloadable, restart to apply: {', '.join(prepared.restart)}"
         for problem in prepared.settings.missing_credentials(self.engine.credentials.resolve):
             line += f"; warning: {problem} ({FAIL_OVER_NOTE})"
+        note = secret_env_note(prepared.options)
+        if note is not None:
+            line += f"; {note}"
         return line
 
     def discard(self, prepared: PreparedReload) -> None:
@@ -240,6 +243,22 @@ class Reloader:
     def reload(self) -> str:
         """``prepare`` then ``apply`` (for callers already off the event loop's hot path)."""
         return self.apply(self.prepare())
+
+
+def secret_env_note(options: GatewaySettings) -> str | None:
+    """What a reload says when ``[gateway.jwt] secret_env`` names the HS256 secret: a process's environment
+    never changes, so the reload re-reads the value the gateway started with — a new secret put in the
+    variable (an env file, after a leak) takes a restart, which a reload line reporting "no change" must
+    not hide. ``None`` when the secret is not read from the environment."""
+    if options.auth != "jwt":
+        return None
+    name = (options.jwt or {}).get("secret_env")
+    if not isinstance(name, str) or not name:
+        return None
+    return (
+        f"[gateway.jwt] secret_env is read at start: ${name} keeps the value this process started with, "
+        "restart to apply a new value (a secret_file is read again at each reload)"
+    )
 
 
 def _auth_needs_restart(running: str, asked: str) -> str:

@@ -192,6 +192,27 @@ def test_a_reload_with_a_new_secret_refuses_old_tokens_and_accepts_new_ones(
             assert client.complete(f"fast:{MODEL}", "after").text
 
 
+def test_a_reload_of_a_secret_env_gateway_says_a_new_secret_needs_a_restart(tmp_path: Path, sims: SimpleNamespace):
+    """A leaked secret put anew in the gateway's env file, then ``systemctl reload``: the process's
+    environment never changes, so the reload found "no change to apply" and the leaked secret's tokens
+    kept working, silently. The reload line now says the variable is read at start only."""
+    leaked = "leaked-secret-of-the-secret-env-reload-test-0123"
+    fast = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.fast.base_url}
+    jwt = {"issuer": ISSUER, "secret_env": "GTL_RELOAD_TEST_SECRET", "default_deployments": ["*"]}
+    jwt["revocations"] = tmp_path / "tokens.sqlite3"
+    config = write_toml(
+        tmp_path / "gtl.toml", tables(tmp_path, {"fast": fast}, **{"gateway.jwt": jwt}, gateway={"auth": "jwt"})
+    )
+    with start_gateway(config, env={"GTL_RELOAD_TEST_SECRET": leaked}) as gateway:
+        line = reload_and_wait(gateway)
+        assert line.startswith("gtl gateway: reloaded the configuration: no change to apply; "), line
+        assert "[gateway.jwt] secret_env is read at start: $GTL_RELOAD_TEST_SECRET keeps the value" in line, line
+        assert "restart to apply a new value" in line and leaked not in line
+        token = mint_token(leaked, subject="alice", scopes=["chat:write"], lifetime=600, issuer=ISSUER)
+        with gtl_nb.connect(gateway.url("ws"), token=token) as client:  # what the note warns of
+            assert client.complete(f"fast:{MODEL}", "still the started-with secret").text
+
+
 def test_a_reload_taking_a_deployment_from_default_deployments_reaches_open_connections(
     tmp_path: Path, sims: SimpleNamespace
 ) -> None:
