@@ -1254,6 +1254,16 @@ class AuditLog:
             reasons.append("the audit writer thread stopped")
         return "; ".join(reasons) or None
 
+    @property
+    def degraded_cause(self) -> str | None:
+        """``degraded_reason`` in short (each destination's cause alone, where it has one), or ``None``."""
+        causes = [
+            cause for sink in self._sinks if (cause := getattr(sink, "degraded_cause", None) or sink.degraded_reason)
+        ]
+        if not self._closed and not self._thread.is_alive():
+            causes.append("the audit writer thread stopped")
+        return "; ".join(causes) or None
+
     def attach(self, hooks: Hooks) -> Callable[[], None]:
         """Subscribe to ``hooks`` (``close()`` unsubscribes); returns the unsubscribe call."""
         unsubscribe = hooks.subscribe(self)

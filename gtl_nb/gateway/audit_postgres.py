@@ -229,6 +229,11 @@ class PostgresAuditSink:
         self._drain(everything=True)  # what a stopped process left, too
 
     @property
+    def degraded_cause(self) -> str | None:
+        """Why PostgreSQL cannot be used, alone (for the gateway's ``ready`` line), or ``None``."""
+        return self._problem
+
+    @property
     def degraded_reason(self) -> str | None:
         """Why records wait in the spool now, or ``None`` (for ``/readyz``)."""
         if self._problem is None:
@@ -355,7 +360,11 @@ class PostgresAuditSink:
             connection_class=self._connect_errors.connection_class(),
         )
         self._connections = PooledConnections(
-            self._pool, timeout=self._timeout, where=f"audit {self._url.shown}", configure=self._configure
+            self._pool,
+            timeout=self._timeout,
+            where=f"audit {self._url.shown}",
+            configure=self._configure,
+            errors=self._connect_errors,
         )
         await self._pool.open(wait=False)
         try:

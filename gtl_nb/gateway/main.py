@@ -196,7 +196,7 @@ def _serve_listeners(
     once open (a thread cannot be stopped halfway), no listener starts, no ``ready`` line follows the
     ``shutting down`` one, and the exit status is 0. A SIGHUP then is kept for after the start."""
     from gtl_nb.gateway.listeners import Shutdown
-    from gtl_nb.gateway.readiness import refuses_every_token
+    from gtl_nb.gateway.readiness import degraded_summary, refuses_every_token
     from gtl_nb.gateway.reload import FAIL_OVER_NOTE, Reloader, SwappableAuthenticator
     from gtl_nb.gateway.reload_report import ReloadReporter, report_path
     from gtl_nb.gateway.server import open_parts, serve
@@ -206,6 +206,7 @@ def _serve_listeners(
 
     announced: set[str] = set()
     shutdowns: list[Any] = []  # the one of the loop, once it runs
+    engines: list[Any] = []  # the one the listeners serve, once open
 
     def announce(listener: Any, url: str) -> None:
         print(f"gtl gateway: listening on {url}", file=sys.stderr, flush=True)
@@ -218,7 +219,9 @@ def _serve_listeners(
                     "; refusing every token for now, retryably (503), until the revocation list can be read: "
                     "/readyz answers 503 meanwhile"
                 )
-            print(f"gtl gateway: ready (event loop {loop}; {words})", file=sys.stderr, flush=True)
+            degraded = degraded_summary(engines[0], hook) if engines else None
+            state = "ready" if degraded is None else f"ready, degraded: {degraded}"
+            print(f"gtl gateway: {state} (event loop {loop}; {words})", file=sys.stderr, flush=True)
 
     async def serve_all() -> None:
         shutdown = Shutdown(grace=options.shutdown_grace)
@@ -234,6 +237,7 @@ def _serve_listeners(
             return
         # opened here rather than by serve(): the reloader needs the very engine the listeners run
         parts = await open_parts(settings, options, credentials=credentials)
+        engines.append(parts.engine)
         try:
             if shutdown.is_stopping:  # a signal came while the stores opened: no listener starts
                 return

@@ -22,7 +22,7 @@ from gtl_nb.gateway.scopes import SCOPES, has_scope
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.log import get_logger
 
-__all__ = ["degraded_parts", "may_read_reasons", "readiness", "refuses_every_token"]
+__all__ = ["degraded_parts", "degraded_summary", "may_read_reasons", "readiness", "refuses_every_token"]
 
 log = get_logger("gateway")
 
@@ -34,6 +34,33 @@ def degraded_parts(engine: Any, authenticate: Authenticate) -> dict[str, str]:
     requests in flight shared across replicas (``coalescing``), the token revocation list of the
     authenticator (``revocations``: behind a reload's ``SwappableAuthenticator`` too) and the audit
     log the server opened for the engine (``audit``, ``audit.audit_log_of``)."""
+    degraded = {}
+    for name, part in _parts(engine, authenticate).items():
+        reason = getattr(part, "degraded_reason", None) if part is not None else None
+        if reason:
+            degraded[name] = str(reason)
+    return degraded
+
+
+def degraded_summary(engine: Any, authenticate: Authenticate) -> str | None:
+    """What the gateway's ``ready`` line says of the parts degraded as it starts — ``ledger, audit —
+    password authentication failed for user "gtl"`` (each distinct cause once, a part's
+    ``degraded_cause`` where it has one: the reason without URLs and spool paths, which ``/readyz``
+    gives) — or ``None`` when none is. A permanent mistake (a wrong password, a database that does not
+    exist) must show where ``systemctl status`` and ``docker logs`` look first, not in a warning above."""
+    names: list[str] = []
+    causes: list[str] = []
+    for name, part in _parts(engine, authenticate).items():
+        if part is None or not getattr(part, "degraded_reason", None):
+            continue
+        names.append(name)
+        cause = " ".join(str(getattr(part, "degraded_cause", None) or part.degraded_reason).split())
+        if cause not in causes:
+            causes.append(cause)
+    return f"{', '.join(names)} — {'; '.join(causes)}" if names else None
+
+
+def _parts(engine: Any, authenticate: Authenticate) -> dict[str, Any]:
     from gtl_nb.gateway.audit import audit_log_of
 
     target = getattr(authenticate, "target", authenticate)
@@ -47,12 +74,7 @@ def degraded_parts(engine: Any, authenticate: Authenticate) -> dict[str, str]:
         "revocations": getattr(target, "revocations", None),
         "audit": audit_log_of(engine),
     }
-    degraded = {}
-    for name, part in parts.items():
-        reason = getattr(part, "degraded_reason", None) if part is not None else None
-        if reason:
-            degraded[name] = str(reason)
-    return degraded
+    return parts
 
 
 def refuses_every_token(authenticate: Authenticate) -> bool:

@@ -280,6 +280,14 @@ def test_degraded_reason_while_postgresql_is_away_and_none_once_the_spool_draine
         reason = audit.degraded_reason or ""
         assert "audit records wait in" in reason and str(spool) in reason and "cannot be used" in reason
         assert PASSWORD_CANARY not in reason and "\n" not in reason
+        # a stopped server refuses at once: said so, not "no answer within 5 s" (a hung network's words) —
+        # also by the tries after the first, when the pool holds no connection and waits to try again
+        reasons = {reason}
+        watch_until = time.monotonic() + 8  # the back-off's first tries (0.5, 1, 2, 4 s)
+        while time.monotonic() < watch_until:
+            reasons.add(audit.degraded_reason or "")
+            time.sleep(0.1)
+        assert all("refused" in each.lower() and "no answer within" not in each for each in reasons), reasons
         assert spool.stat().st_size > 0
         postgres_server.restart()
         stopped = False
@@ -581,3 +589,40 @@ def test_gtl_audit_tail_and_verify_read_postgresql(tmp_path, postgres_url, secre
     with pytest.raises(ConfigurationError, match="cannot be used") as unreachable:
         gtl_audit("verify", "--url", away)
     assert PASSWORD_CANARY not in str(unreachable.value)
+
+
+def test_a_wrong_password_is_named_in_the_ready_line(tmp_path, postgres_server, postgres_url):
+    """A typo in PGPASSWORD (or the URL) leaves the ledger and the audit log spooling for good; the
+    start said only "ready" (the WARNINGs above it, /readyz's 200 "degraded"). The ready line — what
+    ``systemctl status`` and ``docker logs`` show first — now names the degraded parts and the server's
+    own reason, never the password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    postgres_server.password_role("gtl_ready_pw", "the-right-one")
+    parts = urlsplit(postgres_url)
+    url = urlunsplit(parts._replace(netloc=f"gtl_ready_pw:canary-READY-wrong@127.0.0.1:{parts.port}"))
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {
+            "providers.echo": {},
+            "ledger": {"url": f"{url}?spool_path={tmp_path / 'ledger-spool.sqlite3'}"},
+            "gateway.http": {"port": 0},
+            "gateway.audit": {"url": f"{url}?spool_path={tmp_path / 'audit-spool.jsonl'}"},
+        },
+    )
+    with start_gateway(config) as gateway:
+        (ready,) = [line for line in gateway.output if line.startswith("gtl gateway: ready")]
+    assert ready.startswith("gtl gateway: ready, degraded: ledger, audit — "), ready
+    assert 'password authentication failed for user "gtl_ready_pw"' in ready, ready
+    assert ready.count("password authentication failed") == 1, ready  # one cause, said once
+    assert "canary-READY-wrong" not in "".join(gateway.output)
+
+
+def test_a_gateway_whose_stores_answer_says_ready_alone(tmp_path, postgres_url):
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {"providers.echo": {}, "ledger": {"url": postgres_url}, "gateway.http": {"port": 0}},
+    )
+    with start_gateway(config) as gateway:
+        (ready,) = [line for line in gateway.output if line.startswith("gtl gateway: ready")]
+    assert ready.startswith("gtl gateway: ready (event loop "), ready

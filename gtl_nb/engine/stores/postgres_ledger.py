@@ -432,6 +432,12 @@ class PostgresUsageLedger:
         return self._problem is not None or self._backlog
 
     @property
+    def degraded_cause(self) -> str | None:
+        """Why PostgreSQL cannot be used, alone (``degraded_reason`` without the URL and the spool), for
+        the gateway's ``ready`` line; ``None`` when all is well."""
+        return self._problem
+
+    @property
     def degraded_reason(self) -> str | None:
         """What ``/readyz`` should say about the ledger, or ``None`` when all is well."""
         if self._problem is not None:
@@ -630,7 +636,7 @@ class PostgresUsageLedger:
             name=f"gtl_nb-ledger-{self.replica}",
         )
         self._connections = PooledConnections(
-            self._pool, timeout=self._connect_timeout, where=f"ledger {self._url.shown}"
+            self._pool, timeout=self._connect_timeout, where=f"ledger {self._url.shown}", errors=self._connect_errors
         )
         await self._pool.open(wait=False)
         try:

@@ -76,6 +76,9 @@ T = TypeVar("T")
 INSTALL_HINT = install_extra("postgres")
 SCHEMES = ("postgresql", "postgres")
 CONNECT_TIMEOUT = 5.0
+_REFUSED_WAIT = 0.05
+"""Seconds a wait for a connection lasts when the pool's latest attempt failed and it holds none
+(``PooledConnections``): long enough to take one the pool makes at once, short beside a timeout."""
 """Seconds to open a connection, or to wait for one from the pool, before the server counts as unreachable."""
 _POOL_MAX = 4  # the writer, the lease keeper and a couple of readers: rows are written in batches
 _LIBPQ_SECRETS = frozenset({"password", "sslpassword", "passfile"})
@@ -253,11 +256,36 @@ def describe(exc: BaseException) -> str:
 
 class ConnectErrors:
     """The last failure of a pool's connection attempts, until one succeeds (``connection_class``
-    records them): the cause a ``PoolTimeout`` — all a caller of ``pool.connection()`` gets — hides."""
+    records them): the cause a ``PoolTimeout`` — all a caller of ``pool.connection()`` gets — hides.
+    ``next_failure()`` is a future the next failed attempt ends (``PooledConnections`` waits on it
+    beside the pool, so a server that refuses — a stopped one, a wrong password, a database that does
+    not exist — is known at once, not after the pool's whole timeout)."""
 
     def __init__(self) -> None:
         self.last: BaseException | None = None
+        self._waiting: list[asyncio.Future[BaseException]] = []
         _quiet_pool_log()
+
+    def next_failure(self) -> asyncio.Future[BaseException]:
+        """A future (of the running loop) whose result is the next failed attempt's exception."""
+        future: asyncio.Future[BaseException] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        return future
+
+    def forget(self, future: asyncio.Future[BaseException]) -> None:
+        """No longer wait on ``future`` (``next_failure``'s)."""
+        future.cancel()
+        if future in self._waiting:
+            self._waiting.remove(future)
+
+    def _record(self, exc: BaseException | None) -> None:
+        self.last = exc
+        if exc is None:
+            return
+        waiting, self._waiting = self._waiting, []
+        for future in waiting:
+            if not future.done():
+                future.get_loop().call_soon_threadsafe(_settle, future, exc)
 
     def connection_class(self) -> type:
         """psycopg's ``AsyncConnection``, recording into this object how each connection attempt ended."""
@@ -272,20 +300,27 @@ class ConnectErrors:
                 try:
                     conn = await super().connect(*args, **kwargs)
                 except Exception as exc:
-                    errors.last = exc
+                    errors._record(exc)
                     raise
-                errors.last = None
+                errors._record(None)
                 return conn
 
         return RecordingConnection
 
     def describe(self, exc: BaseException) -> str:
-        """``describe(exc)``; for a pool's timeout, followed by why its last connection attempt failed."""
+        """``describe(exc)``; for a wait that ended without a connection (the pool's timeout, or ours
+        around it) while the pool's last connection attempt failed, why that attempt failed: "Connection
+        refused", "password authentication failed …" — not "no answer within 5 s", which sends an
+        operator after a hung network when the server is stopped or refuses the credentials."""
         _, psycopg_pool = require_psycopg()
-        reason = describe(exc)
-        if isinstance(exc, psycopg_pool.PoolTimeout) and self.last is not None:
-            return f"{reason}: {describe(self.last)}"
-        return reason
+        if isinstance(exc, (psycopg_pool.PoolTimeout, asyncio.TimeoutError, TimeoutError)) and self.last is not None:
+            return describe(self.last)
+        return describe(exc)
+
+
+def _settle(future: asyncio.Future[BaseException], exc: BaseException) -> None:
+    if not future.done():
+        future.set_result(exc)
 
 
 class _PoolAttemptNoise(logging.Filter):
@@ -374,7 +409,12 @@ class PooledConnections:
     pooled one was closed by the server while it sat idle (module docstring: "Stale connections").
 
     ``configure`` prepares a new connection as the pool's own ``configure`` does; ``where`` names the
-    store in the log line a retry writes. The work is run twice at most: it must be idempotent."""
+    store in the log line a retry writes. The work is run twice at most: it must be idempotent.
+
+    ``errors`` (the pool's ``ConnectErrors``): a connection attempt of the pool that fails while the
+    work waits for a connection ends the wait with that failure, rather than the pool's timeout later
+    — a server that answered "password authentication failed" or refused the connection is not
+    going to give one within it, and a start waited those seconds for nothing."""
 
     def __init__(
         self,
@@ -383,22 +423,28 @@ class PooledConnections:
         timeout: float,
         where: str,
         configure: Callable[[Any], Awaitable[None]] | None = None,
+        errors: ConnectErrors | None = None,
     ) -> None:
         self._pool = pool
         self._timeout = timeout
         self._where = where
         self._configure = configure
+        self._errors = errors
         self._checking: asyncio.Future[None] | None = None
 
     async def run(self, work: Callable[[Any], Awaitable[T]]) -> T:
         """``await work(conn)`` on a pooled connection; on a new one if that one turns out closed."""
-        async with self._pool.connection(timeout=self._timeout) as conn:
-            try:
-                return await work(conn)
-            except Exception as exc:
-                if not lost_connection(exc, conn):
-                    raise
-                reason = describe(exc)
+        conn = await self._connection()
+        try:
+            async with conn:  # (as the pool's own ``connection()``: a pooled connection is not closed)
+                try:
+                    return await work(conn)
+                except Exception as exc:
+                    if not lost_connection(exc, conn):
+                        raise
+                    reason = describe(exc)
+        finally:
+            await self._pool.putconn(conn)
         # the pool discards the closed connection as it takes it back; the retry must not get another
         # idle one just as dead, so it runs on a connection of its own (a server that is down refuses
         # it at once: an outage is still noticed as fast as before)
@@ -406,6 +452,41 @@ class PooledConnections:
         log.info("%s: a pooled connection was closed by the server (%s); done on a new one", self._where, reason)
         self._check_idle()
         return result
+
+    async def _connection(self) -> Any:
+        """A connection of the pool (``putconn`` it back), or the failure of the pool's next
+        connection attempt if that comes first (``errors``), or the pool's timeout."""
+        if self._errors is None:
+            return await self._pool.getconn(timeout=self._timeout)
+        failure = self._errors.next_failure()
+        # the pool's latest attempt failed and it holds no connection made before: the wait would end in
+        # that failure again; asked all the same (the pool makes a new attempt for it), briefly
+        refused = self._errors.last is not None and not self._pool.get_stats().get("pool_available", 0)
+        if refused:
+            failure.set_result(self._errors.last)  # type: ignore[arg-type]
+        getting = asyncio.ensure_future(self._pool.getconn(timeout=self._timeout))
+        try:
+            if refused:
+                await asyncio.wait({getting}, timeout=_REFUSED_WAIT)
+            else:
+                await asyncio.wait({getting, failure}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            getting.cancel()
+            getting.add_done_callback(self._give_back)
+            raise
+        finally:
+            self._errors.forget(failure)
+        if getting.done():
+            return getting.result()
+        getting.cancel()  # the pool gives back a connection it handed over meanwhile
+        getting.add_done_callback(self._give_back)
+        raise failure.result()
+
+    def _give_back(self, getting: asyncio.Future[Any]) -> None:
+        """A connection the pool handed to a wait given up: back to it (any failure was said already)."""
+        if getting.cancelled() or getting.exception() is not None:
+            return
+        _in_background(self._pool.putconn(getting.result()))
 
     async def _on_new_connection(self, work: Callable[[Any], Awaitable[T]]) -> T:
         conn = await self._pool.connection_class.connect(self._pool.conninfo, **self._pool.kwargs)
@@ -421,6 +502,10 @@ class PooledConnections:
             return
         self._checking = asyncio.ensure_future(self._pool.check())
         self._checking.add_done_callback(_consume)
+
+
+def _in_background(coro: Coroutine[Any, Any, None]) -> None:
+    asyncio.ensure_future(coro).add_done_callback(_consume)
 
 
 def _consume(task: asyncio.Future[Any]) -> None:

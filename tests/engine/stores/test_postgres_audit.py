@@ -478,3 +478,37 @@ def test_a_wrong_password_is_the_reason_the_audit_records_wait(postgres_server: 
         sink.close()
     assert 'password authentication failed for user "gtl_audit_pw"' in reason
     assert "canary-audit-WRONG" not in reason
+
+
+@pytest.mark.timeout(300)
+def test_a_refused_password_ends_the_audit_logs_first_contact_at_once(
+    postgres_server: Any, postgres_url: str, tmp_path: Path
+):
+    """As the ledger's: timeouts of an hour, and the sink still opens, degraded with the server's words."""
+    postgres_server.password_role("gtl_audit_fast", "the-right-one")
+    parts = urlsplit(postgres_url)
+    url = urlunsplit(parts._replace(netloc=f"gtl_audit_fast:canary-audit-FAST@127.0.0.1:{parts.port}"))
+    sink = PostgresAuditSink(
+        url, replica="fast", spool_path=tmp_path / "fast.jsonl", connect_timeout=3600, write_timeout=3600
+    )
+    try:
+        cause = sink.degraded_cause or ""
+    finally:
+        sink.close()
+    assert 'password authentication failed for user "gtl_audit_fast"' in cause, cause
+    assert "canary-audit-FAST" not in cause
+
+
+def test_a_stopped_server_is_said_to_refuse_not_to_be_silent(postgres_url: str, tmp_path: Path):
+    """/readyz said "no answer within 5 s" of a server that refused the connection at once (the write's
+    bound ran out while the pool waited for a connection it could not make): an operator then looks for
+    a hung network instead of a stopped server."""
+    parts = urlsplit(postgres_url)
+    url = urlunsplit(parts._replace(netloc=f"postgres@127.0.0.1:{kit.free_port()}"))
+    sink = PostgresAuditSink(url, replica="stopped", spool_path=tmp_path / "stopped.jsonl", write_timeout=1.0)
+    try:
+        sink.append([record(0)])
+        reason = sink.degraded_reason or ""
+    finally:
+        sink.close()
+    assert "refused" in reason.lower() and "no answer within" not in reason, reason

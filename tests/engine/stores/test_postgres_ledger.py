@@ -1130,3 +1130,24 @@ def test_a_database_of_ledger_version_5_gains_the_estimate_mark_and_keeps_its_ro
         ("cut", True),
         ("answered", False),
     ]
+
+
+@pytest.mark.timeout(300)
+def test_a_refused_password_ends_the_first_contact_at_once_not_at_the_pools_timeout(
+    postgres_server: Any, postgres_url: str, spool: Path
+):
+    """The server answers FATAL to the first connection attempt: nothing will come of waiting for the
+    pool's timeout (a start waited its whole 5 s). With timeouts of an hour, the ledger opens all the
+    same — degraded, the server's own words its reason — which it could only do by not waiting them."""
+    postgres_server.password_role("gtl_pw_fast", "the-right-one")
+    parts = urlsplit(postgres_url)
+    url = urlunsplit(parts._replace(netloc=f"gtl_pw_fast:canary-WRONG-fast@127.0.0.1:{parts.port}"))
+    ledger = PostgresUsageLedger(url, spool_path=spool, connect_timeout=3600, write_timeout=3600)
+    try:
+        assert ledger.degraded
+        reason, cause = ledger.degraded_reason or "", ledger.degraded_cause or ""
+    finally:
+        ledger.close()
+    assert 'password authentication failed for user "gtl_pw_fast"' in cause, cause
+    assert cause in reason and "couldn't get a connection" not in reason
+    assert "canary-WRONG-fast" not in reason
