@@ -145,20 +145,20 @@ class _Line:
     record: dict[str, Any]
 
     def params(self) -> dict[str, Any]:
-        def cut(name: str) -> str | None:
-            value = self.record.get(name)
-            return None if value is None else str(value)[:_TEXT_LIMIT]
+        return {"replica": self.replica, "seq": self.seq, **_copies(self.record), "line": self.text}
 
-        return {
-            "replica": self.replica,
-            "seq": self.seq,
-            "time": cut("time"),
-            "kind": cut("kind"),
-            "session_id": cut("session_id"),
-            "trace_id": cut("trace_id"),
-            "principal": cut("principal"),
-            "line": self.text,
-        }
+
+_COPIED = ("time", "kind", "session_id", "trace_id", "principal")
+"""The record's fields the table keeps a copy of, in columns of the same names, for searches and indexes."""
+
+
+def _copies(record: dict[str, Any]) -> dict[str, str | None]:
+    """The columns ``_COPIED`` of ``record``: each field as text, cut as the file log cuts them."""
+    copies: dict[str, str | None] = {}
+    for name in _COPIED:
+        value = record.get(name)
+        copies[name] = None if value is None else str(value)[:_TEXT_LIMIT]
+    return copies
 
 
 class PostgresAuditSink:
@@ -755,12 +755,13 @@ def verify_postgres(url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> Po
         walks: dict[str, _ChainWalk] = {}
         with conn.cursor(name="audit_walk") as cursor:  # server-side: a large table is streamed, not loaded
             cursor.itersize = 2000
-            cursor.execute("SELECT replica, seq, line FROM audit_records ORDER BY replica, seq")
-            for replica, seq, line in cursor:
+            columns = ", ".join(_COPIED)
+            cursor.execute(f"SELECT replica, seq, line, {columns} FROM audit_records ORDER BY replica, seq")
+            for replica, seq, line, *copied in cursor:
                 walk = walks.get(replica)
                 if walk is None:
                     walk = walks[replica] = _ChainWalk(replica, problems.append)
-                walk.line(int(seq), line)
+                walk.line(int(seq), line, dict(zip(_COPIED, copied, strict=True)))
                 records += 1
         conn.rollback()
     per_chain = []
@@ -781,6 +782,16 @@ def verify_postgres(url: str, *, connect_timeout: float = CONNECT_TIMEOUT) -> Po
     return PostgresAuditReport(parsed.shown, len(per_chain), records, tuple(problems), tuple(per_chain))
 
 
+def _differing_copies(text: str, copied: dict[str, Any]) -> list[str]:
+    """The columns of ``copied`` that are not what the sealed line ``text`` holds (``_copies``)."""
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return []
+    expected = _copies(record) if isinstance(record, dict) else {}
+    return [name for name in _COPIED if copied.get(name) != expected.get(name)]
+
+
 class _ChainWalk:
     """One pass over one replica's chain, in ``seq`` order."""
 
@@ -798,7 +809,9 @@ class _ChainWalk:
         self.problems += 1
         self.report(Problem(kind, f"chain {self.replica}: {message}", file=self.replica, seq=seq))
 
-    def line(self, seq: int, text: str) -> None:
+    def line(self, seq: int, text: str, copied: dict[str, Any] | None = None) -> None:
+        """The record ``seq``: its sealed ``text`` and (``copied``) the table's copies of its fields,
+        which searches and the indexes read, so they must say what the sealed line says."""
         self.records += 1
         sealed = _unseal(text.encode("utf-8", "backslashreplace"))
         where = f"record {seq}"
@@ -806,6 +819,14 @@ class _ChainWalk:
             self.problem("unreadable", f"{where} is not an audit record", seq)
         elif sealed.computed != sealed.stored:
             self.problem("edited", f"{where} was changed: its hash does not match its content", seq)
+        elif copied is not None and (differ := _differing_copies(text, copied)):
+            self.problem(
+                "edited",
+                f"{where}'s {', '.join(differ)} {'columns' if len(differ) > 1 else 'column'} of the table "
+                f"{'differ' if len(differ) > 1 else 'differs'} from its sealed line: the copies searches read "
+                "were changed (the line is the evidence)",
+                seq,
+            )
         elif sealed.seq != seq or _replica_of(text) != self.replica:
             self.problem("edited", f"{where} says it is record {sealed.seq} of another place: it was moved", seq)
         elif seq > self.expect_seq:

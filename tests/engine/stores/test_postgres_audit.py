@@ -101,6 +101,36 @@ def test_verification_finds_an_edited_record(postgres_url: str, two_chains: tupl
     assert problems == [("edited", f"chain {a}: record 8 was changed: its hash does not match its content")]
 
 
+def test_verification_finds_the_searched_copies_of_a_record_edited(postgres_url: str, two_chains: tuple[str, str]):
+    """The indexed columns (``principal``, ``session_id``, ``trace_id``, ``time``, ``kind``) are what an
+    auditor's SQL searches by: edited, they hid a record from a search, or pinned it on someone else,
+    and ``gtl audit verify --url`` said "intact". They must say what the sealed line says."""
+    a, b = two_chains
+    execute(
+        postgres_url,
+        "UPDATE audit_records SET principal = 'mallory', session_id = 'x', trace_id = 'y' "
+        "WHERE replica = %s AND seq = 10",
+        a,
+    )
+    problems = _tampered(
+        postgres_url, "UPDATE audit_records SET time = '2020-01-01T00:00:00.000Z', kind = NULL "
+        "WHERE replica = %s AND seq = 2", b,
+    )  # fmt: skip
+    assert problems == [
+        (
+            "edited",
+            f"chain {a}: record 10's session_id, trace_id, principal columns of the table differ from its "
+            "sealed line: the copies searches read were changed (the line is the evidence)",
+        ),
+        (
+            "edited",
+            f"chain {b}: record 2's time, kind columns of the table differ from its sealed line: the copies "
+            "searches read were changed (the line is the evidence)",
+        ),
+    ]
+    assert not verify_postgres(postgres_url).ok
+
+
 def test_verification_finds_a_record_rewritten_with_a_fresh_hash(postgres_url: str, two_chains: tuple[str, str]):
     a = two_chains[0]
     (line,) = execute(postgres_url, "SELECT line FROM audit_records WHERE replica = %s AND seq = 3", a)[0]
