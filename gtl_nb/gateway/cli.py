@@ -1,6 +1,7 @@
 """``gtl serve``: the gateway as a subcommand of the ``gtl`` command (``cli._optional_subcommands``).
 
-``gtl serve --stdio --config FILE`` and ``gtl --config FILE serve --stdio`` mean the same.
+``gtl serve --stdio --config FILE`` and ``gtl --config FILE serve --stdio`` mean the same, as do
+``gtl serve --log info`` and ``gtl --log info serve``.
 ``gtl reload`` (``gateway.reload_cli``) makes a running gateway reload its configuration.
 """
 
@@ -28,6 +29,12 @@ def add_subcommands(subparsers: Any) -> None:
     add_arguments(parser, config=False)
     # its own name: a subcommand's default would overwrite the global --config given before it
     parser.add_argument("--config", dest="serve_config", metavar="FILE", help="TOML configuration (as gtl --config)")
+    parser.add_argument(  # as --config: after the command's name too (docs/configuration.md writes it so)
+        "--log",
+        metavar="LEVEL",
+        default=argparse.SUPPRESS,  # not typed here: the one before the command (or none) stands
+        help="log verbosity on standard error: DEBUG, INFO, WARNING, ERROR (as gtl --log)",
+    )
     # the spellings of other servers' commands: one option here says host and port at once
     listen = dict.fromkeys(_LISTEN_OPTIONS, _listen_hint)
     parser.set_defaults(handler=_serve, unknown_option_hints=listen)

@@ -96,6 +96,38 @@ def test_gtl_serve_takes_the_config_before_or_after_the_subcommand():
         assert args.handler is cli._serve
 
 
+def test_gtl_serve_takes_the_log_level_after_the_subcommand_as_configuration_md_writes_it(tmp_path):
+    """``gtl serve --log info`` (docs/configuration.md) was refused: "unrecognized arguments"."""
+    import os
+
+    gtl = [sys.executable, "-c", "import sys; from gtl_nb.cli import main; sys.exit(main())"]
+    ledger = tmp_path / "ledger.sqlite"
+    config = tmp_path / "gtl.toml"
+    config.write_text(f'[ledger]\npath = "{ledger}"\n[providers.echo]\n', encoding="utf-8")
+    child = subprocess.Popen(
+        [*gtl, "serve", "--log", "info", "--config", str(config), "--http", "127.0.0.1:0"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={name: value for name, value in os.environ.items() if name != "GTL_NB_LOG"},
+    )
+    try:
+        assert child.stderr is not None
+        seen = []
+        for line in child.stderr:
+            seen.append(line)
+            if line.startswith("gtl gateway: ready"):
+                break
+        assert any("INFO each TCP listener holds at most" in line for line in seen), seen
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(15) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
 def test_sigterm_stops_the_gateway_when_nobody_reads_its_standard_error_any_more(tmp_path, loop):
     """A supervisor's log pipe that closed must not turn SIGTERM into a no-op (the shutdown line's
