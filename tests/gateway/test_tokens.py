@@ -1154,6 +1154,33 @@ def test_the_operators_log_line_says_why_a_token_was_refused_and_never_holds_it(
     assert not any(token_part in caplog.text for token_part in hs(claims()).split(".") + expired.split("."))
 
 
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [({"aud": "other-service"}, "wrong-audience"), ({"iss": "https://evil.test"}, "wrong-issuer")],
+)
+def test_a_verified_token_for_another_audience_or_issuer_is_logged_with_its_sub_and_jti(changes, reason, caplog):
+    """docs/tokens.md: the reason word "with sub and jti once the signature has verified" — and these
+    signatures did: an operator asked why a token does not work must see whose token hit this gateway.
+    The client still hears the one generic message."""
+    from gtl_nb.gateway.sessions import authenticated_or_logged
+
+    token = hs(claims(sub="eve", jti="jti-wrong-place", **changes))
+    with caplog.at_level("INFO", logger="gtl_nb"), pytest.raises(TokenRefusedError) as refused:
+        authenticated_or_logged(authenticator(), token, "127.0.0.1:5000")
+    assert refused.value.message == REFUSED and "eve" not in refused.value.message
+    (line,) = [record.getMessage() for record in caplog.records if "refused client" in record.getMessage()]
+    assert f"[{reason} (sub='eve', jti='jti-wrong-place')]" in line, line
+
+
+def test_a_token_whose_signature_fails_is_logged_without_the_claims_it_carries(caplog):
+    from gtl_nb.gateway.sessions import authenticated_or_logged
+
+    forged = hs(claims(sub="mallory-claimed", aud="other-service"), secret="another-secret-of-32-bytes-or-more!")
+    with caplog.at_level("INFO", logger="gtl_nb"), pytest.raises(TokenRefusedError):
+        authenticated_or_logged(authenticator(), forged, "127.0.0.1:5000")
+    assert "[bad-signature]" in caplog.text and "mallory-claimed" not in caplog.text
+
+
 def test_gtl_token_mint_warns_of_a_provider_key_the_vault_does_not_hold(gtl, capsys, tmp_path, monkeypatch):
     from gtl_nb.gateway.vault import MasterKey, Vault, generate_master_key
 

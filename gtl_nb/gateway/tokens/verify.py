@@ -300,24 +300,26 @@ class TokenAuthenticator:
         missing = sorted(name for name in policy.required_claims if claims.get(name) is None)
         if missing:
             raise _Refusal("missing-claim", detail=f" ({', '.join(missing)})")
+        for name in ("sub", "jti"):
+            if not is_name(claims[name]):
+                raise _Refusal("bad-claim", detail=f" ({name})")
+        # the signature verified: the operator's log names whose token it is (a token sent to the wrong
+        # gateway, or minted for another service, is one an operator gets asked about)
+        who = f" (sub={claims['sub']!r}, jti={claims['jti']!r})"
         if claims["iss"] != policy.issuer:
-            raise _Refusal("wrong-issuer")
+            raise _Refusal("wrong-issuer", detail=who)
         audience = claims["aud"]
         audiences = [audience] if isinstance(audience, str) else audience
         if not isinstance(audiences, list) or not all(isinstance(item, str) for item in audiences):
             raise _Refusal("bad-claim", detail=" (aud)")
         if policy.audience not in audiences:
-            raise _Refusal("wrong-audience")
-        for name in ("sub", "jti"):
-            if not is_name(claims[name]):
-                raise _Refusal("bad-claim", detail=f" ({name})")
+            raise _Refusal("wrong-audience", detail=who)
         if claims["sub"].startswith(TENANT_PREFIX):  # the name a tenant's shared budget is counted under
             raise _Refusal("bad-claim", detail=f" (sub: {TENANT_PREFIX!r} names a tenant's budget)")
         times = {name: claims.get(name) for name in ("exp", "iat", "nbf")}
         for name, value in times.items():
             if value is not None and not is_time(value):
                 raise _Refusal("bad-claim", detail=f" ({name})")
-        who = f" (sub={claims['sub']!r}, jti={claims['jti']!r})"
         now, leeway = self.clock(), policy.leeway
         exp, iat, nbf = times["exp"], times["iat"], times["nbf"]
         if exp is not None and now > exp + leeway:
