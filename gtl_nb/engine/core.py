@@ -1891,7 +1891,7 @@ class Engine:
         try:
             resolved = with_key(self.credentials, deployment, key_name)
             if self.audience == GATEWAY:
-                _check_credentials(resolved)
+                _check_credentials(resolved, self.credentials)
         except ConfigurationError as exc:
             if self.audience != GATEWAY:
                 raise
@@ -2007,7 +2007,7 @@ class Engine:
         try:
             deployment, chosen = self._credentials_for(target)  # current keys: rotation needs no restart
             if self._complete_credentials.get(target.name) is not deployment and self.audience == GATEWAY:
-                _check_credentials(deployment)  # (an embedded client checks before its session starts)
+                _check_credentials(deployment, self.credentials)  # (an embedded client checks before it starts)
                 self._complete_credentials[target.name] = deployment
             if self._told_operator and not chosen:  # its own credentials mended: a later breakage is told again
                 self._told_operator.pop(target.name, None)
@@ -2135,14 +2135,20 @@ def _ended_unfinished(target: Target, sid: str) -> Error:
     )
 
 
-def _check_credentials(deployment: Deployment) -> None:
+def _check_credentials(deployment: Deployment, credentials: Any = None) -> None:
     """``ConfigurationError`` when ``deployment`` lacks what its provider type needs to be called (a key
-    whose variable is unset): a gateway would otherwise call the provider without it."""
+    whose variable is unset): a gateway would otherwise call the provider without it. ``credentials``
+    (the engine's resolver) may say where else the key can come from (``missing_key_advice``: a
+    gateway's vault)."""
     missing = missing_credentials(deployment)
     if missing:
+        advice = getattr(credentials, "missing_key_advice", None)
+        more = advice(deployment.name) if advice is not None and "api_key" in missing else None
         raise ConfigurationError(
             f"deployment {deployment.name!r} ({deployment.type}) has no {' and '.join(missing)} to send: "
-            "set it in the gateway's environment or configuration (gtl serve warned at start)"
+            "set it in the gateway's environment or configuration"
+            + (f", or {more}" if more else "")
+            + " (gtl serve warned at start)"
         )
 
 

@@ -237,11 +237,15 @@ class Settings:
         its credentials as ``resolve`` (a ``CredentialResolver``'s ``resolve``) finds them now: a
         gateway says so at start and on a reload, where nobody is there to be refused."""
         problems = []
+        # a resolver that knows another source of keys says how to use it (a gateway's vault)
+        advice = getattr(getattr(resolve, "__self__", None), "missing_key_advice", None)
         for name, deployment in self.deployments.items():
             try:
-                self.require_credentials(name, resolve(deployment) if resolve is not None else None)
+                current = resolve(deployment) if resolve is not None else None
+                self.require_credentials(name, current)
             except GTLError as exc:
-                problems.append(exc.message)
+                more = advice(name) if advice is not None and "is missing api_key" in exc.message else None
+                problems.append(f"{exc.message}; or {more}" if more else exc.message)
         return problems
 
 

@@ -258,6 +258,17 @@ class VaultCredentials:
         twin._check_table(deployments)
         return twin
 
+    def missing_key_advice(self, deployment: str) -> str | None:
+        """How the vault gives ``deployment`` a key when it has none (the missing-key warning and log line
+        name the environment and the file; on a gateway with a vault, its own route first of all) —
+        ``None`` for a deployment the ``keys`` table names (its own warning says what is wrong)."""
+        if deployment in self._keys:
+            return None
+        return (
+            f"from this gateway's vault: store it (gtl keys add NAME --deployment {deployment}) and give it "
+            f'to the deployment in [gateway.vault] keys ({deployment} = "NAME"; a restart applies that table)'
+        )
+
     def refresh(self) -> None:
         """Look for a changed vault now, whatever the interval (the next check is an interval away)."""
         with self._lock:

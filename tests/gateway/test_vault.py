@@ -510,6 +510,29 @@ def test_a_wrong_table_stops_the_gateway_before_it_starts(vault: Vault, key_file
         resolver(vault, key_file, FakeClock())
 
 
+def test_a_deployment_the_key_table_forgot_is_told_the_vaults_route_too(vault: Vault, key_file: Path):
+    """A vault gateway whose ``keys`` table left a deployment out was told to set ANTHROPIC_API_KEY or an
+    api_key in the file — the routes the docs advise against — never the vault's own."""
+    from gtl_nb.engine.core import _check_credentials
+
+    filled(vault)
+    settings = load_settings(
+        providers={"openai": {"api_key_env": "GTL_TEST_UNSET"}, "anthropic": {"type": "anthropic"}}, environ={}
+    )
+    credentials = resolver(vault, key_file, FakeClock(), deployments=["echo", "openai", "anthropic"])
+    (problem,) = settings.missing_credentials(credentials.resolve)  # what gtl serve and a reload warn
+    assert problem.startswith("deployment 'anthropic' (anthropic) is missing api_key: set ANTHROPIC_API_KEY"), problem
+    assert "gtl keys add NAME --deployment anthropic" in problem and "[gateway.vault] keys" in problem, problem
+    assert 'anthropic = "NAME"' in problem
+    without_key = credentials.resolve(settings.deployments["anthropic"])
+    with pytest.raises(ConfigurationError) as logged:  # the log line of its first request
+        _check_credentials(without_key, credentials)
+    assert "gtl keys add NAME --deployment anthropic" in logged.value.message, logged.value.message
+    # without a vault, the advice is what it was
+    (plain,) = [each for each in settings.missing_credentials() if "'anthropic'" in each]
+    assert "gtl keys" not in plain and "[gateway.vault]" not in plain
+
+
 def test_a_key_the_table_names_that_the_vault_lacks_is_warned_of_and_never_blocks_a_start_or_reload(
     vault: Vault, key_file: Path
 ):
