@@ -177,11 +177,26 @@ def add_subcommands(subparsers: Any) -> None:
         help=f"a DNS name or IP address of the server (repeatable; default: {', '.join(DEFAULT_NAMES)})",
     )
     parser.add_argument("--days", type=int, default=30, help="validity in days (default: 30)")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the files of an earlier run, the CA among them (clients need the new ca.pem)",
+    )
     parser.set_defaults(handler=_certs)
 
 
 def _certs(args: argparse.Namespace) -> int:
-    files = make_dev_certificates(args.directory, args.names or DEFAULT_NAMES, days=args.days)
+    folder = Path(args.directory)
+    there = [name for name in ("ca.pem", "server.pem", "server-key.pem") if (folder / name).exists()]
+    if there and not args.force:
+        # the CA's key is not kept, so a new server certificate comes with a new CA: every client given
+        # the old ca.pem would refuse the gateway ("unable to get local issuer certificate")
+        raise ConfigurationError(
+            f"{str(folder)!r} already holds {', '.join(there)} of an earlier gtl certs: writing again makes a new "
+            "CA (its key is not kept), and every client given the old ca.pem would refuse the gateway; "
+            "give --force to replace them (then give clients the new ca.pem), or another directory"
+        )
+    files = make_dev_certificates(folder, args.names or DEFAULT_NAMES, days=args.days)
     print(f"CA certificate (give it to clients: connect(..., verify={str(files.ca)!r})): {files.ca}")
     print(f"server certificate: {files.certificate}")
     print(f"server key (owner-readable only): {files.key}")

@@ -124,6 +124,22 @@ def test_gtl_certs_says_a_mistake_in_one_line_and_writes_nothing(tmp_path, argum
     assert not (tmp_path / "out").exists()
 
 
+def test_gtl_certs_run_again_keeps_the_ca_clients_hold_unless_forced(tmp_path):
+    """A second ``gtl certs DIR`` (to add a --name, say) silently made a new CA: every client given the
+    old ca.pem then refused the gateway. The CA's key is not kept, so the old CA cannot sign again:
+    the second run is refused, and ``--force`` replaces the three files."""
+    assert gtl_certs("out", cwd=tmp_path).returncode == 0
+    first = {name: (tmp_path / "out" / name).read_bytes() for name in ("ca.pem", "server.pem", "server-key.pem")}
+    again = gtl_certs("out", "--name", "gw.test", cwd=tmp_path)
+    assert again.returncode == 2, again.stderr
+    assert "'out' already holds ca.pem, server.pem, server-key.pem of an earlier gtl certs" in again.stderr
+    assert "every client given the old ca.pem would refuse the gateway" in again.stderr and "--force" in again.stderr
+    assert {name: (tmp_path / "out" / name).read_bytes() for name in first} == first  # nothing written
+    forced = gtl_certs("out", "--name", "gw.test", "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr
+    assert (tmp_path / "out" / "ca.pem").read_bytes() != first["ca.pem"]
+
+
 def test_names_a_certificate_may_list(tmp_path):
     files = make_dev_certificates(tmp_path, names=["*.gateway.test", "gw-1.internal", "10.0.0.7", "fe80::1"])
     assert files.certificate.exists()

@@ -112,8 +112,10 @@ def _reloader(tmp_path: Path, more: dict[str, dict[str, Any]]) -> tuple[Reloader
 
 
 def _certificates(tmp_path: Path) -> dict[str, Any]:
-    pair = make_dev_certificates(tmp_path / "tls")
-    return {"port": 0, "tls_cert": pair.certificate, "tls_key": pair.key}
+    folder = tmp_path / "tls"
+    pair = make_dev_certificates(folder) if not (folder / "ca.pem").exists() else None
+    cert, key = (pair.certificate, pair.key) if pair is not None else (folder / "server.pem", folder / "server-key.pem")
+    return {"port": 0, "tls_cert": cert, "tls_key": key}
 
 
 @pytest.mark.parametrize(
