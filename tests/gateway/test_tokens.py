@@ -1156,7 +1156,12 @@ def test_the_operators_log_line_says_why_a_token_was_refused_and_never_holds_it(
 
 @pytest.mark.parametrize(
     ("changes", "reason"),
-    [({"aud": "other-service"}, "wrong-audience"), ({"iss": "https://evil.test"}, "wrong-issuer")],
+    [
+        ({"aud": "other-service"}, "wrong-audience"),
+        ({"iss": "https://evil.test"}, "wrong-issuer"),
+        ({"aud": 7}, "bad-claim (aud)"),
+        ({"exp": "tomorrow"}, "bad-claim (exp)"),
+    ],
 )
 def test_a_verified_token_for_another_audience_or_issuer_is_logged_with_its_sub_and_jti(changes, reason, caplog):
     """docs/tokens.md: the reason word "with sub and jti once the signature has verified" — and these

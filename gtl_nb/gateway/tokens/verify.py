@@ -311,7 +311,7 @@ class TokenAuthenticator:
         audience = claims["aud"]
         audiences = [audience] if isinstance(audience, str) else audience
         if not isinstance(audiences, list) or not all(isinstance(item, str) for item in audiences):
-            raise _Refusal("bad-claim", detail=" (aud)")
+            raise _Refusal("bad-claim", detail=f" (aud){who}")
         if policy.audience not in audiences:
             raise _Refusal("wrong-audience", detail=who)
         if claims["sub"].startswith(TENANT_PREFIX):  # the name a tenant's shared budget is counted under
@@ -319,7 +319,7 @@ class TokenAuthenticator:
         times = {name: claims.get(name) for name in ("exp", "iat", "nbf")}
         for name, value in times.items():
             if value is not None and not is_time(value):
-                raise _Refusal("bad-claim", detail=f" ({name})")
+                raise _Refusal("bad-claim", detail=f" ({name}){who}")
         now, leeway = self.clock(), policy.leeway
         exp, iat, nbf = times["exp"], times["iat"], times["nbf"]
         if exp is not None and now > exp + leeway:
