@@ -229,7 +229,7 @@ class Reloader:
             line += f"; changed but not reloadable, restart to apply: {', '.join(prepared.restart)}"
         for problem in prepared.settings.missing_credentials(self.engine.credentials.resolve):
             line += f"; warning: {problem} ({FAIL_OVER_NOTE})"
-        note = secret_env_note(prepared.options)
+        note = secret_env_note(prepared.options) if "secret" not in prepared.token_changes else None
         if note is not None:
             line += f"; {note}"
         return line
@@ -249,15 +249,17 @@ def secret_env_note(options: GatewaySettings) -> str | None:
     """What a reload says when ``[gateway.jwt] secret_env`` names the HS256 secret: a process's environment
     never changes, so the reload re-reads the value the gateway started with — a new secret put in the
     variable (an env file, after a leak) takes a restart, which a reload line reporting "no change" must
-    not hide. ``None`` when the secret is not read from the environment."""
+    not hide. ``None`` when the secret is not read from the environment. (Not said of a reload that
+    did find a new value there: only a process whose own environment was changed, as an embedder's
+    or a test's can be, finds one.)"""
     if options.auth != "jwt":
         return None
     name = (options.jwt or {}).get("secret_env")
     if not isinstance(name, str) or not name:
         return None
     return (
-        f"[gateway.jwt] secret_env is read at start: ${name} keeps the value this process started with, "
-        "restart to apply a new value (a secret_file is read again at each reload)"
+        f"[gateway.jwt] secret_env is read at start: restart to apply a new value of ${name} "
+        "(a secret_file is read again at each reload)"
     )
 
 

@@ -21,6 +21,10 @@ from gtl_nb.gateway.tokens import TokenPolicy
 from tests.gateway.conftest import write_toml
 
 SECRET_ENV = "GTL_TEST_RELOAD_LINE_SECRET"
+ENV_NOTE = (  # every reload line of a gateway reading its secret from the environment ends so
+    "; [gateway.jwt] secret_env is read at start: restart to apply a new value of $GTL_TEST_RELOAD_LINE_SECRET "
+    "(a secret_file is read again at each reload)"
+)
 SECRET = "reload-line-secret-0123456789abcdef-first"
 ISSUER = "reload-line"
 
@@ -73,13 +77,14 @@ def gateway(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Gatewa
 def test_a_reload_of_an_unchanged_file_says_so_and_not_that_the_token_policy_was_renewed(
     tmp_path: Path, gateway: _Gateway
 ):
-    assert gateway.reload(_tables(tmp_path)) == "reloaded the configuration: no change to apply"
+    assert gateway.reload(_tables(tmp_path)) == "reloaded the configuration: no change to apply" + ENV_NOTE
 
 
 def test_a_new_secret_in_the_same_place_renews_the_token_policy_and_the_line_says_which_key(
     tmp_path: Path, gateway: _Gateway, monkeypatch: pytest.MonkeyPatch
 ):
-    """The table is the same; the secret it points at is not (a rotation): the policy is renewed."""
+    """The table is the same; the secret it points at is not (a rotation): the policy is renewed. (In a
+    gateway process the environment never changes; an embedder's may, and the line then has no note.)"""
     monkeypatch.setenv(SECRET_ENV, "reload-line-secret-0123456789abcdef-second")
     line = gateway.reload(_tables(tmp_path))
     assert line == "reloaded the configuration: token policy renewed (secret)", line
@@ -93,17 +98,21 @@ def test_budget_limit_changes_are_named_by_their_tables(tmp_path: Path, gateway:
         "budgets.tenants.acme": {"usd_per_day": 3.0},
     }
     line = gateway.reload(_tables(tmp_path, budgets=budgets))
-    assert line == ("reloaded the configuration: [budgets] limits, [budgets.users.alice], [budgets.tenants.acme]"), line
+    assert line == (
+        "reloaded the configuration: [budgets] limits, [budgets.users.alice], [budgets.tenants.acme]" + ENV_NOTE
+    ), line
     assert gateway.engine.budgets.limits_for("alice").requests_per_minute == 5
     # only alice's own limit changes now: the default and the tenant's stay, so neither is named
     budgets["budgets.users.alice"] = {"requests_per_minute": 6}
-    assert gateway.reload(_tables(tmp_path, budgets=budgets)) == "reloaded the configuration: [budgets.users.alice]"
+    assert gateway.reload(_tables(tmp_path, budgets=budgets)) == (
+        "reloaded the configuration: [budgets.users.alice]" + ENV_NOTE
+    )
     # many users at once: five are named, the rest counted
     many = {**budgets, **{f"budgets.users.u{number}": {"requests_per_minute": 1} for number in range(7)}}
     line = gateway.reload(_tables(tmp_path, budgets=many))
     assert line == (
         "reloaded the configuration: [budgets.users.u0], [budgets.users.u1], [budgets.users.u2], "
-        "[budgets.users.u3], [budgets.users.u4], 2 more [budgets.users.*]"
+        "[budgets.users.u3], [budgets.users.u4], 2 more [budgets.users.*]" + ENV_NOTE
     ), line
 
 
@@ -113,6 +122,7 @@ def test_an_upstream_change_is_named_restart_to_apply(tmp_path: Path, gateway: _
     assert (
         line
         == "reloaded the configuration: no change to apply; changed but not reloadable, restart to apply: [upstream]"
+        + ENV_NOTE
     )
 
 

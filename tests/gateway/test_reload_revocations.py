@@ -82,7 +82,8 @@ def test_the_same_sqlite_file_is_kept_and_a_replaced_one_is_closed(tmp_path: Pat
     gateways.append(gateway)
     first = gateway.revocations
     first.revoke("jti-1", 4_000_000_000.0)
-    assert gateway.reload({"revocations": str(store), "issuer": "renamed"}).endswith("token policy renewed (issuer)")
+    line = gateway.reload({"revocations": str(store), "issuer": "renamed"})
+    assert line.split("; [gateway.jwt] secret_env")[0].endswith("token policy renewed (issuer)"), line
     assert gateway.revocations is first and gateway.hook.target.policy.issuer == "renamed"  # type: ignore[attr-defined]
     assert first.is_revoked("jti-1")  # still open: the same connection serves
     gateway.reload({"revocations": str(store), "refresh": 1})  # another pace: a new store on the same file
@@ -98,7 +99,7 @@ def test_the_same_redis_list_is_kept_with_the_new_refresh(tmp_path: Path, gatewa
     gateways.append(gateway)
     first = gateway.revocations
     line = gateway.reload({"revocations": url, "refresh": 2, "issuer": "renamed"})
-    assert line.endswith("token policy renewed (issuer, refresh)"), line
+    assert line.split("; [gateway.jwt] secret_env")[0].endswith("token policy renewed (issuer, refresh)"), line
     assert gateway.revocations is first and first.refresh == 2
     assert gateway.hook.target.policy.issuer == "renamed"  # type: ignore[attr-defined]
 
