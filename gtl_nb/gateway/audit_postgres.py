@@ -153,11 +153,14 @@ _COPIED = ("time", "kind", "session_id", "trace_id", "principal")
 
 
 def _copies(record: dict[str, Any]) -> dict[str, str | None]:
-    """The columns ``_COPIED`` of ``record``: each field as text, cut as the file log cuts them."""
+    """The columns ``_COPIED`` of ``record``: each field as text, cut as the file log cuts them, a NUL
+    written U+FFFD (PostgreSQL's text takes none: a record holding one was refused on every retry, and the
+    records behind it waited in the spool for good). The sealed line keeps the value as it was."""
     copies: dict[str, str | None] = {}
     for name in _COPIED:
         value = record.get(name)
-        copies[name] = None if value is None else str(value)[:_TEXT_LIMIT]
+        text = None if value is None else str(value)[:_TEXT_LIMIT]
+        copies[name] = text.replace("\x00", "\ufffd") if text is not None and "\x00" in text else text
     return copies
 
 

@@ -542,3 +542,22 @@ def test_a_stopped_server_is_said_to_refuse_not_to_be_silent(postgres_url: str, 
     finally:
         sink.close()
     assert "refused" in reason.lower() and "no answer within" not in reason, reason
+
+
+def test_a_record_holding_a_nul_neither_stops_the_log_nor_reads_as_edited(postgres_url: str, tmp_path: Path):
+    """A caller's session id with a NUL in it: PostgreSQL's text refused the record's column, the sink took
+    it for the database being away, and every record behind it stayed in the spool, retry after retry."""
+    sink = PostgresAuditSink(postgres_url, replica="nul", spool_path=tmp_path / "nul.jsonl")
+    try:
+        odd = {**record(2), "session_id": "evil\x00id"}
+        for batch in ([record(1)], [odd], [record(3)]):
+            sink.append(batch)
+        assert sink.degraded_reason is None
+    finally:
+        sink.close()
+    rows = execute(postgres_url, "SELECT session_id FROM audit_records WHERE replica LIKE 'nul%' ORDER BY seq")
+    assert rows == [("s1",), ("evil\ufffdid",), ("s3",)]
+    report = verify_postgres(postgres_url)
+    assert report.ok, report.describe()
+    lines = execute(postgres_url, "SELECT line FROM audit_records WHERE replica LIKE 'nul%' ORDER BY seq")
+    assert json.loads(lines[1][0])["session_id"] == "evil\x00id"  # the sealed line keeps it as it was
