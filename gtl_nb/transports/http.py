@@ -56,6 +56,10 @@ from gtl_nb.transports.unreached import unreached_reason
 
 __all__ = ["SCHEMES", "HttpBackend", "http_backend"]
 
+UNKNOWN_SESSION_GRACE = 0.25
+"""Seconds a cancelled session's response is still read after the gateway answered the ``cancel`` query
+"no such session": enough for an end already on its way, short for a session on another replica."""
+
 
 async def _first_of(task: asyncio.Future[None], waiting: Any) -> None:
     """Return once ``task`` is done or ``waiting`` (an awaitable) finished, whichever first."""
@@ -237,14 +241,23 @@ class HttpBackend(RemoteBackend):
         refusal is read to its end; a ``200`` stream gets the ``cancel`` query (``session:write``) and is
         read on until its end. A gateway that does not take the query (a token without that scope) gets
         its response closed, which cancels the session there, and the caller hears ``CANCELLED``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CANCEL_WAIT  # one wait in all (three in a row made a cancel take 9 s)
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
         try:
-            await asyncio.wait_for(_first_of(exchange, answered.wait()), CANCEL_WAIT)
+            await asyncio.wait_for(_first_of(exchange, answered.wait()), left())
             if not exchange.done() and status and status[0] == 200:
                 try:
-                    await asyncio.wait_for(self.query("cancel", {"session_id": sid}), CANCEL_WAIT)
+                    await asyncio.wait_for(self.query("cancel", {"session_id": sid}), left())
                 except InvalidRequestError:
-                    pass  # not running: refused or ended already — its end is on its way
-            await asyncio.wait_for(asyncio.shield(exchange), CANCEL_WAIT)
+                    # not running where the query went: ended already (its end is on its way, in a moment) —
+                    # or running on another replica behind a proxy that spreads requests, which only closing
+                    # its response reaches (waiting the whole CANCEL_WAIT let it generate, billed, for 3 s)
+                    deadline = min(deadline, loop.time() + UNKNOWN_SESSION_GRACE)
+            await asyncio.wait_for(asyncio.shield(exchange), left())
         except (asyncio.TimeoutError, GTLError):
             pass  # no end in time, or no cancel the gateway takes: closing the response cancels it
         except asyncio.CancelledError:  # cancelled again: stop waiting
