@@ -280,7 +280,7 @@ class ConnectErrors:
 
     def _record(self, exc: BaseException | None) -> None:
         self.last = exc
-        if exc is None:
+        if exc is None or _may_pass(exc):
             return
         waiting, self._waiting = self._waiting, []
         for future in waiting:
@@ -316,6 +316,14 @@ class ConnectErrors:
         if isinstance(exc, (psycopg_pool.PoolTimeout, asyncio.TimeoutError, TimeoutError)) and self.last is not None:
             return describe(self.last)
         return describe(exc)
+
+
+def _may_pass(exc: BaseException) -> bool:
+    """Whether a failed connection attempt says the server is short of connections for now (SQLSTATE class
+    53, "too many connections"): a busy connection of the pool still comes back, so a wait for one is not
+    cut short by it (a role at its connection limit failed its second caller at once)."""
+    state = getattr(exc, "sqlstate", None)
+    return (isinstance(state, str) and state.startswith("53")) or "too many connections" in str(exc)
 
 
 def _settle(future: asyncio.Future[BaseException], exc: BaseException) -> None:
@@ -461,7 +469,8 @@ class PooledConnections:
         failure = self._errors.next_failure()
         # the pool's latest attempt failed and it holds no connection made before: the wait would end in
         # that failure again; asked all the same (the pool makes a new attempt for it), briefly
-        refused = self._errors.last is not None and not self._pool.get_stats().get("pool_available", 0)
+        last = self._errors.last
+        refused = last is not None and not _may_pass(last) and not self._pool.get_stats().get("pool_available", 0)
         if refused:
             failure.set_result(self._errors.last)  # type: ignore[arg-type]
         getting = asyncio.ensure_future(self._pool.getconn(timeout=self._timeout))
