@@ -352,12 +352,15 @@ async def _run_lane(
             async for batch in attempt:
                 if flowing and _TOKENS.issuperset(map(type, batch)):
                     checked = batch
+                    record.produced = (record.produced or 0) + sum(map(len, map(_TEXT, batch)))
                 else:
                     checked = []
+                    produced = 0  # (the content's characters, counted as the events are looked at)
                     for event in batch:
                         kind = type(event)
                         if flowing and kind is Token:
                             checked.append(event)
+                            produced += len(event.text)  # type: ignore[union-attr]
                             continue
                         event = engine._checked(
                             event, kind, target, deployment, machine, started, attempt_started, outcome
@@ -366,15 +369,14 @@ async def _run_lane(
                             break  # (an error ends the attempt unseen; ``done`` goes out after the bookkeeping)
                         if kind is Usage:
                             usage = event  # type: ignore[assignment]
+                        elif kind in _CONTENT:
+                            produced += _characters(event)
+                            record.produced = record.produced or 0  # content began, even of no characters
                         checked.append(event)
                         flowing = outcome.content and outcome.first is not None and machine.state is SessionState.OPEN
+                    if produced:
+                        record.produced = (record.produced or 0) + produced
                 if checked:  # handed on as ``run_session`` hands on a batch of the general path
-                    if checked is batch:  # tokens alone (the answer flowing)
-                        record.produced = (record.produced or 0) + sum(map(len, map(_TEXT, checked)))
-                    else:
-                        for event in checked:
-                            if type(event) in _CONTENT:
-                                record.produced = (record.produced or 0) + _characters(event)
                     try:
                         for event in checked:
                             send(event)
@@ -719,18 +721,22 @@ class Engine:
                 if answer is None and _TOKENS.issuperset(map(type, batch)):
                     record.produced = (record.produced or 0) + sum(map(len, map(_TEXT, batch)))
                 else:
+                    produced = record.produced
                     for event in batch:
                         kind = type(event)
-                        if kind in _CONTENT:
-                            record.produced = (record.produced or 0) + _characters(event)
-                            if answer is not None and kind is Token:
-                                answer.append(event.text)
+                        if kind is Token:
+                            produced = (produced or 0) + len(event.text)  # type: ignore[union-attr]
+                            if answer is not None:
+                                answer.append(event.text)  # type: ignore[union-attr]
+                        elif kind in _CONTENT:
+                            produced = (produced or 0) + _characters(event)
                         elif kind is Usage:
                             usage = event
                         elif kind is Status and is_failover(event):
                             usage = None  # the protocol's reset: the usage of an abandoned attempt is void
                             if answer is not None:
                                 answer.clear()
+                    record.produced = produced
                 last = batch[-1]
                 kind = type(last)
                 if kind not in TERMINAL_EVENTS:
