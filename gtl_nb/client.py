@@ -96,6 +96,7 @@ def new_session_id() -> str:
 
 
 CA_FILE_ENV = "GTL_NB_CA_FILE"
+_PLAIN_SCHEMES = frozenset({"http", "sse", "ws", "grpc", "stdio"})  # addresses that never speak TLS
 """The CA file ``connect`` to a gateway trusts when given no ``verify=`` (a private CA's, ``gtl certs``'s
 ``ca.pem``); ``gtl --gateway`` reads it too when given no ``--verify``. Unset or empty: the system's trust store."""
 TOKEN_VARIABLES = ("GTL_TOKEN", "GTL_NB_TOKEN")
@@ -393,8 +394,9 @@ def _gateway_options(endpoint: str, options: dict[str, Any]) -> Any:
                 "to run the engine in this process"
             )
     verify = options.pop("verify", None)
-    if verify is None:
-        verify = environment_ca_file() or True
+    if verify is None:  # ($GTL_NB_CA_FILE is for TLS: an address that cannot use TLS is not refused for it)
+        plain = endpoint.split("://", 1)[0].lower() in _PLAIN_SCHEMES if "://" in endpoint else False
+        verify = True if plain else environment_ca_file() or True
     given = [name for name, value in options.items() if value is not None]
     if given:
         raise ConfigurationError(

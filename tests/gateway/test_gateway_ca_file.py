@@ -143,3 +143,15 @@ def test_the_help_names_verify_and_its_variable(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "--verify FILE" in out and "GTL_NB_CA_FILE" in out
+
+
+@pytest.mark.parametrize("address", ["http://127.0.0.1:9", "ws://127.0.0.1:9", "grpc://127.0.0.1:9", "sse://h:9"])
+def test_an_address_without_tls_is_not_refused_for_the_ca_variable(address, monkeypatch, tmp_path):
+    """A $GTL_NB_CA_FILE naming no file refused http://, ws://, grpc:// and stdio:// connections too, which
+    never use it; an address that may use TLS is still refused, naming the variable."""
+    from gtl_nb.client import _gateway_options
+
+    monkeypatch.setenv("GTL_NB_CA_FILE", str(tmp_path / "gone.pem"))
+    assert _gateway_options(address, {}) is True
+    with pytest.raises(ConfigurationError, match=r"\$GTL_NB_CA_FILE names"):
+        _gateway_options(address.replace("://", "s://", 1), {})  # https, wss, grpcs, sses
