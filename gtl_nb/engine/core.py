@@ -1772,6 +1772,26 @@ class Engine:
         names, _ = await self.listed_models(deployment_name, key_name)
         return names
 
+    async def provider_fetch(
+        self, description: Any, deployment: Deployment, doing: str, provider: str | None = None
+    ) -> tuple[int, Any, bytes]:
+        """One call of a provider outside a completion (a model list, a token count), ``description`` its
+        request: the answer's status, headers and body, or ``ProviderUnavailableError`` saying it could not
+        be reached — ``doing`` ("cannot list models from") the words before the deployment; a gateway's
+        clients learn the deployment, not the address (``HttpRunner.names_upstream``). ``provider``: the
+        name the error carries (the deployment's by default)."""
+        try:
+            return await self.http.fetch(description, self.deployment_timeouts.get(deployment.name))
+        except Exception as exc:  # (an HTTP library's own errors too: the engine is the boundary that translates)
+            if isinstance(exc, asyncio.TimeoutError):
+                reason = "no answer within the timeout"
+            elif isinstance(exc, (OSError, TransportError)):
+                reason = str(exc) or type(exc).__name__
+            else:
+                reason = f"{type(exc).__name__}: {exc}"
+            message = self.http.unreachable(doing, description, deployment, reason)
+            raise ProviderUnavailableError(redact(message), provider=provider or deployment.name) from None
+
     async def listed_models(
         self, deployment_name: str, key_name: str | None = None
     ) -> tuple[list[str], dict[str, int]]:
@@ -1786,18 +1806,7 @@ class Engine:
             raise InvalidRequestError(f"{deployment.type} has no model listing endpoint")
         deployment = self.caller_credentials(deployment, key_name)  # a set-up mistake: the operator's log
         description = provider.models_request(deployment, now=self.wall_clock())
-        try:
-            status, headers, body = await self.http.fetch(description, self.deployment_timeouts.get(deployment.name))
-        except Exception as exc:  # (an HTTP library's own errors too: the engine is the boundary that translates)
-            if isinstance(exc, asyncio.TimeoutError):
-                reason = "no answer within the timeout"
-            elif isinstance(exc, (OSError, TransportError)):
-                reason = str(exc) or type(exc).__name__
-            else:
-                reason = f"{type(exc).__name__}: {exc}"
-            # a gateway's clients learn the deployment, not the address (``HttpRunner.names_upstream``)
-            message = self.http.unreachable("cannot list models from", description, deployment, reason)
-            raise ProviderUnavailableError(redact(message), provider=deployment.name) from None
+        status, headers, body = await self.provider_fetch(description, deployment, "cannot list models from")
         if status >= 400:
             request = CompletionRequest(session_id="models", model="", messages=[])
             event = _scrubbed(provider.decode_error(request, deployment, status, headers, body), deployment)

@@ -26,7 +26,6 @@ estimate calls nobody and counts against nothing.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +33,7 @@ import msgspec
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.ratelimit import TENANT_PREFIX, Limits
-from gtl_nb.engine.transport import TransportError
-from gtl_nb.log import get_logger, redact
+from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import GTLError, ModelNotFoundError, ProviderUnavailableError, error_from_event
 from gtl_nb.protocol.messages import CompletionRequest
 from gtl_nb.providers.base import NotServedHere
@@ -157,17 +155,7 @@ async def _asked(
     chosen = context.provider_keys.get(target.name)
     deployment = engine.caller_credentials(target.deployment, chosen)  # a set-up mistake: the operator's log
     description = provider.count_request(sent, deployment, now=engine.wall_clock())
-    try:
-        status, headers, body = await engine.http.fetch(description, engine.deployment_timeouts.get(target.name))
-    except Exception as exc:  # (an HTTP library's own errors too: the engine is the boundary that translates)
-        if isinstance(exc, asyncio.TimeoutError):
-            reason = "no answer within the timeout"
-        elif isinstance(exc, (OSError, TransportError)):
-            reason = str(exc) or type(exc).__name__
-        else:
-            reason = f"{type(exc).__name__}: {exc}"
-        message = engine.http.unreachable("cannot count tokens at", description, deployment, reason)
-        raise ProviderUnavailableError(redact(message), provider=target.name) from None
+    status, headers, body = await engine.provider_fetch(description, deployment, "cannot count tokens at", target.name)
     if status >= 400:
         raise error_from_event(engine.provider_error(provider, sent, target, deployment, status, headers, body))
     try:
