@@ -107,14 +107,7 @@ def check_store_urls(
         parse_postgres_url(ledger, where="ledger")
         require_psycopg()
     elif isinstance(ledger, str) and "://" in ledger:
-        scheme = ledger.partition("://")[0].lower()
-        if scheme in ("redis", "rediss"):
-            raise ConfigurationError(
-                "ledger: the usage ledger does not live in Redis (Redis holds budgets, the cache and breakers); "
-                f"use {LEDGER_ACCEPTED}"
-            )
-        if scheme not in ("sqlite", "memory"):
-            raise ConfigurationError(f"ledger: unknown store {unknown_scheme(scheme)}; use {LEDGER_ACCEPTED}")
+        _check_ledger_scheme(ledger)
         parse_store_url(ledger, where="ledger")
     if budgets is not None and budgets.backend is not None:
         parse_store_url(budgets.backend, where="[budgets] backend")
@@ -122,6 +115,19 @@ def check_store_urls(
         parse_store_url(cache.backend, where="[cache] backend")
     if breaker is not None:
         parse_store_url(breaker.backend, where="[routing.breaker] backend")
+
+
+def _check_ledger_scheme(url: str) -> None:
+    """Refuse a ledger URL of no SQLite or memory scheme (PostgreSQL's is taken before this), in words
+    that list the ledger's own choices — the stores' list would offer redis:// and omit postgresql://."""
+    scheme = url.partition("://")[0].lower()
+    if scheme in ("redis", "rediss"):
+        raise ConfigurationError(
+            "ledger: the usage ledger does not live in Redis (Redis holds budgets, the cache and breakers); "
+            f"use {LEDGER_ACCEPTED}"
+        )
+    if scheme not in ("sqlite", "memory"):
+        raise ConfigurationError(f"ledger: unknown store {unknown_scheme(scheme)}; use {LEDGER_ACCEPTED}")
 
 
 def _open_ledger(
@@ -150,14 +156,7 @@ def _open_ledger(
 
         return PostgresUsageLedger(ledger, clock=wall_clock, group_commit=group_commit, retention=retention)
     if isinstance(ledger, str) and "://" in ledger:
-        scheme = ledger.partition("://")[0].lower()
-        if scheme in ("redis", "rediss"):
-            raise ConfigurationError(
-                "ledger: the usage ledger does not live in Redis (Redis holds budgets, the cache and breakers); "
-                f"use {LEDGER_ACCEPTED}"
-            )
-        if scheme not in ("sqlite", "memory"):  # the stores' own list would offer redis:// and omit postgresql://
-            raise ConfigurationError(f"ledger: unknown store {unknown_scheme(scheme)}; use {LEDGER_ACCEPTED}")
+        _check_ledger_scheme(ledger)
         url = parse_store_url(ledger, where="ledger")
         if url.scheme == "memory":
             return MemoryUsageLedger(clock=wall_clock)
