@@ -319,11 +319,15 @@ class ConnectErrors:
 
 
 def _may_pass(exc: BaseException) -> bool:
-    """Whether a failed connection attempt says the server is short of connections for now (SQLSTATE class
-    53, "too many connections"): a busy connection of the pool still comes back, so a wait for one is not
-    cut short by it (a role at its connection limit failed its second caller at once)."""
+    """Whether a failed connection attempt says the server cannot take one *for now*: short of connections
+    (SQLSTATE class 53, "too many connections": a busy connection of the pool still comes back — a role at
+    its limit failed its second caller at once) or starting up (57P03, "the database system is starting
+    up": it will take one in a moment). A wait for a connection is not cut short by these."""
     state = getattr(exc, "sqlstate", None)
-    return (isinstance(state, str) and state.startswith("53")) or "too many connections" in str(exc)
+    if isinstance(state, str) and (state.startswith("53") or state == "57P03"):
+        return True
+    said = str(exc)
+    return "too many connections" in said or "the database system is starting up" in said
 
 
 def _settle(future: asyncio.Future[BaseException], exc: BaseException) -> None:
