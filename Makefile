@@ -44,7 +44,7 @@ TEST_WORKERS ?= 2
 
 test: $(TEST_STAMP)
 	$(PY) -m ruff check gtl_nb tests bench
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=30
 
 # Benchmarks (docs/benchmarks.md): `bench` the full suite (~15 min, writes docs/benchmarks.md), with LiteLLM
 # when .venv-peers has it; `bench-peers` installs LiteLLM's proxy there first, then runs the suite;

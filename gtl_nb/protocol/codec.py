@@ -230,9 +230,22 @@ def json_problem(exc: msgspec.DecodeError, data: bytes) -> str:
     its own words, except for a lone high surrogate escape (``"\\ud800"`` without its pair), which it calls
     truncated input although nothing was cut."""
     said = str(exc)
-    if "truncated" in said and _LONE_HIGH_SURROGATE.search(data) is not None:
+    if "truncated" in said and _has_lone_high_surrogate(data):
         return "a \\u escape of a lone UTF-16 surrogate (\\ud800-\\udbff without its pair), which is no character"
     return said
+
+
+def _has_lone_high_surrogate(data: bytes) -> bool:
+    """Whether ``data`` holds a lone high surrogate's escape. A match after an odd number of backslashes
+    (``\\\\ud800``: an escaped backslash, then the letters ``ud800``) is text, not an escape."""
+    for match in _LONE_HIGH_SURROGATE.finditer(data):
+        start = match.start()
+        before = start
+        while before > 0 and data[before - 1] == 0x5C:  # the backslashes just before: each run is walked once
+            before -= 1
+        if (start - before) % 2 == 0:
+            return True
+    return False
 
 
 def _check_depth(frame: bytes, max_depth: int) -> None:

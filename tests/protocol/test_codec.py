@@ -125,6 +125,10 @@ def test_unknown_extra_fields_are_ignored():
         # msgspec calls a lone high surrogate "truncated" input: said as what it is
         (b'{"type":"token","session_id":"s","text":"\\ud800"}', ProtocolError, "lone UTF-16 surrogate"),
         (b'{"type":"token","session_id":"s","text":"\\uDBFFx"}', ProtocolError, "lone UTF-16 surrogate"),
+        # an escaped backslash before the letters: text, so a frame cut after it is truly truncated
+        (b'{"type":"token","session_id":"s","text":"\\\\ud800', ProtocolError, "truncated"),
+        # three backslashes: an escaped one, then a lone surrogate's escape
+        (b'{"type":"token","session_id":"s","text":"\\\\\\ud800"}', ProtocolError, "lone UTF-16 surrogate"),
         (b'{"type":"token","session_id":"s","text":"x', ProtocolError, "truncated"),  # truly cut: its own words
     ],
 )
