@@ -896,6 +896,23 @@ class Client:
         except WaitedTooLong:  # (not a TimeoutError of the question's own: that is its answer)
             raise ProviderUnavailableError(f"{what} had no answer in {timeout:g} s") from None
 
+    async def _aask(self, question: Coroutine[Any, Any, T], what: str, *, timeout: float | None = None) -> T:
+        """``_ask`` awaited: from any loop, ``aconnect``'s own included (where ``_ask`` is refused), with
+        the same deadline and the same ``PROVIDER_UNAVAILABLE`` past it. The question runs as a task of its
+        own, so a ``TimeoutError`` it raises is its answer, never taken for the deadline."""
+        timeout = QUESTION_WAIT if timeout is None else timeout
+        asking = asyncio.ensure_future(self._loop.call(question))
+        try:
+            done, _ = await asyncio.wait([asking], timeout=timeout)
+        except asyncio.CancelledError:
+            asking.cancel()
+            raise
+        if not done:
+            asking.cancel()
+            await asyncio.wait([asking], timeout=_END_WAIT)
+            raise ProviderUnavailableError(f"{what} had no answer in {timeout:g} s")
+        return asking.result()
+
     def count_tokens(self, model: str | None = None, messages: Any = (), **kwargs: Any) -> TokenCount:
         """How many input tokens the request ``complete(model, messages, **kwargs)`` would send, counted
         without running it: ``.input_tokens``, and ``.exact`` — the provider's own count where its API
@@ -904,6 +921,17 @@ class Client:
         ``.model``); nothing is generated and no ledger row is written. Served by the embedded engine; a
         gateway serves it to the Anthropic SDK (``POST /v1/messages/count_tokens``), not over GTL's
         transports."""
+        request, count = self._token_count_of(model, messages, kwargs)
+        return self._ask(count(request), f"the token count of {request.model}", timeout=120)
+
+    async def acount_tokens(self, model: str | None = None, messages: Any = (), **kwargs: Any) -> TokenCount:
+        """Async twin of ``count_tokens`` (callable on an ``aconnect`` client's own loop)."""
+        request, count = self._token_count_of(model, messages, kwargs)
+        return await self._aask(count(request), f"the token count of {request.model}", timeout=120)
+
+    def _token_count_of(
+        self, model: str | None, messages: Any, kwargs: dict[str, Any]
+    ) -> tuple[CompletionRequest, Callable[[CompletionRequest], Coroutine[Any, Any, TokenCount]]]:
         self._ensure_open()
         request = self.request(model, messages, **kwargs)
         count = getattr(self.backend, "count_tokens", None)
@@ -913,31 +941,48 @@ class Client:
                 "the gateway counts them at POST /v1/messages/count_tokens (the Anthropic SDK's "
                 "client.messages.count_tokens)"
             )
-        return self._ask(count(request), f"the token count of {request.model}", timeout=120)
+        return request, count
 
     def list_models(self, deployment: str) -> list[str]:
         """Ask the provider itself which models it offers (``GET /v1/models`` and the like)."""
         return self._ask(self.backend.list_models(deployment), f"the model list of {deployment}", timeout=120)
 
+    async def alist_models(self, deployment: str) -> list[str]:
+        """Async twin of ``list_models``."""
+        return await self._aask(self.backend.list_models(deployment), f"the model list of {deployment}", timeout=120)
+
     def breakers(self) -> dict[str, dict[str, Any]]:
         """Each deployment's circuit breaker: state, failures, error rate, when it may be tried again."""
         return self._ask(self.backend.breakers(), "the circuit breakers")
 
+    async def abreakers(self) -> dict[str, dict[str, Any]]:
+        """Async twin of ``breakers``."""
+        return await self._aask(self.backend.breakers(), "the circuit breakers")
+
     def sessions(self, *, all_users: bool = False) -> list[dict[str, Any]]:
         """Your sessions running on the gateway, over any connection (``all_users``: everyone's, with the
         ``session:admin`` scope). Embedded there is no one else: refused with a ``ConfigurationError``."""
-        ask = getattr(self.backend, "sessions", None)
-        if ask is None:
-            raise ConfigurationError("sessions() asks a gateway; this client runs the engine in this process")
-        return self._ask(ask(all_users=all_users), "the sessions query")  # type: ignore[no-any-return]
+        return self._ask(self._gateway_query("sessions")(all_users=all_users), "the sessions query")
+
+    async def asessions(self, *, all_users: bool = False) -> list[dict[str, Any]]:
+        """Async twin of ``sessions``."""
+        return await self._aask(self._gateway_query("sessions")(all_users=all_users), "the sessions query")
 
     def cancel_session(self, session_id: str) -> int:
         """Cancel one of your sessions running on the gateway (from any connection; anyone's with
         ``session:admin``); how many were cancelled."""
-        cancel = getattr(self.backend, "cancel_session", None)
-        if cancel is None:
-            raise ConfigurationError("cancel_session() asks a gateway; this client runs the engine in this process")
-        return self._ask(cancel(session_id), "the cancel query")  # type: ignore[no-any-return]
+        return self._ask(self._gateway_query("cancel_session")(session_id), "the cancel query")
+
+    async def acancel_session(self, session_id: str) -> int:
+        """Async twin of ``cancel_session``."""
+        return await self._aask(self._gateway_query("cancel_session")(session_id), "the cancel query")
+
+    def _gateway_query(self, name: str) -> Callable[..., Coroutine[Any, Any, Any]]:
+        """The backend's query ``name``, which only a gateway's connection has."""
+        query = getattr(self.backend, name, None)
+        if query is None:
+            raise ConfigurationError(f"{name}() asks a gateway; this client runs the engine in this process")
+        return query  # type: ignore[no-any-return]
 
     def usage(self, *, all_users: bool = False, **filters: Any) -> pandas.DataFrame:
         """The usage rows this client may see as a DataFrame (the columns of ``docs/ledger.md``).
@@ -1191,26 +1236,24 @@ class EventStream(_StreamBase):
 
 
 class AsyncEventStream(_StreamBase):
-    """Async iterator of one session's events (see ``Client.astream``); iterate it once.
+    """Async iterator of one session's events (see ``Client.astream``).
 
     ``await stream.aclose()``, ``async with`` exiting, cancelling the task that awaits the next
     event, or the stream being dropped unfinished (``break`` out of ``async for client.astream(...)``
     keeps no reference to it) cancels the session; it then ends with one ``CANCELLED`` error — or
-    with the ``done`` the engine had already recorded, so the caller and the ledger agree.
+    with the ``done`` the engine had already recorded, so the caller and the ledger agree. A
+    ``break`` out of a stream you keep only stops reading, as with ``EventStream``: another ``async
+    for`` (or ``anext``) carries on where it left off.
     """
 
     def __init__(self, client: Client, request: CompletionRequest, on_event: EventCallback | None) -> None:
         super().__init__(client, request, on_event)
         self._work: Work[None] | None = None
         self._handoff: AsyncEventHandoff | None = None
-        self._iterated = False
 
     def __aiter__(self) -> AsyncEventStream:
         # an object, not an async generator: a generator's frame would hold the stream in a cycle,
         # so a ``break`` would not drop it and the session would run on, billed, to its end
-        if self._iterated:
-            raise RuntimeError("an AsyncEventStream can be iterated once; keep the events you need from it")
-        self._iterated = True
         return self
 
     async def __anext__(self) -> StreamEvent:

@@ -223,21 +223,25 @@ def test_close_from_another_thread_ends_the_session_once():
     assert not reader.is_alive() and [e.code for e in errors] == ["CANCELLED"]
 
 
-def test_an_async_stream_is_iterated_once_and_can_be_closed():
+def test_an_async_stream_carries_on_in_another_loop_after_a_break_and_can_be_closed():
+    """As with ``EventStream``: a ``break`` out of a stream one keeps only stops reading."""
     client = gtl_nb.connect(providers={"echo": {"options": {"pace": 0.02}}}, ledger=False, environ={})
 
     async def main():
-        stream = client.astream("echo", "hello")
-        async for _ in stream:
+        stream = client.astream("echo", "hello there you")
+        first = await anext(aiter(stream))
+        resumed = [event async for event in stream]
+        closed = client.astream("echo", "hello")
+        async for _ in closed:
             break
-        with pytest.raises(RuntimeError, match="iterated once"):
-            async for _ in stream:
-                pass
-        await stream.aclose()
-        return stream
+        await closed.aclose()
+        return first, resumed, stream, closed
 
-    stream = asyncio.run(main())
-    assert stream.transcript.error is not None and stream.transcript.error.code == "CANCELLED"
+    first, resumed, stream, closed = asyncio.run(main())
+    assert [first, *resumed] == list(stream.transcript.events)  # nothing skipped, nothing twice
+    assert resumed[-1].type == "done" and "hello there you" in stream.transcript.text
+    assert closed.transcript.error is not None and closed.transcript.error.code == "CANCELLED"
+    client.close()
 
 
 @pytest.mark.parametrize("with_ledger", [True, False])
