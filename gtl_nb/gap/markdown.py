@@ -94,11 +94,18 @@ def _token(value: str | None, forbidden: str = "", reserved: frozenset[str] = fr
 
 
 def _entities_line(wrapped: WrappedMessage) -> str:
+    """The spec's ``"key" = value, ...``: a value bare where a reader of the spec's form takes it whole,
+    and the ``(type; defined_in)`` a reader cannot infer only where it differs from what it infers
+    (``user_defined`` for a value, ``ambiguous_reference`` for ``-``; defined nowhere)."""
     parts = []
     for key, entity in wrapped.entities.items():
-        value = "-" if entity.value is None else _quote(entity.value)
-        annotation = f"({_token(entity.type, ';(),')}; {_token(entity.defined_in, ';(),')})"
-        parts.append(f"{_quote(key)} = {value} {annotation}")
+        part = f"{_quote(key)} = {_token(entity.value, ',()')}"
+        implied = "ambiguous_reference" if entity.value is None else "user_defined"
+        if entity.defined_in is not None:
+            part += f" ({_token(entity.type, ';(),')}; {_token(entity.defined_in, ';(),')})"
+        elif entity.type != implied:
+            part += f" ({_token(entity.type, ';(),')})"
+        parts.append(part)
     return ", ".join(parts) if parts else "none"
 
 
@@ -111,12 +118,20 @@ def _hints_line(wrapped: WrappedMessage) -> str | None:
     return _printable(json.dumps(changed, ensure_ascii=False))
 
 
+def _context_line(wrapped: WrappedMessage) -> str:
+    """The spec's ``Context: {role} message from {timestamp}``; without the ``from`` when there is no time
+    (the spec's form has no word for none, and ``from -`` reads as a time called ``-``)."""
+    if wrapped.timestamp is None:
+        return f"Context: {wrapped.role} message"
+    return f"Context: {wrapped.role} message from {_token(wrapped.timestamp)}"
+
+
 def to_markdown(wrapped: WrappedMessage) -> str:
     """The message as one GAP markdown block (no trailing newline)."""
     lines = [
         START,
         f"From: {_token(wrapped.platform, '|')} | Thread: {_token(wrapped.thread_id, '|')}",
-        f"Context: {wrapped.role} message from {_token(wrapped.timestamp)}",
+        _context_line(wrapped),
         f"Entities: {_entities_line(wrapped)}",
     ]
     if wrapped.chat_id:

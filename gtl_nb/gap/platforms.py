@@ -4,8 +4,10 @@ The preamble lists the source platform, model, thread, role and time (absent one
 every defined entity and every undefined one, flagged as needing a definition. Values, entity keys
 and types are written on one line (one that is not plain single-line text is shown as a JSON string),
 so text read from a message cannot end the preamble early. The content follows after a blank line
-with its first-person pronouns rewritten per the message's ``transform_hints.pronoun_map`` and role;
-nothing else in it changes.
+with its first-person pronouns rewritten per the message's ``transform_hints.pronoun_map`` and role —
+unless its ``preserve_perspective`` asks for the first person (``FIRST_PERSON``), when the content is
+kept as written; nothing else in it changes (so whatever ``maintain_tense`` says, the tense is kept:
+the rewrite changes a verb's person, "I think" → "the user thinks", never its tense).
 
 =============  =============================================================================
 claude.ai      ``[Context from GAP-wrapped message]`` then ``Key: value`` lines, closed by
@@ -29,6 +31,9 @@ from gtl_nb.gap.pronouns import transform_pronouns
 PLATFORMS: tuple[str, ...] = ("claude.ai", "chatgpt", "gemini", "copilot", "perplexity", "generic")
 TITLE = "Context from GAP-wrapped message"
 UNDEFINED_NOTE = "UNDEFINED (needs definition)"
+FIRST_PERSON = frozenset({"first_person", "first-person", "first person", "first"})
+"""``preserve_perspective`` values (any letter case) that keep the content's pronouns as written; any
+other value — ``third_person``, one this version does not know — leaves the role's rewrite on."""
 
 
 def inline(value: str) -> str:
@@ -100,5 +105,8 @@ def transform_for_platform(wrapped: WrappedMessage, target_platform: str) -> str
     style = _STYLES.get(target_platform.strip().lower()) if isinstance(target_platform, str) else None
     if style is None:
         raise ValueError(f"unknown target platform {target_platform!r}; expected one of: {', '.join(PLATFORMS)}")
-    content = transform_pronouns(wrapped.content, wrapped.role, pronoun_map=wrapped.hints.pronoun_map)
+    content = wrapped.content
+    perspective = wrapped.hints.preserve_perspective
+    if perspective is None or perspective.strip().lower() not in FIRST_PERSON:
+        content = transform_pronouns(content, wrapped.role, pronoun_map=wrapped.hints.pronoun_map)
     return "\n".join(style(context_items(wrapped))) + "\n\n" + content

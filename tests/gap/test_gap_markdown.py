@@ -37,8 +37,7 @@ def test_to_markdown_writes_the_spec_lines_then_the_optional_ones():
             "[GAP:START]",
             "From: claude.ai | Thread: t1",
             "Context: assistant message from 2024-05-01T12:00:00+00:00",
-            'Entities: "the_system" = - (ambiguous_reference; -), '
-            '"postgres" = "PostgreSQL 14.5" (database; session_123)',
+            'Entities: "the_system" = -, "postgres" = PostgreSQL 14.5 (database; session_123)',
             "Chat: session_123",
             "Model: claude-3-opus",
             "Parents: m0, m 1",
@@ -112,7 +111,7 @@ def test_values_that_need_it_are_quoted():
     lines = to_markdown(wrapped).splitlines()
     assert lines[1] == 'From: "a | b" | Thread: ""'
     assert lines[2] == "Context: assistant message from 2024-05-01 12:00:00Z"  # (an ISO-8601 time needs no quotes)
-    assert lines[3] == 'Entities: "k" = "v" ("weird; type"; "has (parens)")'
+    assert lines[3] == 'Entities: "k" = v ("weird; type"; "has (parens)")'
     assert 'Chat: "-"' in lines and 'Model: "line\\nbreak"' in lines
     assert 'Parents: "x,y", "none", "\\"q\\""' in lines
     assert from_markdown("\n".join(lines)) == wrapped

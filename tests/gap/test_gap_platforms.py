@@ -151,3 +151,18 @@ def test_the_message_pronoun_map_is_used():
 def test_system_messages_keep_their_pronouns():
     message = wrap_message("I am the system prompt.", "generic", "s1", role="system")
     assert transform_for_platform(message, "copilot").endswith("\n\nI am the system prompt.")
+
+
+@pytest.mark.parametrize("perspective", ["first_person", "First-Person", " first person ", "first"])
+def test_a_message_that_preserves_the_first_person_keeps_its_pronouns(perspective):
+    message = wrap_message(
+        "I think my fix works.", "chatgpt", "c1", detect=False, transform_hints={"preserve_perspective": perspective}
+    )
+    assert transform_for_platform(message, "generic").endswith("\n\nI think my fix works.")
+
+
+@pytest.mark.parametrize("perspective", [None, "third_person", "a perspective of the future"])
+def test_any_other_perspective_rewrites_the_pronouns_by_the_role(perspective):
+    hints = {"preserve_perspective": perspective, "maintain_tense": "past"}  # (the role's pronoun map kept)
+    message = wrap_message("I think my fix works.", "chatgpt", "c1", role="user", detect=False, transform_hints=hints)
+    assert transform_for_platform(message, "generic").endswith("\n\nThe user thinks the user's fix works.")
