@@ -465,7 +465,9 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
     second for every ``MIN_REQUEST_RATE`` bytes received (counted up to ``max_request_bytes``). It stops
     once the whole request has arrived, or the connection is upgraded. When it passes, the client gets
     ``408`` and the connection closes; a shutdown answers a body still arriving with ``503`` the same way
-    (``_cut``); a head longer than ``MAX_HEAD_BYTES`` gets ``431`` and a request llhttp cannot parse ``400``.
+    (``_cut``); a head longer than ``MAX_HEAD_BYTES`` gets ``431`` and a request llhttp cannot parse ``400``
+    (once the requests pipelined before it are answered: ``send_400_response``). A client's half-close after
+    whole requests still gets their answers (``eof_received``).
     """
 
     guard: ClassVar[_ConnectionGuard]
@@ -488,6 +490,8 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
         self._keep_alive_held: Any = None  # the cycle whose keep-alive waits for its body (on_headers_complete)
         self._close_after_answer = False  # a shutdown found a request queued behind an answer being written
         self._running_cycle: Any = None  # the cycle whose application runs (the one a pipelined request waits on)
+        self._refusal_due: bytes | None = None  # a bad request's answer, written once the answers before it are
+        self._client_done = False  # the client shut its side (a half-close): no request follows what it sent
 
     def connection_made(self, transport: Any) -> None:
         _no_delay(transport)
@@ -512,6 +516,8 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
             self._cut(429, error, f"one connection more than the {cap} of its address, and silent")
 
     def data_received(self, data: bytes) -> None:
+        if self._refusal_due is not None:  # past a request llhttp could not parse: nothing after it is read
+            return
         if self._phase is _WHOLE:
             self._phase = _WAITING  # bytes after a whole request: the next one begins
         if self._deadline_timer is None and self._phase is _WAITING and not self._answering():
@@ -602,6 +608,33 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
         self.guard.closed(self.transport)
         super().connection_lost(exc)
 
+    def eof_received(self) -> bool:
+        """The client shut its side of the connection (a half-close, or a close: TCP cannot tell them apart).
+
+        A request already whole is still answered, and so is every one pipelined before the end (RFC 9112
+        lets a client half-close once it has sent its requests): the connection closes once they are. A
+        client that closed for good is found when an answer is written to it (its reset ends the
+        connection, and the session is cancelled then). With nothing to answer, or a request cut short by
+        the end (it can never be whole), the connection closes now, as before. Over TLS the end closes the
+        connection as before, whatever is under way (asyncio's TLS transport closes at a peer's end whatever
+        the protocol answers).
+        """
+        self._client_done = True
+        if self.transport.is_closing() or self.scheme == "https":  # TLS: asyncio closes at the end whatever we say
+            return False
+        if self._refusal_due is not None:  # the answers before a bad request go out, then its 400
+            return True
+        partial = self.cycle if self._phase is _BODY else None  # a request whose body the end cut short
+        if partial is not None and self.pipeline and self.pipeline[0][0] is partial:
+            self.pipeline.popleft()  # it waited behind an earlier answer: it never starts
+            partial = None
+        running = self._running_cycle
+        earlier = running is not None and running is not partial and not running.response_complete
+        if partial is None and (earlier or self.pipeline):
+            self._stop_deadline()  # nothing more can arrive
+            return True
+        return False  # asyncio closes the transport: what runs sees the client gone
+
     def shutdown(self) -> None:
         """uvicorn's graceful close, except that a request whose body is still arriving is answered ``503`` now.
 
@@ -633,6 +666,9 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
         deadline passed (``header_timeout`` + 1 s per 32 KiB: 4 min with the defaults), a connection's slot
         held all the while.
         """
+        if self._refusal_due is not None or self._client_done:
+            self._after_the_last_request()
+            return
         # the body of the request just answered (a pipelined request queued behind it has a cycle of its own)
         cycle = self.cycle
         body_arriving = self._phase is _BODY and cycle is not None and cycle.response_complete
@@ -651,9 +687,52 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
             # sent: its deadline starts (until now it waited its turn)
             self._start_deadline()
 
+    def _after_the_last_request(self) -> None:
+        """An answer is complete and no request may follow the ones read (a bad request, or the client's end):
+        start the next one pipelined before it, else write the bad request's ``400`` (if any) and close."""
+        if self.pipeline and not self.transport.is_closing():
+            upcoming = self.pipeline[-1][0]
+            super().on_response_complete()  # uvicorn starts it
+            self._running_cycle = upcoming
+            return
+        self._stop_deadline()
+        self.server_state.total_requests += 1
+        if not self.transport.is_closing():
+            if self._refusal_due is not None:
+                self.transport.write(self._refusal_due)
+            self.transport.close()
+
     def send_400_response(self, msg: str) -> None:
-        """A request llhttp cannot parse (uvicorn's own answer is plain text)."""
-        self._cut(400, InvalidRequestError("the request is not valid HTTP/1.1"), "the request is not valid HTTP/1.1")
+        """A request llhttp cannot parse (uvicorn's own answer is plain text), answered in the shape of its
+        path's API when its path was read: OpenAI's or Anthropic's on theirs, GTL's elsewhere.
+
+        The requests before it on the connection (pipelined, even in the same write) are answered first,
+        whole and in order; then comes the ``400`` and the connection closes (nothing after a request that
+        does not parse can be read as a request)."""
+        why = "the request is not valid HTTP/1.1"
+        answer = self._bad_request_answer(InvalidRequestError(why))
+        bad = self.cycle if self._phase is _BODY else None  # a request whose body broke has a cycle of its own
+        if bad is not None and self.pipeline and self.pipeline[0][0] is bad:
+            self.pipeline.popleft()  # it waited behind an earlier answer: it never starts
+        elif bad is not None or not (self._answering() or self.pipeline):
+            self._cut(400, InvalidRequestError(why), why, answer=answer)  # nothing before it is unanswered
+            return
+        peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
+        log.info("closing the connection from %s once the requests before its last are answered: %s", peer, why)
+        self._stop_deadline()
+        self._refusal_due = answer
+
+    def _bad_request_answer(self, error: GTLError) -> bytes:
+        """The whole ``400`` for the request being parsed, in the shape of its path's API when its path was
+        read (its head had begun), else a GTL error."""
+        path = ""
+        if self._phase is _HEAD or self._phase is _BODY:  # uvicorn's ``url`` and ``headers`` are this request's
+            path = urlsplit(self.url.decode("latin-1")).path if self.url else ""
+        if not _compatible_path(path):
+            return _raw_response(400, error)
+        names = {name for name, _ in self.headers or ()}
+        reply = compat_refusal(error, b"anthropic-version" in names or path.startswith("/v1/messages"))
+        return _raw_reply(reply)
 
     def _answering(self) -> bool:
         """Whether an answer is on its way and not complete (an earlier request's, while a pipelined one
@@ -717,8 +796,9 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
             what = f"the request body did not arrive in time ({self.header_timeout:g} s, plus 1 s per {rate} KiB)"
         self._cut(408, ProviderTimeoutError(what), what)
 
-    def _cut(self, status: int, error: GTLError, why: str) -> None:
-        """Answer the request still arriving with ``status`` and one GTL error, then close the connection.
+    def _cut(self, status: int, error: GTLError, why: str, *, answer: bytes | None = None) -> None:
+        """Answer the request still arriving with ``status`` and one GTL error (or ``answer``, whole), then close
+        the connection.
 
         Once a response of ours has begun there is no answering: the connection just closes. The
         application reading the body sees a disconnect and, finding the request marked, logs nothing more.
@@ -728,7 +808,7 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
         peer = f"{self.client[0]}:{self.client[1]}" if self.client else "?"
         log.info("closing the connection from %s: %s", peer, why)
         if self._may_answer():
-            self.transport.write(_raw_response(status, error))
+            self.transport.write(answer if answer is not None else _raw_response(status, error))
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
             cycle.scope[_CUT] = status  # type: ignore[literal-required]
@@ -798,6 +878,15 @@ def _raw_response(status: int, error: GTLError) -> bytes:
         f"{VERSION_HEADER}: {SPOKEN}\r\nconnection: close\r\ncontent-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
+
+
+def _raw_reply(reply: Any) -> bytes:
+    """A compatible endpoint's whole answer (``compat.reply.Reply``), closing the connection, for the protocol
+    to write itself."""
+    head = [f"HTTP/1.1 {reply.status} {HTTPStatus(reply.status).phrase}", "content-type: application/json"]
+    head += [f"{name}: {value}" for name, value in reply.headers.items() if name.lower() != "connection"]
+    head += ["connection: close", f"content-length: {len(reply.body)}", "", ""]
+    return "\r\n".join(head).encode("latin-1") + reply.body
 
 
 def _error_response(exc: GTLError, status: int, session_id: str = "", headers: dict[str, str] | None = None) -> Any:
