@@ -38,7 +38,9 @@ whatever the transport under ``framed``:
 * **The end.** When the connection ends — the client closed it, broke the protocol too often, or
   ``run`` was cancelled — every session's task is cancelled and awaited, so each ledger row is
   complete before ``run`` returns. A session the connection itself ended (a bad frame) is cancelled
-  the same way; the connection has already told the client.
+  the same way; the connection has already told the client. With ``answers_after_end`` (stdio, whose
+  client may close its side and still read), the end the client's side made still gets each session's
+  terminal event written (its ``CANCELLED``): every request read has its one ``done`` or ``error``.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.queries import MAX_QUERIES, QueryDesk
 from gtl_nb.gateway.refusals import GatewayStopping, recorded_refusal
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.codec import encode
+from gtl_nb.protocol.codec import encode, frames_within
 from gtl_nb.protocol.connection_events import (
     ConnectionEvent,
     ConnectionTerminated,
@@ -68,7 +70,15 @@ from gtl_nb.protocol.connection_events import (
     ProtocolViolation,
 )
 from gtl_nb.protocol.errors import AuthenticationError, GTLError, OverloadedError, ProviderUnavailableError
-from gtl_nb.protocol.messages import Cancel, CompletionRequest, Error, ProviderInfo, Query, StreamEvent
+from gtl_nb.protocol.messages import (
+    TERMINAL_EVENTS,
+    Cancel,
+    CompletionRequest,
+    Error,
+    ProviderInfo,
+    Query,
+    StreamEvent,
+)
 from gtl_nb.transports.conventions import PROVIDERS_END
 from gtl_nb.transports.framed import FramedConnection
 from gtl_nb.words import counted
@@ -172,6 +182,7 @@ class GatewayConnection:
         shutdown: Shutdown | None = None,
         clock: Callable[[], float] = time.monotonic,
         transport: str | None = None,
+        answers_after_end: bool = False,
     ) -> None:
         self.engine = engine
         self.framed = framed
@@ -208,6 +219,9 @@ class GatewayConnection:
         self._refusing = False  # the reader awaits a refusal's row: the stop closes the connection after it
         self._client_done = False  # the client sends no more (client_done_sending): close once nothing runs
         self._principals = sessions_of(engine)
+        self._answers_after_end = answers_after_end
+        """The channel still carries what is written after the client's end of stream (stdio's pipes)."""
+        self._client_ended = False  # the client ended the connection (its end of stream, or its error frame)
 
     @property
     def live_sessions(self) -> int:
@@ -235,25 +249,42 @@ class GatewayConnection:
             # must not keep the gateway; closing the channel sends what it can
 
     async def _read(self) -> None:
-        async for event in self.framed.events():
-            self._last_activity = self._clock()
-            refusal = self._handle(event)
-            if refusal is not None:  # a request refused at a cap or by the stop: its row first (gateway.refusals)
-                self._refusing = True
-                try:
-                    await refusal
-                finally:
-                    self._refusing = False
-                if self._stopped_and_idle():  # its error went out: the connection's last word in a stop
-                    self._close(None)
-                    return
+        framed = self.framed
+        while True:
+            async for event in framed.events():
+                self._last_activity = self._clock()
+                refusal = self._handle(event)
+                if refusal is not None:  # a request refused at a cap or by the stop: its row first (gateway.refusals)
+                    self._refusing = True
+                    try:
+                        await refusal
+                    finally:
+                        self._refusing = False
+                    if self._stopped_and_idle():  # its error went out: the connection's last word in a stop,
+                        framed.read_no_more = True  # once every other request read with it is refused too
+            if not framed.read_no_more or framed.closed:
+                return  # the connection ended
+            if self._stopped_and_idle():  # every request read has its answer
+                self._close(None)
+                return
+            framed.read_no_more = False  # a client done sending whose last requests run: read on
+
+    def _finish(self) -> None:
+        """The stop (or a client done sending) with nothing left running: close the connection — at once when
+        the reader waits for bytes, else once it has handled what it read (each request then refused with its
+        row, never dropped unanswered)."""
+        reading = self._reading
+        if self.framed.waiting_for_peer or reading is None or reading.done():
+            self._close(None)
+        else:
+            self.framed.read_no_more = True  # ``_read`` closes once what it holds is handled
 
     def client_done_sending(self) -> None:
         """The client ended its messages but still reads (gRPC's half-close): what runs goes on to its end,
         then the connection closes (at once when nothing runs)."""
         self._client_done = True
         if self._watching and self._stopped_and_idle():
-            self._close(None)
+            self._finish()
 
     # -- events ------------------------------------------------------------------------------------
 
@@ -275,8 +306,10 @@ class GatewayConnection:
                 self._cancel(task)
         elif isinstance(event, ProtocolViolation):
             log.warning("client %s broke the protocol: %s", self.framed.channel.peer, event.error.message)
-        elif isinstance(event, ConnectionTerminated) and event.error is not None:
-            log.info("connection from %s ended: %s", self.framed.channel.peer, event.error)
+        elif isinstance(event, ConnectionTerminated):
+            self._client_ended = event.by_peer
+            if event.error is not None:
+                log.info("connection from %s ended: %s", self.framed.channel.peer, event.error)
         return None
 
     def _welcome(self, event: HandshakeComplete) -> None:
@@ -348,7 +381,7 @@ class GatewayConnection:
                 self.engine,
                 request,
                 context,
-                self.framed.send_nowait,
+                self._send_after_end if self._answers_after_end else self.framed.send_nowait,
                 drain=self.framed.drain_when_full,
                 finish=self._end,
                 cancelled_by=lambda: self._cancel_reason,
@@ -363,14 +396,36 @@ class GatewayConnection:
                 del self._endings[request.session_id]
             self._cancelled.discard(task)  # type: ignore[arg-type]
             if self._stopped_and_idle():
-                self._close(None)  # the last session of a shutdown has ended
+                self._finish()  # the last session of a shutdown has ended
             elif not self._tasks:
                 self._quiet()
 
     def _end(self, event: StreamEvent) -> None:
-        """Send a session's terminal event without waiting (nothing is sent once the connection ended it)."""
+        """Send a session's terminal event without waiting (once the connection ended, only where
+        ``_told_after_end`` may)."""
+        if self.framed.closed:
+            self._told_after_end(event)
+            return
         try:
             self.framed.send_nowait(event)
+        except GTLError as exc:
+            log.debug("could not end session %r: %s", event.session_id, exc)
+
+    def _send_after_end(self, event: StreamEvent) -> None:
+        """A session's event to the client (``answers_after_end``): once the client ended the connection,
+        only its terminal event, written past the ended connection (``_told_after_end``)."""
+        if self.framed.closed:
+            self._told_after_end(event)
+        else:
+            self.framed.send_nowait(event)
+
+    def _told_after_end(self, event: StreamEvent) -> None:
+        """Write a session's terminal event after the client ended the connection, where the channel still
+        carries it (stdio: a client that closed the gateway's input may still read its output)."""
+        if not (self._answers_after_end and self._client_ended and type(event) in TERMINAL_EVENTS):
+            return
+        try:
+            self.framed.channel.write(frames_within(event, self.framed.connection.send_limit))
         except GTLError as exc:
             log.debug("could not end session %r: %s", event.session_id, exc)
 
@@ -398,7 +453,7 @@ class GatewayConnection:
         if self._tasks or self._desk.busy:
             return
         if self._client_done and self._watching and self._stopped_and_idle():
-            self._close(None)
+            self._finish()
             return
         self._last_activity = self._clock()
         if self._said_hello:
@@ -424,7 +479,7 @@ class GatewayConnection:
         if self.framed.closed or not self._watching:
             return
         if self._stopped_and_idle():
-            self._close(None)
+            self._finish()
             return
         assert self.shutdown is not None
         self._unwatch_grace = self.shutdown.after_grace(self._grace_over)

@@ -2,7 +2,9 @@
 
 The client (``connect("stdio://...")``) starts this process, so there is exactly one connection; when
 it ends — the client closed its end of the pipe, or went away — every session is cancelled, its
-ledger row completed, and the process exits.
+ledger row completed, and the process exits. The end of standard input is the client leaving (the GTL
+spec says nothing of it): what runs is cancelled, not finished as after gRPC's half-close, but each
+session's ``CANCELLED`` is still written to standard output, for a client that closed only its side.
 
 It opens what ``gtl serve`` opens beside its listeners (``server.open_parts``): the audit log of
 ``[gateway.audit]`` — one record per finished request, as on every other transport; a log file another
@@ -51,7 +53,13 @@ async def serve_stdio(
         try:
             framed = OffloadedFrames(connection, channel)  # a large frame decoded in a worker thread
             gateway = GatewayConnection(
-                parts.engine, framed, authenticate=authenticate, limits=limits, shutdown=shutdown, transport="stdio"
+                parts.engine,
+                framed,
+                authenticate=authenticate,
+                limits=limits,
+                shutdown=shutdown,
+                transport="stdio",
+                answers_after_end=True,  # a client that closed our input may still read our output
             )
             await gateway.run()
         finally:

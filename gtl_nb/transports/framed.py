@@ -42,6 +42,12 @@ class FramedConnection:
         self.reader_waits = reader_waits
         self._drain_lock = asyncio.Lock()
         self._has_room: Callable[[], bool] | None = getattr(channel, "has_room", None)
+        self.waiting_for_peer = False
+        """Whether the reader waits — for room to write, then for the peer's next bytes — with every byte it
+        read handled."""
+        self.read_no_more = False
+        """Set to end ``events()`` at its next need of bytes, once what was read is handled (the gateway's stop
+        answers every request it read, then closes)."""
 
     @property
     def closed(self) -> bool:
@@ -90,9 +96,16 @@ class FramedConnection:
                 return
             if event is NEED_DATA:
                 self.flush_nowait()
-                if self.reader_waits:
-                    await self.drain()
-                received = self.receive(await self.channel.read())
+                if self.read_no_more:
+                    return
+                self.waiting_for_peer = True
+                try:
+                    if self.reader_waits:
+                        await self.drain()
+                    data = await self.channel.read()
+                finally:
+                    self.waiting_for_peer = False
+                received = self.receive(data)
                 if received is not None:
                     await received
                 continue
