@@ -5,7 +5,8 @@
 ``RequestFinished`` forgets it — the entry its own request made (both events carry the request's
 ``handle``), never another running session that took the same id. The ``sessions`` and ``cancel``
 queries (``gateway.queries``) read it: a caller sees and cancels its own sessions (``session:read``,
-``session:write``) and, with ``session:admin``, anyone's — so a token of one user can never reach
+``session:write``; a token cancels those it started itself without that scope) and, with
+``session:admin``, anyone's — so a token of one user can never reach
 another user's session, and a session of another user that took the same id (clients may name their
 sessions) never stops a user cancelling their own.
 """
@@ -37,10 +38,19 @@ class LiveSession:
     model: str | None
     started: float
     task: asyncio.Task[Any] | None
+    key_id: str | None = None
+    """The credential it was started with (a GhostToken's ``jti``): that token may cancel it without
+    ``session:write`` (``started_with``)."""
 
     def owned_by(self, context: RequestContext) -> bool:
         """Whether ``context``'s principal (its ``sub`` within its tenant) started this session."""
         return self.principal == context.principal and self.tenant == context.tenant
+
+    def started_with(self, context: RequestContext) -> bool:
+        """Whether ``context``'s credential — the same token (``jti``) of the same principal — started this
+        session. That token could end the session anyway (an HTTP client closes its response), so it may
+        cancel it without ``session:write``; another token, of this principal or another, may not."""
+        return self.key_id is not None and self.key_id == context.key_id and self.owned_by(context)
 
     def describe(self) -> dict[str, Any]:
         """What a ``sessions`` query shows of it (never the task)."""
@@ -75,6 +85,7 @@ class LiveSessions:
                 event.model,
                 time.time(),
                 task,
+                context.key_id,
             )
             self.add(live, event.handle)
         elif isinstance(event, RequestFinished):

@@ -10,9 +10,10 @@
   writer's ``hostname``, ``pid`` and ``proc_start`` are left out unless the caller holds ``metrics:read``.
 * ``sessions`` — ``{"sessions": [...]}``, the caller's sessions running on this gateway, over any
   connection (``session:read``); ``params`` ``all_users: true`` for everyone's (``session:admin``).
-* ``cancel`` — cancel a running session by ``params`` ``session_id``, from any connection: one's own
-  (``session:write``), anyone's (``session:admin``); ``{"cancelled": N}``. A session of another user
-  is ``FORBIDDEN`` without ``session:admin`` — whether it exists is not told.
+* ``cancel`` — cancel a running session by ``params`` ``session_id``, from any connection: those the
+  caller's token started (no scope needed: it could end them anyway), one's own (``session:write``),
+  anyone's (``session:admin``); ``{"cancelled": N}``. A session of another user is not there without
+  ``session:admin`` (the answer for an id nothing runs under) — whether it exists is not told.
 * ``breakers`` — ``{"breakers": {deployment: state}}``, the engine's circuit breakers (``models:read``).
 * ``models`` — ``{"models": [...]}``, a deployment's live model list (``params``: ``deployment``;
   ``models:read``), narrowed to what the token's allow-lists let it use. One call to the provider
@@ -259,15 +260,23 @@ def _cancel(engine: Engine, context: RequestContext, params: dict[str, Any]) -> 
     session_id = params.get("session_id")
     if not isinstance(session_id, str) or not session_id:
         raise InvalidRequestError('the cancel query needs params {"session_id": ID}')
-    require_scope(context, "session.cancel")
     entries = live_sessions(engine).find(session_id)
     # only an administrator reaches another user's sessions; to anyone else they are not there — the
     # answer is the same whether or not one runs under that id (a FORBIDDEN told a guesser it did). A
     # user's own sessions are never held hostage by another's that took the same id (a client may choose its ids)
     admin = has_scope(context, SCOPES["session.admin"])
-    reached = entries if admin else [entry for entry in entries if entry.owned_by(context)]
-    if not reached:
-        yours = "" if admin else " of yours"
+    if admin:
+        reached, yours = entries, ""
+    elif has_scope(context, SCOPES["session.cancel"]):
+        reached, yours = [entry for entry in entries if entry.owned_by(context)], " of yours"
+    else:
+        # without session:write, the sessions this very token started: it could end them anyway (an HTTP
+        # client closes its response), and hearing how one ended — a refusal that crossed the cancel — needs
+        # this answer (transports.http). Nothing of another token, this principal's or another's, is reached
+        reached, yours = [entry for entry in entries if entry.started_with(context)], " of this token"
+        if not reached and any(entry.owned_by(context) for entry in entries):
+            require_scope(context, "session.cancel")  # another token of this principal's started it
+    if not reached:  # (the end of one that just ended is on its way to its client, which reads on)
         raise InvalidRequestError(f"no session {session_id!r}{yours} is running on this gateway")
     cancelled = 0
     for entry in reached:

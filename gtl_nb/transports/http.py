@@ -238,9 +238,10 @@ class HttpBackend(RemoteBackend):
 
         Over HTTP a session has no channel for a ``cancel``: closing its response is one. So the answer's
         status is waited for first (the gateway answers at once, a refusal or the stream's ``200``); a
-        refusal is read to its end; a ``200`` stream gets the ``cancel`` query (``session:write``) and is
-        read on until its end. A gateway that does not take the query (a token without that scope) gets
-        its response closed, which cancels the session there, and the caller hears ``CANCELLED``."""
+        refusal is read to its end; a ``200`` stream gets the ``cancel`` query (the token that started the
+        session needs no scope for it) and is read on until its end. A gateway that does not take the query
+        (one from before that, to a token without ``session:write``) gets its response closed, which
+        cancels the session there, and the caller hears ``CANCELLED``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + CANCEL_WAIT  # one wait in all (three in a row made a cancel take 9 s)
 

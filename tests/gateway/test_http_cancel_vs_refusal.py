@@ -180,3 +180,64 @@ def test_a_cancelled_running_session_ends_cancelled_on_both_sides(scheme, served
         client.close()
     assert isinstance(end, Error) and end.code == "CANCELLED", end
     assert (row["status"], row["error_code"]) == ("cancelled", "CANCELLED")
+
+
+CHAT_ONLY = ("chat:write", "models:read")  # no session:write: the scopes a plain chat token has
+
+
+@pytest.mark.parametrize("scheme", ["http", "sse"])
+def test_a_token_without_session_write_hears_the_rate_limit_that_crossed_its_cancel(scheme, served):
+    """The ``cancel`` query of a token without ``session:write`` was refused (``FORBIDDEN``), so the client
+    closed the response and told its caller ``CANCELLED`` — though the gateway had refused the request with a
+    ``RATE_LIMIT`` inside the ``200`` stream. The token that started a session may ask after it: the caller
+    hears the refusal its ledger row says."""
+    _, mint, ledger, relay = served
+    client = gtl_nb.connect(f"{scheme}://{relay.address}", token=mint(*CHAT_ONLY, subject=LIMITED))
+    try:
+        relay.passing.clear()
+        stream = client.stream("echo", "refuse me", session_id=f"refused-chat-{scheme}")
+        reader = threading.Thread(target=lambda: next(iter(stream), None), daemon=True)
+        reader.start()  # the request goes out; its answer stays in the relay
+        row = _row(ledger, f"refused-chat-{scheme}")
+        assert (row["status"], row["error_code"]) == ("error", "RATE_LIMIT")
+        releasing = _release_soon(relay)
+        stream.close()
+        reader.join(WAIT)
+        releasing.join(WAIT)
+        ends = [event for event in stream.transcript.events if isinstance(event, Error)]
+    finally:
+        relay.passing.set()
+        client.close()
+    assert [end.code for end in ends] == ["RATE_LIMIT"], ends
+
+
+def test_the_token_that_started_a_session_cancels_it_and_no_other_principal_can(served):
+    """Without ``session:write``: the token that started a session cancels it (from another client too); another
+    principal's token is told no such session runs (with or without the scope), and the session runs on;
+    another token of the same principal still needs the scope."""
+    from gtl_nb.protocol.errors import InvalidRequestError, PermissionDeniedError
+
+    gateway, mint, ledger, _ = served
+    url = gateway.url("http")
+    credential = mint(*CHAT_ONLY, subject="starter")
+    with (
+        gtl_nb.connect(url, token=credential) as owner,
+        gtl_nb.connect(url, token=credential) as same_token,
+        gtl_nb.connect(url, token=mint(*CHAT_ONLY, subject="stranger")) as stranger,
+        gtl_nb.connect(url, token=mint(*SCOPES, subject="stranger")) as stranger_with_scope,
+        gtl_nb.connect(url, token=mint(*CHAT_ONLY, subject="starter")) as sibling,
+    ):
+        stream = owner.stream("slowecho:echo", "a long answer " * 50, session_id="own-token")
+        events = iter(stream)
+        next(event for event in events if isinstance(event, Token))
+        for other in (stranger, stranger_with_scope):
+            with pytest.raises(InvalidRequestError, match="no session 'own-token'"):
+                other.cancel_session("own-token")
+        with pytest.raises(PermissionDeniedError, match="session:write"):
+            sibling.cancel_session("own-token")
+        assert isinstance(next(events), Token)  # it runs on
+        assert same_token.cancel_session("own-token") == 1
+        *_, end = events
+    assert isinstance(end, Error) and end.code == "CANCELLED", end
+    row = _row(ledger, "own-token")
+    assert (row["status"], row["error_code"]) == ("cancelled", "CANCELLED")
