@@ -690,7 +690,7 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
     def _after_the_last_request(self) -> None:
         """An answer is complete and no request may follow the ones read (a bad request, or the client's end):
         start the next one pipelined before it, else write the bad request's ``400`` (if any) and close."""
-        if self.pipeline and not self.transport.is_closing():
+        if self.pipeline and not self.transport.is_closing() and not self._close_after_answer:
             upcoming = self.pipeline[-1][0]
             super().on_response_complete()  # uvicorn starts it
             self._running_cycle = upcoming
@@ -698,7 +698,8 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
         self._stop_deadline()
         self.server_state.total_requests += 1
         if not self.transport.is_closing():
-            if self._refusal_due is not None:
+            # (after requests a shutdown left unstarted, a 400 would read as the first one's answer)
+            if self._refusal_due is not None and not self.pipeline:
                 self.transport.write(self._refusal_due)
             self.transport.close()
 

@@ -257,3 +257,24 @@ def test_a_half_close_in_the_middle_of_a_request_closes_the_connection(gateway):
         data = _until_closed(sock)
     assert b"HTTP/1.1 200" not in data
     assert rows_when(gateway.ledger, session_id="cut", timeout=0.5) == []
+
+
+def test_a_shutdown_with_requests_before_a_malformed_one_answers_each_once(gateway):
+    """A stream, a request queued behind it and a malformed one, then a shutdown: the stream is written whole,
+    the queued request is refused as the stop refuses a request still arriving (``503``, retryable, with its
+    row) and its answer says ``connection: close``; the connection then closes, with no ``400`` after it."""
+    stream = _post("/v1/gtl/sse", _gtl("first", model=f"paced:{MODEL}", prompt=LONG_PROMPT))
+    with serving(gateway.config, grace=30) as served, socket.create_connection(_address(served.url)) as sock:
+        sock.sendall(stream + _post("/v1/gtl", _gtl("queued", stream=False)) + MALFORMED)
+        sock.settimeout(30)
+        received = sock.recv(65536)  # the stream has begun
+        served.begin_shutdown()
+        data = received + _until_closed(sock)
+    answers = _responses(data)
+    assert [status for status, _, _ in answers] == [200, 503], data[-400:]
+    assert [frame["type"] for frame in _terminals(answers[0][2])] == ["done"]
+    assert answers[1][1]["connection"] == "close"
+    assert [(frame["type"], frame["code"]) for frame in _terminals(answers[1][2])] == [
+        ("error", "PROVIDER_UNAVAILABLE")
+    ]
+    assert _one_row_each(gateway.ledger, "first", "queued") == ["ok", "error"]
