@@ -1124,7 +1124,7 @@ class AuditLog:
         self._closed = False
         # A record waits for its request's ledger row to be committed before it is queued (the ledger's
         # ``when_written``), so a crash can never leave a record without its row; ``None``: a ledger that
-        # writes at once or cannot say (in memory, PostgreSQL, none): records are queued at once.
+        # writes at once or cannot say (in memory, a plug-in, none): records are queued at once.
         self._after_row: Callable[[Callable[[], None]], None] | None = None
         self._held: dict[int, dict[str, Any]] = {}  # records waiting for their rows, by number (under ``_progress``)
         self._held_numbers = itertools.count()
@@ -1170,7 +1170,8 @@ class AuditLog:
 
     def _follow_rows_of(self, engine: Any) -> None:
         """Hold each record until ``engine``'s ledger has committed the request's row, when the ledger
-        can say when (``when_written``: the SQLite ledger's writer, called right after a commit)."""
+        can say when (``when_written``: the SQLite ledger's writer, called right after a commit; the
+        PostgreSQL ledger's, once the row is committed there or in its local spool)."""
         ledger = getattr(getattr(engine, "stores", None), "ledger", None)
         after = getattr(ledger, "when_written", None)
         self._after_row = after if callable(after) else None

@@ -19,6 +19,9 @@ the request path as the SQLite writer does them:
   the batch being written; a reader (read-your-writes) and ``aclose`` wake a lingering writer at once.
 * **Read-your-writes.** ``rows``, ``totals`` and ``to_dataframe`` first wait until every write this
   ledger queued before them is committed in PostgreSQL.
+* **When a row is safe.** ``when_written`` calls back once the writes queued before it are committed in
+  PostgreSQL or in the spool (both survive a crash of this process), as the SQLite ledger's does after
+  its commit: the gateway's audit log holds a request's record until then.
 * **Idempotent rows.** Every row carries its writer's ``replica`` id and its number there
   (``replica_seq``), unique together; inserts do nothing on conflict and a finish updates only a row
   still ``started``. A write replayed (from the spool, after a crash) changes nothing.
@@ -391,6 +394,8 @@ class PostgresUsageLedger:
         self._open: set[int] = set()  # numbers of started, unfinished requests
         self._next_number = 1  # replica_seq of the next row; its handle is -number
         self._seq = 0  # writes queued so far
+        self._written = 0  # every write numbered up to this one is in PostgreSQL or the spool (``when_written``)
+        self._watchers: deque[tuple[int, Callable[[], None]]] = deque()  # (write, call once it is written)
         self._idle = False
         self._closing = False
         self._closed = False
@@ -484,6 +489,21 @@ class PostgresUsageLedger:
         """Wait until every write queued so far is committed in PostgreSQL."""
         self._check_open()
         await self._loop.call(self._until_durable(self._seq))
+
+    def when_written(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once every write queued so far is safe from a crash of this process —
+        committed in PostgreSQL, or (while PostgreSQL cannot be used, and until this replica's spooled
+        writes are drained) in the local spool, which the next drain writes to PostgreSQL: at once when
+        none waits, else from the ledger's loop thread right after that commit, so it must be quick and
+        thread-safe. What must not be known before its row is (the gateway's audit record) waits here,
+        the request not. Never called for writes a ``close`` could neither write nor spool (the
+        gateway's audit log writes its records anyway when it closes, and says so)."""
+        with self._lock:
+            target = self._seq
+            if self._written < target:
+                self._watchers.append((target, callback))
+                return
+        callback()
 
     async def rows(self, *, offset: int = 0, limit: int | None = None, **filters: Any) -> list[dict[str, Any]]:
         """Matching rows as dicts of every documented column, in id order (queued writes included);
@@ -875,6 +895,22 @@ class PostgresUsageLedger:
         self._inflight = []
         self._processed = bound
         self._settle_waiters()
+        self._written_up_to(bound)
+
+    def _written_up_to(self, bound: int) -> None:
+        """Every write numbered up to ``bound`` is in PostgreSQL or the spool: call the ``when_written``
+        callbacks waiting for it (in the order of their writes)."""
+        with self._lock:
+            self._written = max(self._written, bound)
+            ready = []
+            watchers = self._watchers
+            while watchers and watchers[0][0] <= self._written:
+                ready.append(watchers.popleft()[1])
+        for callback in ready:
+            try:
+                callback()
+            except Exception:  # a watcher's defect must not stop the writer
+                log.exception("ledger %s: a call after a commit failed", self._url.shown)
 
     def _entry(self, op: _Start | _Finish) -> _Entry:
         """``(seq, kind, SQL parameters)`` of one write, as it is committed or spooled."""
@@ -1156,8 +1192,10 @@ class PostgresUsageLedger:
             await asyncio.gather(self._writer, return_exceptions=True)
             with self._lock:
                 left = [self._entry(op) for op in self._take_all()]
+                bound = self._seq  # nothing is queued after close: every write is in this batch or before
             await self._spool_entries([*self._inflight, *left])  # idempotent: a committed one replays as nothing
             self._mine_spooled = True
+            self._written_up_to(bound)
         except Exception:
             log.exception("ledger %s: the writer failed", self._url.shown)
         for task in (self._keeper, self._pruner):
