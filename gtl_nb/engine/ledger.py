@@ -472,6 +472,7 @@ class Ledger:
         self._conn: sqlite3.Connection | None = None
         self._conn_pid = 0
         self._closed = False
+        self._no_more_waits = False  # ``stop_waiting``: a write finding the file locked gives up at once
         _LEDGERS.add(self)  # (its lock is made anew in a forked child: _reset_locks)
         if not self._memory:
             _create_private_file(Path(self.path))
@@ -482,6 +483,10 @@ class Ledger:
         self.interrupted = InterruptedRows()
         try:
             self._write(ledger_migrations.migrate)
+            if not self._memory:  # before recovery: a spooled outcome finishes its row, recovery would not
+                from gtl_nb.engine.ledger_spool import replay_spool
+
+                replay_spool(self)
             self.recover()
         except BaseException:
             self.close()
@@ -897,6 +902,12 @@ class Ledger:
 
         return self._retrying(attempt)
 
+    def stop_waiting(self) -> None:
+        """From now on a write that finds the file locked by another process raises ``LedgerBusyError``
+        after SQLite's own wait (``busy_timeout``) instead of retrying for ``retry_for``: what a writer
+        past its stop's deadline asks of the ledger it writes through, so it can spool what it holds."""
+        self._no_more_waits = True
+
     def _retrying(self, operation: Callable[[], T]) -> T:
         """Run ``operation``, retrying with jittered backoff while SQLite reports busy/locked."""
         return retry_while_busy(
@@ -905,7 +916,11 @@ class Ledger:
             what=f"ledger {self.path}",
             error=LedgerError,
             busy_error=LedgerBusyError,
+            stop=self._stopped_waiting,
         )
+
+    def _stopped_waiting(self) -> bool:
+        return self._no_more_waits
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,7 +32,9 @@ Guarantees (``docs/ledger.md``, "How rows are written"):
 * **Exactly one outcome.** A handle is finished once; the second ``finish`` raises
   ``LedgerStateError`` at once, from memory (the first outcome wins).
 * **Drained at the end.** ``close`` (the last user's ``aclose``) and interpreter exit (``atexit``)
-  write everything queued before they return, waiting up to ``retry_for`` for a failing file.
+  write everything queued before they return, waiting up to ``retry_for`` for a failing file; what a
+  file locked past that deadline still refuses goes to its spool (``engine.ledger_spool``), which the
+  next opening of the ledger writes.
 
 A forked child never touches its parent's writer (its thread does not exist there): it starts its
 own on first use, and the parent's queued rows stay the parent's to write.
@@ -63,6 +65,7 @@ from gtl_nb.engine.ledger import (
 )
 from gtl_nb.engine.ledger_batch import Finish, Start, write_batch
 from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention, prune
+from gtl_nb.engine.ledger_spool import SpoolWriter, spool_path
 from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
 from gtl_nb.engine.loop import stop_shared_loop
 from gtl_nb.log import get_logger
@@ -77,6 +80,7 @@ IDLE_AFTER = 0.5  # seconds without work after which the writer sleeps until an 
 BACKSTOP_WINDOWS = 3  # windows a queued operation waits for its loop's commit before the thread writes it
 CHECKPOINT_EVERY = 0.25  # seconds from a commit to the thread's checkpoint of the write-ahead log
 _REPORT_EVERY = 30.0  # seconds between two log lines about the same failing commit
+GIVE_UP_MARGIN = 5.0  # seconds beyond the ledger's busy_timeout a close waits for the thread to spool
 
 
 class LedgerWriter:
@@ -131,7 +135,9 @@ class LedgerWriter:
         self._idle = False
         self._last_work = -float("inf")  # monotonic time of the last commit: the writer starts idle
         self._closing = False
-        self._abandoned = False
+        self._abandoned = False  # past the stop's deadline: what cannot be written now is spooled
+        self._abandon = threading.Event()  # the same, for the thread's sleeps between attempts
+        self._spool: SpoolWriter | None = None  # made when first needed (ledger_spool)
         self._urgent = False  # a start waiting for room: the thread writes now, whoever commits
         self._flush_target = 0  # a flush waits for this change: the thread writes until it is written
         self._watchers: deque[tuple[int, Callable[[], None]]] = deque()  # (change, call once it is written)
@@ -248,8 +254,9 @@ class LedgerWriter:
         lost): at once when nothing is waiting, else from whoever commits — the writer's thread or the
         loop that committed, right after the commit — so it must be quick and thread-safe. What waits
         for a row's durability without waiting on the request path (the gateway's audit log: a record
-        reaches its file only once its row is in the ledger's). Never called for changes a ``close``
-        gave up on."""
+        reaches its file only once its row is in the ledger's). Changes a ``close`` past its
+        deadline spooled count as written (the next opening writes them); never called for those it
+        lost."""
         with self._lock:
             target = self._seq
             if self._committed < target:
@@ -296,7 +303,10 @@ class LedgerWriter:
     def close(self, timeout: float | None = None) -> None:
         """Write everything queued, then stop the thread (and close the ledger it owns). New starts
         and finishes are refused from now on. After ``timeout`` (default ``wait_for``) of a failing
-        file the queued writes are given up, with an error naming how many."""
+        file the thread stops waiting — its attempt under way ends within the ledger's ``busy_timeout``
+        — and appends what it could not write to the file's spool (``engine.ledger_spool``), which the
+        next opening of the ledger writes; only what even the spool refuses is lost, with an error
+        naming how many."""
         self.stop_taking()
         if threading.current_thread() is self._thread:
             return  # it ends (and closes its ledger) once it has written what it holds
@@ -304,6 +314,12 @@ class LedgerWriter:
         unregister_pending_writes(self.ledger.key, self.flush)  # readers waited for the drain until now
         if self._thread.is_alive():
             self._abandoned = True
+            self._abandon.set()
+            if self.ledger.path != MEMORY:  # (an in-memory ledger is its readers' too, and never locked)
+                self.ledger.stop_waiting()
+            # the attempt under way, then one at what was queued behind it: SQLite's wait each, at most
+            self._thread.join(2 * self.ledger.busy_timeout + GIVE_UP_MARGIN)
+        if self._thread.is_alive():
             log.error(
                 "ledger %s: %d queued write(s) could not be written and are lost", self.ledger.path, self.pending()
             )
@@ -420,8 +436,51 @@ class LedgerWriter:
                 exc,
             )
             started = self._write_one_by_one(batch)
-        if started is not None:  # None: given up by close, nothing of it written
+        if started is None:  # given up by close, nothing of it written: it goes to the spool
+            self._spool_the_rest(batch, self._rowids)
+        else:
             self._settle(batch, started)
+
+    def _spool_the_rest(self, ops: list[Start | Finish], rowids: Mapping[int, int]) -> None:
+        """``ops`` and everything still queued, appended to the file's spool: the stop's deadline has
+        passed with the file locked by another process (``close``). The next opening writes them."""
+        with self._lock:
+            rest = list(self._queue)
+            self._queue.clear()
+            self._queued_starts.clear()
+            self._inflight = [*ops, *rest]
+            bound = self._seq
+        ops = [*ops, *self._write_once(rest, rowids)]
+        if self.ledger.path == MEMORY:
+            log.error("ledger %s: %d queued write(s) could not be written and are lost", self.ledger.path, len(ops))
+            self._committed_up_to(bound)
+            return
+        if self._spool is None:
+            self._spool = SpoolWriter(spool_path(self.ledger.path), self.ledger.hostname)
+        lines, orphans = self._spool.lines(ops, rowids)
+        try:
+            self._spool.append(lines)
+        except OSError as exc:
+            log.error(
+                "ledger %s: %d queued write(s) could not be written nor spooled in %s (%s); they are lost",
+                self.ledger.path,
+                len(ops),
+                self._spool.path,
+                exc,
+            )
+            return
+        log.warning(
+            "ledger %s: %d queued write(s) could not be committed by the stop's deadline (another process holds "
+            "the file's write lock); they are spooled in %s and written when the ledger is next opened",
+            self.ledger.path,
+            len(lines),
+            self._spool.path,
+        )
+        if orphans:
+            log.error(
+                "ledger %s: %d outcome(s) of requests whose row was never written are lost", self.ledger.path, orphans
+            )
+        self._committed_up_to(bound)  # safe in the spool: whoever waits for these rows may go on
 
     def _settle(self, batch: list[Start | Finish], started: Mapping[int, int]) -> None:
         """Remember the row ids of the rows ``batch`` left started, forget those it finished."""
@@ -458,7 +517,8 @@ class LedgerWriter:
                         len(ops),
                         exc,
                     )
-                time.sleep(delay * random.uniform(0.5, 1.5))
+                if self._abandon.wait(delay * random.uniform(0.5, 1.5)):  # a close gave up meanwhile
+                    return None
                 delay = min(delay * 2, 2.0)
         if failing_since:
             log.warning(
@@ -466,13 +526,29 @@ class LedgerWriter:
             )
         return started
 
+    def _write_once(self, ops: list[Start | Finish], rowids: Mapping[int, int]) -> list[Start | Finish]:
+        """One attempt at writing ``ops`` — what was queued behind a batch ``close`` gave up on: the file
+        may take them (the trouble was that batch's alone) — leaving out the outcomes of rows that batch
+        holds; what is left to spool (all of ``ops`` when the attempt fails)."""
+        later = [op for op in ops if isinstance(op, Start) or op.handle in rowids]
+        if not later:
+            return ops
+        hostname = self.ledger.hostname
+        try:
+            started = self.ledger.transaction(lambda conn: write_batch(conn, later, rowids, hostname))
+        except Exception:  # locked still (SQLite's busy_timeout at most: the ledger waits no longer), failing
+            return ops
+        self._settle(later, started)
+        written = set(map(id, later))
+        return [op for op in ops if id(op) not in written]
+
     def _write_one_by_one(self, batch: list[Start | Finish]) -> dict[int, int]:
         """``batch`` written an operation a transaction (``_commit``'s way out of a batch that fails
         as a whole): the row ids of the rows it left started — also when ``close`` gave up waiting
         part-way, for the rows written until then, whose outcomes may still be queued."""
         started: dict[int, int] = {}
         known = ChainMap(started, self._rowids)  # a finish later in the batch finds its start's row here
-        for op in batch:
+        for index, op in enumerate(batch):
             try:
                 written = self._write([op], known)
             except LedgerStateError as exc:
@@ -487,7 +563,8 @@ class LedgerWriter:
                     exc,
                 )
                 continue
-            if written is None:  # close gave up: what was written still counts
+            if written is None:  # close gave up: what was written still counts, the rest is spooled
+                self._spool_the_rest(batch[index:], known)
                 return started
             started.update(written)
         return started

@@ -61,11 +61,13 @@ def retry_while_busy(
     what: str,
     error: type[GTLError],
     busy_error: type[GTLError],
+    stop: Callable[[], bool] | None = None,
 ) -> T:
     """Run ``operation``, retrying with jittered backoff while SQLite reports busy/locked.
 
-    Another SQLite failure is ``error``; still busy after ``retry_for`` seconds is ``busy_error``. The
-    timer is the monotonic clock of this worker thread: it bounds waiting on a file lock, not engine time.
+    Another SQLite failure is ``error``; still busy after ``retry_for`` seconds — or once ``stop()`` says
+    so (a writer giving up at its deadline) — is ``busy_error``. The timer is the monotonic clock of this
+    worker thread: it bounds waiting on a file lock, not engine time.
     """
     deadline = time.monotonic() + retry_for
     delay = 0.002
@@ -76,6 +78,8 @@ def retry_while_busy(
             if not is_busy(exc):
                 raise error(f"{what}: {exc}") from exc
             remaining = deadline - time.monotonic()
+            if stop is not None and stop():
+                raise busy_error(f"{what} is locked by another process; no longer waiting for it") from None
             if remaining <= 0:
                 raise busy_error(
                     f"{what} stayed busy for {retry_for:g} s; another process holds its write lock"

@@ -208,7 +208,8 @@ class SqliteUsageLedger:
     def when_written(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once every write queued so far is committed to the file — at once when none
         waits, else right after that commit, from the thread or loop that made it (``LedgerWriter.when_committed``):
-        what must not be known before its row is (the gateway's audit record) waits here, the request not."""
+        what must not be known before its row is (the gateway's audit record) waits here, the request not. A
+        write a stop past its deadline spooled counts as committed (``engine.ledger_spool``)."""
         self._live_writer().when_committed(callback)
 
     async def rows(self, *, offset: int = 0, limit: int | None = None, **filters: Any) -> list[dict[str, Any]]:

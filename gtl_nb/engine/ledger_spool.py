@@ -1,0 +1,375 @@
+"""The SQLite ledger's spool: the writes a stop could not commit, kept beside the file until its next open.
+
+A graceful stop writes everything queued (``engine.ledger_writer``); only a file another process keeps
+locked past the stop's deadline (``retry_for``) can hold them back. Those writes are not dropped: the
+writer appends them here — ``<ledger file>-spool.jsonl`` — and the next opening of the ledger
+(``Ledger.__init__``, before crash recovery) writes them into the file and empties the spool.
+
+**The format cannot be half-read.** One line per write: the SHA-256 of the JSON that follows (64 hex
+digits), a space, the JSON, a newline. A line without its newline (a write cut short) or whose digest
+does not match is reported and skipped — copied to ``<spool>.damaged`` for whoever wants to look — and
+never stops the ledger from opening. Each line holds the statement's parameters as the stopping
+process computed them (its pid and process identity, so recovery judges a replayed ``started`` row by
+its real writer):
+
+* ``{"kind": "row", "id": …, "values": [...]}`` — a new row (``INSERT_FINISHED``'s parameters: started,
+  or finished already);
+* ``{"kind": "outcome", "id": …, "row": <row id> | null, "of": <the id of a spooled row> | null,
+  "full": true | false, "values": [...]}`` — a row's outcome (``FINISH_UPDATE``'s parameters, or
+  ``FINISH_STATUS_ONLY``'s when its details could not be cleaned), without the row id: that is ``row``
+  (written before) or the id the replay gave the spooled row ``of``.
+
+**Idempotent.** Every line has a random id, recorded in the table ``ledger_spool_replayed`` (with the
+row id a ``row`` line got) in the very transaction that applies it; a line whose id is there already is
+skipped. So a replay cut short by a crash (the transaction rolled back: none of it happened) or one
+that committed but died before emptying the spool (every line is found applied) counts nothing twice.
+Appending and replaying hold an exclusive ``flock`` on the spool (POSIX), so a process stopping while
+another opens the ledger never loses a line between the read and the emptying.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gtl_nb.engine.ledger import (
+    FINISH_STATUS_ONLY,
+    FINISH_UPDATE,
+    INSERT_FINISHED,
+    clean_finish_fields,
+    finish_values,
+    finished_row_values,
+    started_row_values,
+    started_values,
+)
+from gtl_nb.engine.ledger_batch import Finish, Start
+from gtl_nb.log import get_logger
+
+if TYPE_CHECKING:
+    from gtl_nb.engine.ledger import Ledger
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock; a spool is written and read by one process at a time there
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["SPOOL_SUFFIX", "SpoolWriter", "read_spool", "replay_spool", "spool_path"]
+
+log = get_logger("engine.ledger")
+
+SPOOL_SUFFIX = "-spool.jsonl"
+KEEP_REPLAYED = 30 * 86400.0  # seconds the ids of replayed lines are kept (a copy of an old spool replays as nothing)
+_REPLAYED = "CREATE TABLE IF NOT EXISTS ledger_spool_replayed (id TEXT PRIMARY KEY, row_id INTEGER, time REAL NOT NULL)"
+_INSERT_COLUMNS = INSERT_FINISHED.count("?")
+_FINISH_COLUMNS = FINISH_UPDATE.count("?") - 1  # without the row id
+_STATUS_COLUMNS = FINISH_STATUS_ONLY.count("?") - 1
+
+
+def spool_path(ledger_path: str | os.PathLike[str]) -> Path:
+    """The spool of the ledger file at ``ledger_path``: beside it, its name plus ``-spool.jsonl``."""
+    path = Path(ledger_path)
+    return path.with_name(path.name + SPOOL_SUFFIX)
+
+
+# ----------------------------------------------------------------------------------------------
+# writing (the writer thread, at a stop past its deadline)
+
+
+@dataclass
+class SpoolWriter:
+    """Turns queued writes into spool lines for one writer: remembers which handle each spooled
+    start got as its id, so an outcome spooled later (another batch) names it."""
+
+    path: Path
+    hostname: str
+    _spooled: dict[int, str] = field(default_factory=dict)  # handle -> id of its spooled row
+
+    def lines(self, ops: Iterable[Start | Finish], rowids: Mapping[int, int]) -> tuple[list[dict[str, Any]], int]:
+        """The lines of ``ops`` (``rowids``: handle -> row id of rows written ``started``), and how many
+        outcomes have no row to finish (their start was lost: nothing can be written for them)."""
+        lines: list[dict[str, Any]] = []
+        orphans = 0
+        for op in ops:
+            if isinstance(op, Start):
+                values = started_values(
+                    op.when,
+                    session_id=op.session_id,
+                    user=op.user,
+                    model=op.model,
+                    hostname=self.hostname,
+                    tenant=op.tenant,
+                    key_id=op.key_id,
+                    trace_id=op.trace_id,
+                )
+                end = op.finish
+                if end is None:
+                    row = started_row_values(values)
+                else:
+                    row = finished_row_values(values, end.status, end.when, _cleaned(end), end.fields.get("error_code"))
+                line_id = secrets.token_hex(16)
+                if end is None:
+                    self._spooled[op.handle] = line_id
+                lines.append({"kind": "row", "id": line_id, "values": list(row)})
+                continue
+            row_id = rowids.get(op.handle)
+            of = self._spooled.get(op.handle)
+            if row_id is None and of is None:
+                orphans += 1
+                continue
+            clean = _cleaned(op)
+            if clean is None:
+                outcome = [op.status, op.when, _text(op.fields.get("error_code")), op.when]
+            else:
+                outcome = list(finish_values(0, op.status, op.when, clean)[:-1])
+            lines.append(
+                {
+                    "kind": "outcome",
+                    "id": secrets.token_hex(16),
+                    "row": row_id,
+                    "of": None if row_id is not None else of,
+                    "full": clean is not None,
+                    "values": outcome,
+                }
+            )
+        return lines, orphans
+
+    def append(self, lines: list[dict[str, Any]]) -> None:
+        """Add ``lines`` at the end of the spool and sync it to the disk (``OSError`` if it cannot)."""
+        if not lines:
+            return
+        data = b"".join(_line(body) for body in lines)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            with _locked(fd):
+                os.write(fd, data)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _cleaned(op: Finish) -> dict[str, Any] | None:
+    try:
+        return clean_finish_fields(op.handle, op.fields)
+    except Exception as exc:  # values it cannot make sense of: the outcome alone is recorded, as when written
+        log.warning(
+            "ledger: could not record the details of an outcome %s (%s); spooling its status only", op.status, exc
+        )
+        return None
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _line(body: Mapping[str, Any]) -> bytes:
+    text = json.dumps(body, separators=(",", ":")).encode()  # ASCII: a lone surrogate is escaped, not refused
+    return hashlib.sha256(text).hexdigest().encode() + b" " + text + b"\n"
+
+
+@contextlib.contextmanager
+def _locked(fd: int) -> Iterator[None]:
+    if fcntl is None:  # pragma: no cover - Windows
+        yield
+        return
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+# ----------------------------------------------------------------------------------------------
+# reading and replaying (the next open)
+
+
+@dataclass
+class SpoolContents:
+    """What a spool holds: its readable lines, and the damaged ones (line number, why, raw bytes)."""
+
+    lines: list[dict[str, Any]]
+    damaged: list[tuple[int, str, bytes]]
+
+
+def read_spool(data: bytes) -> SpoolContents:
+    """The lines of a spool's bytes, each checked: a line cut short, a digest that does not match, or a
+    body that is not a spool line is damaged (never raised)."""
+    contents = SpoolContents([], [])
+    for number, raw in enumerate(data.splitlines(keepends=True), start=1):
+        problem, body = _parsed(raw)
+        if problem is None:
+            contents.lines.append(body)  # type: ignore[arg-type]
+        else:
+            contents.damaged.append((number, problem, raw))
+    return contents
+
+
+def _parsed(raw: bytes) -> tuple[str | None, dict[str, Any] | None]:
+    if not raw.endswith(b"\n"):
+        return "cut short (no end of line)", None
+    digest, space, text = raw[:-1].partition(b" ")
+    if not space or len(digest) != 64:
+        return "no checksum", None
+    if hashlib.sha256(text).hexdigest().encode() != digest:
+        return "its checksum does not match", None
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return "not JSON", None
+    if not isinstance(body, dict) or not isinstance(body.get("id"), str) or not isinstance(body.get("values"), list):
+        return "not a spooled write", None
+    kind, values = body.get("kind"), body["values"]
+    if kind == "row" and len(values) == _INSERT_COLUMNS:
+        return None, body
+    if kind == "outcome" and len(values) == (_FINISH_COLUMNS if body.get("full") else _STATUS_COLUMNS):
+        row, of = body.get("row"), body.get("of")
+        if (isinstance(row, int) and not isinstance(row, bool)) or isinstance(of, str):
+            return None, body
+    return "not a spooled write", None
+
+
+def replay_spool(ledger: Ledger) -> int:
+    """Write what the spool beside ``ledger``'s file holds into it, once, then empty the spool; how many
+    lines were applied. Damaged lines are reported and skipped; a replay that fails (the file locked
+    for longer than ``retry_for``, a full disk) leaves the spool for the next opening. Never raises
+    for the spool's sake: the ledger opens whatever the spool holds."""
+    path = spool_path(ledger.path)
+    try:
+        if path.stat().st_size == 0:
+            return 0
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        log.error("ledger spool %s cannot be read (%s); its writes wait for the next opening", path, exc)
+        return 0
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as exc:
+        log.error("ledger spool %s cannot be opened (%s); its writes wait for the next opening", path, exc)
+        return 0
+    try:
+        with _locked(fd):
+            data = _read_all(fd)
+            contents = read_spool(data)
+            for number, problem, _ in contents.damaged:
+                log.error(
+                    "ledger spool %s: line %d is damaged (%s) and skipped; its write is lost", path, number, problem
+                )
+            try:
+                applied = ledger._write(lambda conn: _apply(conn, contents.lines, ledger.path))
+            except Exception as exc:
+                log.error(
+                    "ledger %s: the %d write(s) its spool %s holds could not be written now (%s); they stay there "
+                    "for the next opening",
+                    ledger.path,
+                    len(contents.lines),
+                    path,
+                    exc,
+                )
+                return 0
+            if contents.damaged:
+                _keep_damaged(path, contents.damaged)
+            os.ftruncate(fd, 0)
+            os.fsync(fd)
+    except OSError as exc:
+        log.error("ledger spool %s could not be emptied (%s); a later replay finds its lines applied", path, exc)
+        return 0
+    finally:
+        os.close(fd)
+    if contents.lines:
+        log.warning(
+            "ledger %s: %d write(s) a stop left in the spool %s are in the ledger now (%d found there already)",
+            ledger.path,
+            applied,
+            path,
+            len(contents.lines) - applied,
+        )
+    return applied
+
+
+def _read_all(fd: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks = []
+    while chunk := os.read(fd, 1 << 20):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _keep_damaged(path: Path, damaged: list[tuple[int, str, bytes]]) -> None:
+    """Copy the damaged lines to ``<spool>.damaged`` (the evidence outlives the spool's emptying)."""
+    target = path.with_name(path.name + ".damaged")
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, b"".join(raw if raw.endswith(b"\n") else raw + b"\n" for _, _, raw in damaged))
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        log.warning("ledger spool %s: its damaged lines could not be kept in %s (%s)", path, target, exc)
+
+
+def _apply(conn: sqlite3.Connection, lines: list[dict[str, Any]], where: Any) -> int:
+    """Apply each line not applied before, inside the caller's transaction; how many were."""
+    conn.execute(_REPLAYED)
+    now = time.time()
+    conn.execute("DELETE FROM ledger_spool_replayed WHERE time < ?", (now - KEEP_REPLAYED,))
+    applied = 0
+    for body in lines:
+        line_id = body["id"]
+        taken = conn.execute(
+            "INSERT OR IGNORE INTO ledger_spool_replayed (id, time) VALUES (?, ?)", (line_id, now)
+        ).rowcount
+        if not taken:
+            continue  # applied by an earlier replay
+        applied += 1
+        values = body["values"]
+        if body["kind"] == "row":
+            cursor = _execute(conn, INSERT_FINISHED, values, where)
+            if cursor is not None:
+                conn.execute("UPDATE ledger_spool_replayed SET row_id = ? WHERE id = ?", (cursor.lastrowid, line_id))
+            continue
+        row_id = body.get("row")
+        if row_id is None:
+            found = conn.execute("SELECT row_id FROM ledger_spool_replayed WHERE id = ?", (body.get("of"),)).fetchone()
+            row_id = None if found is None else found[0]
+        if row_id is None:
+            log.error(
+                "ledger %s: a spooled outcome %s names a row that was never written; it is lost", where, values[0]
+            )
+            continue
+        statement = FINISH_UPDATE if body.get("full") else FINISH_STATUS_ONLY
+        cursor = _execute(conn, statement, [*values, row_id], where)
+        if cursor is not None and cursor.rowcount != 1:
+            log.warning(
+                "ledger %s: row %s was no longer started; its spooled outcome %s was not recorded",
+                where,
+                row_id,
+                values[0],
+            )
+    return applied
+
+
+def _execute(conn: sqlite3.Connection, statement: str, values: list[Any], where: Any) -> sqlite3.Cursor | None:
+    """Run one spooled statement; text SQLite cannot store is escaped; ``None`` (logged) when refused."""
+    try:
+        return conn.execute(statement, values)
+    except sqlite3.OperationalError:
+        raise  # the file's trouble: the whole replay waits for the next opening
+    except Exception:
+        pass
+    storable = [v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v for v in values]
+    try:
+        return conn.execute(statement, storable)
+    except sqlite3.OperationalError:
+        raise
+    except Exception as exc:
+        log.error("ledger %s: a spooled write could not be written (%s); it is lost", where, exc)
+        return None

@@ -1,0 +1,255 @@
+"""The SQLite ledger's spool (``engine.ledger_spool``): a stop whose writes another process keeps out of
+the file past the deadline spools them beside it, and the next opening writes them — each exactly
+once, whatever crash cuts a replay short — while a damaged spool line is reported and skipped."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gtl_nb.engine import ledger_spool
+from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.ledger import Ledger
+from gtl_nb.engine.ledger_spool import read_spool, spool_path
+from gtl_nb.engine.stores.sqlite import SqliteUsageLedger
+
+REPO = Path(__file__).resolve().parents[2]
+ADA = RequestContext(principal="ada", tenant="acme", key_id="k1", trace_id="t1")
+T0 = 1_700_000_000.25
+
+# Another process holding the file's write lock (BEGIN IMMEDIATE) until it reads a line.
+HOLDER = textwrap.dedent(
+    """
+    import sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    print("held", flush=True)
+    sys.stdin.readline()
+    conn.execute("COMMIT")
+    conn.close()
+    """
+)
+
+
+class Holder:
+    """The other process: ``release()`` lets the lock go and waits for it to end."""
+
+    def __init__(self, path: Path) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "held"
+
+    def release(self) -> None:
+        if self.process.poll() is None:
+            assert self.process.stdin is not None
+            self.process.stdin.write("\n")
+            self.process.stdin.flush()
+            assert self.process.wait(30) == 0
+
+
+def rows_of(path: Path) -> list[tuple[Any, ...]]:
+    """(session, status, tokens_in, cost) of every row, read as another program would (a WAL reader
+    never waits for the write lock)."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT session_id, status, tokens_in, cost FROM requests ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    found = tmp_path / "ledger.sqlite3"
+    Ledger(found).close()
+    return found
+
+
+@pytest.fixture
+def stopped_while_locked(path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[tuple[Holder, int]]:
+    """A ledger that wrote one row, then stopped while another process held the lock past its
+    deadline (``retry_for`` 0.5 s): the holder, still holding, and how many writes the stop spooled."""
+    store = SqliteUsageLedger(Ledger(path, busy_timeout=0.1, retry_for=0.5), owns=True)
+
+    async def before() -> int:
+        early = await store.start(session_id="early", context=ADA, model="m", now=T0)
+        await store.flush()  # committed started: its outcome below is an UPDATE of that row
+        return early
+
+    early = asyncio.run(before())
+    holder = Holder(path)
+
+    async def while_locked() -> None:
+        await store.finish(early, status="ok", tokens_in=1, cost=0.5, now=T0 + 1)
+        for index in range(3):
+            row = await store.start(session_id=f"s{index}", context=ADA, model="m", now=T0 + index)
+            await store.finish(row, status="ok", tokens_in=10 + index, cost=0.25, now=T0 + index + 1)
+        await store.start(session_id="running", context=ADA, model="m", now=T0 + 5)  # never finished
+
+    try:
+        asyncio.run(while_locked())
+        with caplog.at_level(logging.WARNING, logger="gtl_nb"):
+            store.close()  # gives up after retry_for and spools what it holds
+        assert "they are spooled in" in caplog.text and "are lost" not in caplog.text
+        yield holder, 5
+    finally:
+        holder.release()
+
+
+def test_a_stop_past_its_deadline_spools_its_writes_and_the_next_open_writes_them_once(
+    path: Path, stopped_while_locked: tuple[Holder, int]
+):
+    holder, spooled = stopped_while_locked
+    spool = spool_path(path)
+    contents = read_spool(spool.read_bytes())
+    assert contents.damaged == [] and len(contents.lines) == spooled
+    assert rows_of(path) == [("early", "started", None, None)]  # nothing reached the file
+    holder.release()
+    Ledger(path).close()  # the next opening replays the spool
+    expected = [
+        ("early", "ok", 1, 0.5),
+        ("s0", "ok", 10, 0.25),
+        ("s1", "ok", 11, 0.25),
+        ("s2", "ok", 12, 0.25),
+        ("running", "started", None, None),  # its process (this one) is alive: recovery leaves it
+    ]
+    assert rows_of(path) == expected
+    assert spool.read_bytes() == b""
+    Ledger(path).close()
+    assert rows_of(path) == expected
+
+
+def test_a_spool_replayed_again_after_a_crash_before_it_was_emptied_counts_nothing_twice(
+    path: Path, stopped_while_locked: tuple[Holder, int], caplog: pytest.LogCaptureFixture
+):
+    holder, spooled = stopped_while_locked
+    holder.release()
+    spool = spool_path(path)
+    copy = path.with_name("spool-copy")
+    shutil.copy(spool, copy)
+    Ledger(path).close()
+    once = rows_of(path)
+    shutil.copy(copy, spool)  # as if the replay's process died between its commit and emptying the spool
+    with caplog.at_level(logging.WARNING, logger="gtl_nb"):
+        Ledger(path).close()
+    assert rows_of(path) == once and len(once) == 5
+    assert f"0 write(s) a stop left in the spool {spool} are in the ledger now ({spooled} found there already)" in (
+        caplog.text
+    )
+
+
+def test_a_replay_cut_short_is_undone_whole_and_done_once_at_the_next_open(
+    path: Path,
+    stopped_while_locked: tuple[Holder, int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
+    holder, _ = stopped_while_locked
+    holder.release()
+    real = ledger_spool._execute
+    calls = []
+
+    def failing_third(conn: sqlite3.Connection, statement: str, values: list[Any], where: Any) -> Any:
+        calls.append(statement)
+        if len(calls) == 3:  # the disk fails in the middle of the replay's transaction
+            raise sqlite3.OperationalError("disk I/O error")
+        return real(conn, statement, values, where)
+
+    monkeypatch.setattr(ledger_spool, "_execute", failing_third)
+    with caplog.at_level(logging.ERROR, logger="gtl_nb"):
+        Ledger(path).close()  # opens all the same
+    assert "stay there for the next opening" in caplog.text
+    assert rows_of(path) == [("early", "started", None, None)]  # nothing of the replay happened
+    monkeypatch.setattr(ledger_spool, "_execute", real)
+    Ledger(path).close()
+    assert [row[:2] for row in rows_of(path)] == [
+        ("early", "ok"),
+        ("s0", "ok"),
+        ("s1", "ok"),
+        ("s2", "ok"),
+        ("running", "started"),
+    ]
+    assert spool_path(path).read_bytes() == b""
+
+
+def test_damaged_spool_lines_are_reported_kept_aside_and_skipped(
+    path: Path, stopped_while_locked: tuple[Holder, int], caplog: pytest.LogCaptureFixture
+):
+    holder, _ = stopped_while_locked
+    holder.release()
+    spool = spool_path(path)
+    lines = spool.read_bytes().splitlines(keepends=True)
+    # lines: the early row's outcome, the three finished rows, the running row
+    edited = lines[1].replace(b'"ok"', b'"error"')  # its checksum no longer matches
+    garbage = b"not a spool line at all\n"
+    cut = lines[4][: len(lines[4]) // 2]  # the last write cut short: no end of line
+    spool.write_bytes(lines[0] + edited + garbage + lines[2] + lines[3] + cut)
+    with caplog.at_level(logging.ERROR, logger="gtl_nb"):
+        Ledger(path).close()
+    assert rows_of(path) == [("early", "ok", 1, 0.5), ("s1", "ok", 11, 0.25), ("s2", "ok", 12, 0.25)]
+    assert f"ledger spool {spool}: line 2 is damaged (its checksum does not match)" in caplog.text
+    assert f"ledger spool {spool}: line 3 is damaged (no checksum)" in caplog.text
+    assert f"ledger spool {spool}: line 6 is damaged (cut short (no end of line))" in caplog.text
+    assert spool.with_name(spool.name + ".damaged").read_bytes() == edited + garbage + cut + b"\n"
+    assert spool.read_bytes() == b""
+
+
+def test_an_unreadable_spool_never_stops_the_ledger_opening(path: Path, caplog: pytest.LogCaptureFixture):
+    spool = spool_path(path)
+    spool.write_bytes(os.urandom(64) + b"\n" + b"\x00" * 10)
+    with caplog.at_level(logging.ERROR, logger="gtl_nb"):
+        ledger = Ledger(path)
+    try:
+        assert ledger.rows() == []
+    finally:
+        ledger.close()
+    assert "line 1 is damaged" in caplog.text and "line 2 is damaged" in caplog.text
+
+
+def test_an_audit_logs_records_follow_rows_a_stuck_stop_spooled(tmp_path: Path, caplog: pytest.LogCaptureFixture):
+    """The engine stops while another process holds the ledger's lock: its rows go to the spool, which
+    lets their audit records go (a spooled row survives a crash and is written at the next opening) —
+    the audit log does not have to force them out at its own close."""
+    from gtl_nb.engine.builder import build_engine
+    from gtl_nb.engine.settings import load_settings
+    from gtl_nb.gateway.audit import AuditLog, AuditSettings, read_records
+    from gtl_nb.protocol.messages import CompletionRequest, Message
+
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    settings = load_settings(providers={"echo": {"type": "echo"}}, environ={})
+    store = SqliteUsageLedger(Ledger(path, busy_timeout=0.1, retry_for=0.5), owns=True)
+    engine = build_engine(settings, ledger=store)
+    log_path = tmp_path / "audit.jsonl"
+    audit = AuditLog.for_engine(AuditSettings(path=log_path, fsync=False), engine)
+    holder = Holder(path)
+    request = CompletionRequest(session_id="stuck", model="echo", messages=[Message(role="user", content="hi")])
+
+    async def answer_then_stop() -> None:
+        async for _ in engine.stream(request, context=ADA):
+            pass
+        await engine.aclose()  # the ledger gives up after retry_for: the row is spooled
+
+    try:
+        with caplog.at_level(logging.WARNING, logger="gtl_nb"):
+            asyncio.run(answer_then_stop())
+            audit.close()
+    finally:
+        holder.release()
+    records = [(r["session_id"], r["status"]) for r in read_records(log_path) if r["kind"] == "request"]
+    assert records == [("stuck", "ok")]
+    assert "written without their ledger rows committed" not in caplog.text
+    assert rows_of(path) == []
+    Ledger(path).close()
+    assert [row[:2] for row in rows_of(path)] == [("stuck", "ok")]
