@@ -17,7 +17,11 @@ __all__ = ["BreakerStore", "BudgetCounter", "Reservation", "ResponseCache", "Sto
 
 @runtime_checkable
 class UsageLedger(Protocol):
-    """One row per request: inserted ``started`` before any upstream call, finished exactly once."""
+    """One row per request: inserted ``started`` before any upstream call, finished exactly once.
+
+    Optional, outside the protocol: ``when_written(callback)`` — call ``callback()`` once every write
+    queued so far is durable (the SQLite and PostgreSQL ledgers have it). The gateway's audit log holds a
+    request's record until then; a ledger without it lets the record go at once."""
 
     async def start(
         self, *, session_id: str, context: RequestContext, model: str | None, now: float | None = None
