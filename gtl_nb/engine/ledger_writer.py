@@ -470,8 +470,9 @@ class LedgerWriter:
             )
             return
         log.warning(
-            "ledger %s: %d queued write(s) could not be committed by the stop's deadline (another process holds "
-            "the file's write lock); they are spooled in %s and written when the ledger is next opened",
+            "ledger %s: %d queued write(s) could not be committed by the stop's deadline (the file still refused "
+            "them: locked by another process, or failing); they are spooled in %s and written when the ledger is "
+            "next opened",
             self.ledger.path,
             len(lines),
             self._spool.path,
@@ -495,6 +496,8 @@ class LedgerWriter:
         """``write_batch`` of ``ops`` in one transaction, retried with backoff while the file fails
         (``_the_files_trouble``: full, read-only, I/O, locked by others); ``None`` once ``close``
         gave up waiting. Any other exception is the operations' own and is raised."""
+        if self._abandoned:  # a close gave up already: what is left goes to the spool without waiting
+            return None
         hostname = self.ledger.hostname
         delay, failing_since, reported = 0.05, 0.0, 0.0
         while True:
