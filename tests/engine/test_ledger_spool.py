@@ -253,3 +253,57 @@ def test_an_audit_logs_records_follow_rows_a_stuck_stop_spooled(tmp_path: Path, 
     assert rows_of(path) == []
     Ledger(path).close()
     assert [row[:2] for row in rows_of(path)] == [("stuck", "ok")]
+
+
+# A process that queues a finished request and one still running, then stops while the holder keeps the
+# file locked past its deadline (retry_for 0.5 s): both are spooled, and it exits.
+STOPPING = textwrap.dedent(
+    """
+    import asyncio, sys
+    from gtl_nb.engine.context import RequestContext
+    from gtl_nb.engine.ledger import Ledger
+    from gtl_nb.engine.stores.sqlite import SqliteUsageLedger
+
+    async def main(path):
+        store = SqliteUsageLedger(Ledger(path, busy_timeout=0.1, retry_for=0.5), owns=True)
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)
+        context = RequestContext(principal="ada")
+        done = await store.start(session_id="done", context=context, model="m")
+        await store.finish(done, status="ok", tokens_in=3)
+        await store.start(session_id="running", context=context, model="m")
+        await store.aclose()
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+def test_a_spooled_row_of_a_process_gone_is_recovered_as_interrupted_by_its_own_pid(path: Path):
+    """A spooled row keeps its writer's pid and process identity: replayed by another process, a row
+    its writer never finished is judged by that writer (gone: ``interrupted``), not by the replayer."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    stopping = subprocess.Popen(
+        [sys.executable, "-c", STOPPING, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
+    )
+    assert stopping.stdout is not None and stopping.stdout.readline().strip() == "ready"
+    holder = Holder(path)
+    try:
+        assert stopping.stdin is not None
+        stopping.stdin.write("\n")
+        stopping.stdin.flush()
+        assert stopping.wait(60) == 0
+        assert len(read_spool(spool_path(path).read_bytes()).lines) == 2
+    finally:
+        holder.release()
+    ledger = Ledger(path)
+    try:
+        assert [(row["session_id"], row["status"], row["pid"]) for row in ledger.rows()] == [
+            ("done", "ok", stopping.pid),
+            ("running", "interrupted", stopping.pid),
+        ]
+        handed: list[list[dict[str, Any]]] = []
+        ledger.interrupted.follow(handed.append)  # what a gateway's audit log would record
+        assert [[row["session_id"] for row in batch] for batch in handed] == [["running"]]
+    finally:
+        ledger.close()
