@@ -50,11 +50,14 @@ IMPLIED_SCOPES: Mapping[str, frozenset[str]] = MappingProxyType(
     {
         "session:admin": frozenset({"session:read", "session:write"}),
         "usage:admin": frozenset({"usage:read"}),
+        # the GTL spec's example scope: reading one's own chats — their sessions and their usage
+        "chat:read": frozenset({"session:read", "usage:read"}),
     }
 )
-"""An administrator's scope also grants the principal's own narrower one."""
+"""An administrator's scope also grants the principal's own narrower one; the spec's ``chat:read``
+grants reading one's own sessions and usage (it needs no operation of its own)."""
 
-SCOPE_NAMES = frozenset(SCOPES.values())
+SCOPE_NAMES = frozenset(SCOPES.values()) | frozenset(IMPLIED_SCOPES)
 """The scopes this gateway gives meaning to (a token's other scopes are kept but grant nothing)."""
 
 

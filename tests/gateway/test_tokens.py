@@ -33,6 +33,7 @@ from gtl_nb.gateway.sessions import HeaderTokenFirst
 from gtl_nb.gateway.tokens import (
     DEV_ISSUER,
     EXPIRED,
+    IMPLIED_SCOPES,
     REFUSED,
     REQUIRED_CLAIMS,
     SCOPE_NAMES,
@@ -372,7 +373,33 @@ def test_a_list_audience_naming_gtl_is_accepted():
 
 @pytest.mark.parametrize("name", sorted(REQUIRED_CLAIMS))
 def test_a_missing_required_claim_is_refused(name):
-    assert refusal(authenticator(), hs(claims(**{name: None}))).reason == "missing-claim"
+    error = refusal(authenticator(), hs(claims(**{name: None})))
+    assert error.reason == "missing-claim"
+    assert f"lacks the claim {name}, which this gateway requires" in error.message
+
+
+def test_a_signed_token_of_the_specs_claims_hears_which_claims_it_lacks():
+    """The GTL spec's example token has no ``iat`` or ``jti``: once its signature verifies, its caller is
+    told so (it tells a forger nothing), with what each claim is for."""
+    error = refusal(authenticator(), hs(claims(iat=None, jti=None)))
+    assert error.reason == "missing-claim"
+    assert error.message.startswith("the GhostToken lacks the claims iat, jti, which this gateway requires")
+    assert "bounds its lifetime" in error.message and "revocation" in error.message
+    assert redact(error.message) == error.message  # logged whole: nothing in it reads as a credential
+
+
+@pytest.mark.parametrize("how", ["another secret", "alg none", "tampered"])
+def test_a_token_whose_signature_fails_hears_nothing_of_its_claims(how):
+    lacking = claims(iat=None, jti=None)
+    token = {
+        "another secret": lambda: hs(lacking, secret="another-secret-of-at-least-32-bytes!!"),
+        "alg none": lambda: jwt.encode(lacking, None, algorithm="none"),
+        "tampered": lambda: ".".join(
+            [*hs(claims()).split(".")[:1], _b64(json.dumps(lacking).encode()).decode(), hs(claims()).split(".")[2]]
+        ),
+    }[how]()
+    error = refusal(authenticator(), token)
+    assert error.message == REFUSED and error.reason != "missing-claim"
 
 
 def test_a_policy_may_require_more_claims():
@@ -576,7 +603,18 @@ def test_every_operation_needs_its_scope():
 
 
 def _implying(scope: str) -> set[str]:
-    return {"session:admin"} if scope.startswith("session:") else {"usage:admin"} if scope == "usage:read" else set()
+    return {held for held, granted in IMPLIED_SCOPES.items() if scope in granted}
+
+
+def test_the_specs_chat_read_reads_ones_own_sessions_and_usage_and_nothing_more():
+    reader = RequestContext(principal="ann", scopes=frozenset({"chat:read"}))
+    assert "chat:read" in SCOPE_NAMES
+    require_scope(reader, "session.read")
+    require_scope(reader, "usage.read")
+    for operation in sorted(set(SCOPES) - {"session.read", "usage.read"}):
+        with pytest.raises(PermissionDeniedError):
+            require_scope(reader, operation)
+    assert mint_token(SECRET, subject="ann", scopes=["chat:read"], lifetime=60, issuer=ISSUER)
 
 
 def test_administrator_scopes_imply_the_narrow_ones():

@@ -79,6 +79,24 @@ MISSING = (  # read by SDK, curl and gtl_nb users alike, and logged (worded so t
     "header as a bearer token (an SDK takes it as its api_key; x-api-key works too), or give it to "
     f"gtl_nb.connect as its token argument {CONNECT_READS}"
 )
+_WHY_REQUIRED = {
+    "iat": "when it was issued, which bounds its lifetime",
+    "jti": "its id, which revocation and the ledger use",
+}
+
+
+def lacking_claims(missing: list[str]) -> str:
+    """What the caller of a correctly signed token that lacks required claims hears: which ones (said
+    only after the signature verified, so it tells a forger nothing)."""
+    names = ", ".join(missing)
+    why = "; ".join(f"{name}: {_WHY_REQUIRED[name]}" for name in missing if name in _WHY_REQUIRED)
+    return (
+        f"the GhostToken lacks the claim{'s' if len(missing) > 1 else ''} {names}, which this gateway requires"
+        f"{f' ({why})' if why else ''}; ask the gateway's administrator for a token that has "
+        f"{'them' if len(missing) > 1 else 'it'}"
+    )
+
+
 VERIFIED_CACHE = 4096
 """Tokens remembered as verified (the least recently used are forgotten first)."""
 VERIFIED_FOR = 60.0
@@ -298,8 +316,8 @@ class TokenAuthenticator:
     def _check_claims(self, claims: dict[str, Any]) -> None:
         policy = self.policy
         missing = sorted(name for name in policy.required_claims if claims.get(name) is None)
-        if missing:
-            raise _Refusal("missing-claim", detail=f" ({', '.join(missing)})")
+        if missing:  # the signature verified: naming the claims tells a forger nothing
+            raise _Refusal("missing-claim", lacking_claims(missing), detail=f" ({', '.join(missing)})")
         for name in ("sub", "jti"):
             if not is_name(claims[name]):
                 raise _Refusal("bad-claim", detail=f" ({name})")
