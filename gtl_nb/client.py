@@ -35,7 +35,7 @@ from gtl_nb.engine.loop import LOOP_CLOSED, OWN_LOOP, CallersLoop, LoopThread, W
 from gtl_nb.handoff import AsyncEventHandoff, EventHandoff
 from gtl_nb.ids import time_ordered_hex
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.codec import normalise_tool
+from gtl_nb.protocol.codec import normalise_message_calls, normalise_tool
 from gtl_nb.protocol.errors import (
     AuthenticationError,
     ConfigurationError,
@@ -1597,12 +1597,15 @@ def _messages(value: Any) -> list[Message]:
             f"messages must be a prompt string, a message dict or a list of them, not {type(value).__name__}"
         )
     out: list[Message] = []
-    for index, item in enumerate(value or ()):
+    items = list(value or ())
+    if any(isinstance(item, dict) and nesting_depth(item, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH for item in items):
+        raise InvalidRequestError(f"a message nests deeper than {MAX_ARGUMENT_DEPTH} levels")
+    # tool calls in OpenAI's shapes, arguments as an object, no id: read as the wire reads them
+    items = normalise_message_calls(items)
+    for index, item in enumerate(items):
         if isinstance(item, Message):
             out.append(item)
         elif isinstance(item, dict):
-            if nesting_depth(item, MAX_ARGUMENT_DEPTH) > MAX_ARGUMENT_DEPTH:
-                raise InvalidRequestError(f"a message nests deeper than {MAX_ARGUMENT_DEPTH} levels")
             try:
                 out.append(msgspec.convert(_openai_message(item), Message))
             except msgspec.ValidationError as exc:
@@ -1651,7 +1654,7 @@ def _in_its_words(exc: Exception, item: dict[str, Any]) -> str:
 
 
 def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
-    """Accept OpenAI-style tool calls (``{"function": {"name", "arguments"}}``) in message dicts, content
+    """Accept (its tool calls already read by ``protocol.codec.normalise_message_calls``) content
     given as parts (``_content_parts``), Anthropic's ``cache_control`` marker for GTL's ``cache_point``
     — on the message, or on one of its parts (the whole message is then marked) — and its ``is_error``
     for ``tool_error``."""
@@ -1674,17 +1677,7 @@ def _openai_message(item: dict[str, Any]) -> dict[str, Any]:
         if "images" in item:
             raise InvalidRequestError("give a message's images in its content parts or in images, not both")
         item = {**item, **_content_parts(content, item.get("role"))}
-    calls = item.get("tool_calls")
-    if not calls:
-        return item
-    flat = []
-    for call in calls:
-        if isinstance(call, dict) and isinstance(call.get("function"), dict):
-            fn = call["function"]
-            flat.append({"id": call.get("id", ""), "name": fn.get("name", ""), "arguments": fn.get("arguments", "{}")})
-        else:
-            flat.append(call)
-    return {**item, "tool_calls": flat}
+    return item
 
 
 def _cache_marker(marker: Any) -> bool:

@@ -9,8 +9,9 @@ compatible endpoints, whose bodies are plain values, refuse it: ``gateway.compat
 
 Only when strict decoding fails does ``decode`` take a slow path that accepts the aliases other
 implementations of the spec use (``sid`` for ``session_id``, ``msg`` for an error's ``message``)
-and the OpenAI ``{"type": "function", "function": {...}}`` tool wrapper. Output always uses the
-canonical names.
+and the OpenAI ``{"type": "function", "function": {...}}`` tool wrapper, and tool calls (a
+``tool_call`` event's ``function``, an assistant message's ``tool_calls``) in OpenAI's shapes, with
+``arguments`` as an object or no id (``normalise_tool_call``). Output always uses the canonical names.
 
 ``FrameDecoder`` splits a byte stream into newline-delimited frames. A bad frame does not stop the
 stream: ``feed`` returns the good messages and a ``FrameError`` in place of each bad frame, in order.
@@ -31,6 +32,7 @@ too. Whatever the input, ``decode``, ``encode`` and ``FrameDecoder`` raise only 
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -289,7 +291,87 @@ def normalise_aliases(obj: dict[str, Any]) -> dict[str, Any]:
     tools = out.get("tools")
     if isinstance(tools, list):
         out["tools"] = [normalise_tool(t) if isinstance(t, dict) else t for t in tools]
+    sid = out.get("session_id")
+    where = sid if isinstance(sid, str) else ""
+    if out.get("type") == "tool_call" and isinstance(out.get("function"), dict):
+        # OpenAI keeps a call's id beside its function object, not in it
+        outer_id = out.get("id") if isinstance(out.get("id"), str) else None
+        out["function"] = normalise_tool_call(out["function"], where, outer_id)
+    messages = out.get("messages")
+    if out.get("type") == "completion_request" and isinstance(messages, list):
+        out["messages"] = normalise_message_calls(messages, where)
     return out
+
+
+def normalise_message_calls(messages: list[Any], where: str = "") -> list[Any]:
+    """``messages`` with each assistant message's tool calls read by ``normalise_tool_call`` (``where``
+    and the positions of the message and the call make each made-up id). A ``tool`` message without a
+    ``tool_call_id`` answers the earliest call before it whose id was made up and not yet answered: a
+    sender that gave its calls no ids cannot name them either, and pairs calls and results by order."""
+    out: list[Any] = []
+    unanswered: list[str] = []  # the made-up ids no tool message has answered yet, in order
+    for at, message in enumerate(messages):
+        if not isinstance(message, dict):
+            out.append(message)
+            continue
+        calls = message.get("tool_calls")
+        if isinstance(calls, list) and calls:
+            if message.get("role") == "assistant":
+                unanswered = []
+            flat = []
+            for place, call in enumerate(calls):
+                read = normalise_tool_call(call, f"{where}/{at}/{place}") if isinstance(call, dict) else call
+                if isinstance(call, dict) and call.get("id") is None and isinstance(read, dict) and "id" in read:
+                    unanswered.append(read["id"])
+                flat.append(read)
+            message = {**message, "tool_calls": flat}
+        elif message.get("role") == "tool" and message.get("tool_call_id") is None and unanswered:
+            message = {**message, "tool_call_id": unanswered.pop(0)}
+        out.append(message)
+    return out
+
+
+def normalise_tool_call(call: dict[str, Any], where: str = "", outer_id: str | None = None) -> dict[str, Any]:
+    """A tool call in GTL's flat shape ``{"id", "name", "arguments"}`` from the shapes other peers send.
+
+    * OpenAI's tool call ``{"id", "type": "function", "function": {"name", "arguments"}}`` is unwrapped;
+      a bare function object ``{"name", "arguments"}`` takes ``outer_id`` (the id OpenAI keeps beside it).
+    * ``arguments`` given as a JSON object is written as its canonical JSON text (keys sorted, no spaces).
+    * A call with a name and no id gets ``made_up_call_id(where, name, arguments)``: the same call at the
+      same place always gets the same id (``where`` is the session, and in a request the message's and
+      the call's positions), so a request decoded twice is the same request.
+
+    Anything else is returned as it is, for the strict decoder to refuse in its own words."""
+    flat = call
+    inner = call.get("function")
+    if isinstance(inner, dict):
+        flat = {"id": call.get("id"), **{key: inner[key] for key in ("name", "arguments") if key in inner}}
+    if flat.get("id") is None and outer_id is not None:
+        flat = {**flat, "id": outer_id}
+    arguments = flat.get("arguments")
+    if isinstance(arguments, dict):
+        try:
+            flat = {**flat, "arguments": canonical_json(arguments)}
+        except (TypeError, ValueError, RecursionError, UnicodeEncodeError, msgspec.EncodeError):
+            pass  # (a caller's dict holding what JSON cannot say: the strict decoder refuses it)
+    name = flat.get("name")
+    if flat.get("id") is None and isinstance(name, str):
+        text = flat.get("arguments", "{}")
+        flat = {**flat, "id": made_up_call_id(where, name, text if isinstance(text, str) else "")}
+    return flat
+
+
+def canonical_json(value: Any) -> str:
+    """``value`` as compact JSON text with every object's keys sorted (the same object, the same text)."""
+    return msgspec.json.encode(value, order="sorted").decode()
+
+
+def made_up_call_id(where: str, name: str, arguments: str) -> str:
+    """The id a tool call sent without one gets: ``call_`` and 24 hex digits of a SHA-256 over where it
+    stands, its name and its arguments (deterministic; two identical calls at the same place get the
+    same id, so a sender whose answer makes one call twice gives ids)."""
+    digest = hashlib.sha256(msgspec.json.encode([where, name, arguments])).hexdigest()
+    return f"call_{digest[:24]}"
 
 
 def normalise_tool(tool: dict[str, Any] | Tool) -> dict[str, Any] | Tool:

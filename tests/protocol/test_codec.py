@@ -212,6 +212,91 @@ def test_blank_lines_between_frames_are_keepalives():
     assert frames == [Token(session_id="s", text="a")]
 
 
+SPEC_CALL = {"name": "get_weather", "arguments": '{"city":"Paris"}'}
+
+
+@pytest.mark.parametrize(
+    ("outside", "function"),
+    [
+        ({"id": "call_1"}, SPEC_CALL),  # OpenAI's function object, its id beside it
+        ({}, {"id": "call_1", "type": "function", "function": SPEC_CALL}),  # OpenAI's whole tool call
+        ({}, {"id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}),  # arguments as an object
+        ({"id": "call_1"}, {"name": "get_weather", "arguments": {"city": "Paris"}}),
+    ],
+)
+def test_a_tool_call_event_in_openais_shapes_is_read(outside, function):
+    from gtl_nb.protocol import ToolCall, ToolCallEvent
+
+    event = decode(json.dumps({"type": "tool_call", "session_id": "s", **outside, "function": function}))
+    assert event == ToolCallEvent(session_id="s", function=ToolCall(id="call_1", **SPEC_CALL))
+    assert json.loads(encode(event))["function"] == {"id": "call_1", **SPEC_CALL}
+
+
+def test_arguments_given_as_an_object_become_canonical_json_text():
+    frame = {"type": "tool_call", "session_id": "s", "function": {"id": "c", "name": "f"}}
+    spaced = decode(json.dumps({**frame, "function": {**frame["function"], "arguments": {"b": [1, 2], "a": "é"}}}))
+    assert spaced.function.arguments == '{"a":"é","b":[1,2]}' and spaced.arguments == {"a": "é", "b": [1, 2]}
+
+
+def test_a_tool_call_without_an_id_gets_the_same_made_up_id_each_time():
+    """The spec's ``tool_call`` shows ``function: {...}`` only: a call with no id gets one derived from its
+    session, name and arguments — the same frame, the same id; another call, another id."""
+
+    def frame(session: str = "sess_abc123", **function: object) -> str:
+        return json.dumps({"type": "tool_call", "session_id": session, "function": {**SPEC_CALL, **function}})
+
+    first, again = decode(frame()), decode(frame())
+    assert first.function.id.startswith("call_") and first.function.id == again.function.id
+    assert first.function.name == "get_weather" and first.arguments == {"city": "Paris"}
+    as_object = decode(frame(arguments={"city": "Paris"}))
+    assert as_object.function.id == first.function.id  # the same call, however its arguments were written
+    elsewhere = decode(frame("sess_other"))
+    other = decode(frame(arguments='{"city":"Lyon"}'))
+    assert len({first.function.id, elsewhere.function.id, other.function.id}) == 3
+
+
+def test_an_assistant_messages_tool_calls_in_openais_shapes_are_read():
+    calls = [
+        {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": {"x": 1}}},
+        {"type": "function", "function": {"name": "g", "arguments": "{}"}},
+        {"name": "h", "arguments": {}},
+    ]
+    frame = {
+        "type": "completion_request",
+        "session_id": "s",
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "tool_call_id": "call_1", "content": "1"},
+            {"role": "tool", "content": "2"},  # no id to name: the earliest call whose id was made up
+            {"role": "tool", "content": "3"},
+        ],
+    }
+    request = decode(json.dumps(frame))
+    first, second, third = request.messages[1].tool_calls
+    assert [message.tool_call_id for message in request.messages[2:]] == ["call_1", second.id, third.id]
+    assert (first.id, first.name, first.arguments) == ("call_1", "f", '{"x":1}')
+    assert (second.name, second.arguments, third.name, third.arguments) == ("g", "{}", "h", "{}")
+    assert second.id.startswith("call_") and third.id.startswith("call_") and second.id != third.id
+    assert decode(json.dumps(frame)) == request  # made up the same way each time
+
+
+@pytest.mark.parametrize(
+    ("function", "needle"),
+    [
+        ({"id": "c", "name": "f", "arguments": [1, 2]}, "Expected `str`, got `array`"),
+        ({"id": "c", "arguments": "{}"}, "missing required field `name`"),
+        ({"arguments": "{}"}, "missing required field"),
+        ({"id": 7, "name": "f"}, "Expected `str`, got `int`"),
+    ],
+)
+def test_tool_calls_the_lenient_path_cannot_read_keep_the_strict_error(function, needle):
+    with pytest.raises(ProtocolError) as refused:
+        decode(json.dumps({"type": "tool_call", "session_id": "s", "function": function}))
+    assert needle in str(refused.value)
+
+
 def test_tool_call_event_offers_parsed_arguments():
     from gtl_nb.protocol import ToolCall, ToolCallEvent
 
