@@ -117,6 +117,52 @@ def image_url_refusal(url: str) -> str | None:
     return f"an image URL must be https:, http: or data: (base64), not {shown}"
 
 
+BARE_IMAGE_TYPES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+"""The magic bytes a bare base64 image starts with, and its media type (WebP, ``RIFF....WEBP``, aside)."""
+
+
+def bare_image_type(text: str) -> str | None:
+    """The media type of the image ``text`` holds as bare base64 (PNG, JPEG, GIF or WebP, told by its
+    first bytes), or ``None``: only its first 16 characters are decoded, whatever its size."""
+    head = text[:16]  # 12 bytes: WebP's is the longest to tell (a shorter text is decoded whole)
+    if len(head) < 4 or len(head) % 4 or not head.isascii():
+        return None
+    altchars = _URL_SAFE if ("-" in head or "_" in head) else None
+    try:
+        first = base64.b64decode(head, altchars=altchars, validate=True)
+    except ValueError:
+        return None
+    if first[:4] == b"RIFF" and first[8:12] == b"WEBP":
+        return "image/webp"
+    return next((kind for magic, kind in BARE_IMAGE_TYPES if first.startswith(magic)), None)
+
+
+def bare_image_url(text: str) -> str | None:
+    """``text`` — an image's bare base64, as the GTL spec's vision example gives it — as the ``data:`` URL
+    every provider is sent; ``None`` when it is not a PNG, JPEG, GIF or WebP image's base64. The URL is
+    checked as any ``data:`` URL is (``data_url_refusal``): bare base64 that is not base64 throughout is
+    refused with that check's words."""
+    kind = bare_image_type(text)
+    if kind is None:
+        return None
+    url = f"data:{kind};base64,{text}"
+    refused = data_url_refusal(url)
+    if refused is not None:
+        raise ValueError(f"{refused}, given as bare base64")
+    return url
+
+
+def _replace_image(message: Message, position: int, url: str) -> None:
+    images = list(message.images)
+    images[position] = url
+    msgspec.structs.force_setattr(message, "images", images)
+
+
 _BASE64_CHUNK = 1 << 20
 """Characters of a ``data:`` URL's base64 decoded at a time to check it (a multiple of 4): what the
 check holds in memory at once, whatever the image's size."""
@@ -218,7 +264,8 @@ class Part(msgspec.Struct, frozen=True, omit_defaults=True):
 class Message(msgspec.Struct, frozen=True, omit_defaults=True):
     """A chat message.
 
-    ``images`` holds ``data:``, ``https:`` or ``http:`` URLs; an assistant message may carry ``tool_calls``; a
+    ``images`` holds ``data:``, ``https:`` or ``http:`` URLs (an image's bare base64, as the spec's vision
+    example gives it, becomes its ``data:`` URL: ``bare_image_url``); an assistant message may carry ``tool_calls``; a
     tool result has role ``tool`` and ``tool_call_id``. ``provider_data`` is opaque state a provider
     dialect attached (a reasoning signature, say) that is replayed verbatim in later turns.
 
@@ -263,7 +310,13 @@ class Message(msgspec.Struct, frozen=True, omit_defaults=True):
         for position, url in enumerate(self.images):
             refused = image_url_refusal(url)
             if refused is not None:
-                raise ValueError(f"{refused} (the message's images[{position}])")
+                try:  # the spec's vision example gives an image's base64 bare
+                    as_url = bare_image_url(url)
+                except ValueError as exc:
+                    raise ValueError(f"{exc} (the message's images[{position}])") from None
+                if as_url is None:
+                    raise ValueError(f"{refused} (the message's images[{position}])")
+                _replace_image(self, position, as_url)
         if self.tool_error and self.role != "tool":
             raise ValueError(f"tool_error is a tool result's flag; this message's role is {self.role!r}")
         if self.cache_ttl is not None:

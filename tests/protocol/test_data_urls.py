@@ -10,6 +10,7 @@ import pytest
 
 from gtl_nb.protocol import Message, decode, messages
 from gtl_nb.protocol.errors import ProtocolError
+from gtl_nb.protocol.messages import Part
 
 
 def url_of(payload: bytes) -> str:
@@ -93,3 +94,47 @@ def test_the_check_and_the_providers_read_a_data_urls_header_alike(url, sent):
 
     assert split_data_url(url) == sent
     assert data_url_parts(url)[1] == (";base64," in url.partition(",")[0] + ",")
+
+
+# -- bare base64, as the GTL spec's vision example gives an image ----------------------------------------
+
+IMAGES = {
+    "image/png": b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(40)),
+    "image/jpeg": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(range(41)),
+    "image/gif": b"GIF89a\x01\x00\x01\x00" + bytes(range(30)),
+    "image/webp": b"RIFF\x24\x00\x00\x00WEBPVP8 " + bytes(range(33)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(IMAGES))
+def test_bare_base64_of_an_image_becomes_its_data_url(kind):
+    bare = base64.b64encode(IMAGES[kind]).decode()
+    assert Message(role="user", content="x", images=[bare]).images == [f"data:{kind};base64,{bare}"]
+    frame = {"type": "completion_request", "session_id": "s", "model": "m"}
+    request = decode(msgspec.json.encode({**frame, "messages": [{"role": "user", "content": "x", "images": [bare]}]}))
+    assert request.messages[0].images == [f"data:{kind};base64,{bare}"]
+    parts = [Part(type="text", text="look:"), Part(type="image", url=bare)]
+    assert Message(role="user", parts=parts).images == [f"data:{kind};base64,{bare}"]
+
+
+def test_the_url_safe_alphabet_and_the_specs_shortest_example_are_read():
+    url_safe = base64.urlsafe_b64encode(IMAGES["image/jpeg"] + b"\xfb\xff" * 9).decode()
+    assert "-" in url_safe or "_" in url_safe
+    assert Message(role="user", images=[url_safe]).images == [f"data:image/jpeg;base64,{url_safe}"]
+    assert Message(role="user", images=["iVBORw0KGgo="]).images == ["data:image/png;base64,iVBORw0KGgo="]
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        (base64.b64encode(b"just some text, not an image").decode(), "must be https:, http: or data: (base64)"),
+        ("hello", "must be https:, http: or data: (base64)"),
+        (base64.b64encode(IMAGES["image/png"]).decode()[:-1], "not a multiple of 4"),
+        (base64.b64encode(IMAGES["image/png"]).decode()[:20] + "*" * 4 + "AAAA", "not valid base64"),
+        (base64.b64encode(IMAGES["image/png"]).decode()[:20] + "\n" + "AAA", "not valid base64"),
+    ],
+)
+def test_other_bare_strings_are_refused_naming_the_image(text, said):
+    with pytest.raises(ValueError) as refused:
+        Message(role="user", images=["data:image/gif;base64,R0lGODlh", text])
+    assert said in str(refused.value) and "images[1]" in str(refused.value)
