@@ -21,6 +21,14 @@ not take into the one it does (``providers.effort``) — a gateway that knew one
 exist, and a client needs no second name to refuse on. A tool result's ``name`` is no use of ``name``: it repeats
 its call's, and belongs to tool calling (its ``tool_call_id`` needs ``tool_calls``).
 
+Not every extension changes the answer. ``metadata`` (the caller's tags, kept in the ledger), ``cache``
+(whether the gateway's response cache may answer) and a message's ``cache_point`` / ``cache_ttl`` (prompt
+caching: what a provider keeps and bills) change what a request costs or where its answer comes from,
+never what was asked. Against a gateway that lacks their features the spec's "graceful degradation"
+holds: ``degraded`` leaves them out of the request with a ``DroppedExtensionWarning`` naming each, and
+the request is sent (``DEGRADABLE_FEATURES``); ``check_request`` refuses only the fields that change
+the answer.
+
 The check costs nothing when every extension was agreed (the connection keeps the set of those that
 were not, ``GTLConnection.missing_extensions``, and an empty set is falsy); against an older gateway it reads each named
 field of the request and of its messages once.
@@ -28,11 +36,23 @@ field of the request and of its messages once.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
+
 from gtl_nb.protocol.errors import UnsupportedFeatureError
 from gtl_nb.protocol.messages import CompletionRequest
+
+DEGRADABLE_FEATURES = frozenset({"metadata", "cache", "cache_point", "cache_ttl"})
+"""The features whose fields change what a request costs or where its answer comes from, never what is
+asked: left out, with a warning, against a gateway that lacks them (``degraded``)."""
+
+
+class DroppedExtensionWarning(UserWarning):
+    """A request field left out because the gateway does not know it, and it changes no answer
+    (``DEGRADABLE_FEATURES``): the request was sent without it."""
 
 
 def _set(name: str) -> Callable[[Any], bool]:
@@ -109,6 +129,7 @@ def missing_extensions(agreed: Iterable[str]) -> frozenset[str]:
 def unsupported_field(request: CompletionRequest, missing: frozenset[str]) -> tuple[str, str] | None:
     """The first field of ``request`` that uses a feature in ``missing``, as ``(where, feature)``
     (``("stop", "stop")``, ``("messages[2].tool_error", "tool_error")``), or ``None``."""
+    missing = missing - DEGRADABLE_FEATURES  # those are left out (degraded), never refused
     for name, feature, uses in REQUEST_FIELDS:
         if feature in missing and uses(request):
             return name, feature
@@ -134,3 +155,53 @@ def check_request(request: CompletionRequest, missing: frozenset[str]) -> None:
             field=where,
             feature=feature,
         )
+
+
+_LOST = {
+    "metadata": "the ledger keeps no metadata",
+    "cache": "the gateway's response cache may answer",
+    "cache_point": "the provider is not asked to cache the prompt",
+    "cache_ttl": "the provider is not asked to cache the prompt",
+}
+"""What a dropped feature's field no longer does (never the answer: ``DEGRADABLE_FEATURES``)."""
+
+
+def degraded(request: CompletionRequest, missing: frozenset[str]) -> CompletionRequest:
+    """``request`` without the fields of the ``DEGRADABLE_FEATURES`` in ``missing`` it uses — ``metadata``,
+    ``cache``, a message's ``cache_point`` and ``cache_ttl`` — with one ``DroppedExtensionWarning`` naming
+    them; ``request`` itself when it uses none. (The fields that change the answer are
+    ``check_request``'s to refuse.)"""
+    drop = missing & DEGRADABLE_FEATURES
+    if not drop:
+        return request
+    dropped: list[tuple[str, str]] = []  # (where, feature)
+    changes: dict[str, Any] = {}
+    for name, feature, uses in REQUEST_FIELDS:
+        if feature in drop and uses(request):
+            changes[name] = None  # (metadata's and cache's default)
+            dropped.append((name, feature))
+    messages = list(request.messages)
+    for index, message in enumerate(messages):
+        point = "cache_point" in drop and message.cache_point
+        # a cache_ttl goes with its cache_point: a message keeps no ttl without the point
+        ttl = ("cache_ttl" in drop or point) and message.cache_ttl is not None
+        if point:
+            dropped.append((f"messages[{index}].cache_point", "cache_point"))
+        if ttl:
+            dropped.append((f"messages[{index}].cache_ttl", "cache_ttl"))
+        if point or ttl:
+            fields: dict[str, Any] = {"cache_ttl": None, **({"cache_point": False} if point else {})}
+            messages[index] = msgspec.structs.replace(message, **fields)
+            changes["messages"] = messages
+    if not dropped:
+        return request
+    features = sorted({feature for _, feature in dropped})
+    lost = "; ".join(dict.fromkeys(_LOST[feature] for feature in features))
+    warnings.warn(
+        f"the gateway does not support the GTL extension{'s' if len(features) > 1 else ''} {', '.join(features)}, "
+        f"so the request was sent without {', '.join(where for where, _ in dropped)}: the answer is the same, "
+        f"but {lost} (upgrade the gateway to keep them)",
+        DroppedExtensionWarning,
+        stacklevel=2,
+    )
+    return msgspec.structs.replace(request, **changes)

@@ -39,7 +39,7 @@ from gtl_nb.protocol.errors import (
     VersionMismatchError,
     error_from_event,
 )
-from gtl_nb.protocol.extensions import check_request, missing_extensions
+from gtl_nb.protocol.extensions import check_request, degraded, missing_extensions
 from gtl_nb.protocol.messages import Answer, CompletionRequest, Done, Error, ProviderInfo, Query, StreamEvent
 from gtl_nb.protocol.negotiation import (
     FEATURES_HEADER,
@@ -281,6 +281,7 @@ class HttpBackend(RemoteBackend):
             if self._closed:
                 raise ConfigurationError(f"this client is closed; connect to the {self.label} again")
             if self.missing_extensions:  # an older gateway would drop the field and answer another request
+                request = degraded(request, self.missing_extensions)  # (unless the field changes no answer)
                 check_request(request, self.missing_extensions)
             body = encode(msgspec.structs.replace(request, stream=True))
             if len(body) > self._send_limit:  # refused here: the gateway would close mid-upload

@@ -39,6 +39,7 @@ from gtl_nb.protocol.errors import (
     RequestError,
     VersionMismatchError,
 )
+from gtl_nb.protocol.extensions import degraded
 from gtl_nb.protocol.messages import (
     TERMINAL_EVENTS,
     Answer,
@@ -141,6 +142,9 @@ class ClientLink:
         if self.closed:
             deliver(self._gone(sid))
             return
+        missing = self.framed.connection.missing_extensions
+        if missing:  # an older gateway: what changes no answer is left out, with a warning
+            request = degraded(request, missing)
         try:
             self.framed.send_nowait(request)
         except GTLError as exc:  # too large, a live id, or the connection closed under us

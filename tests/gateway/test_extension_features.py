@@ -1,6 +1,7 @@
 """The request extensions are negotiated on every transport: against an older gateway — one whose features
 are narrowed to what gateways announced before (``FIRST_FEATURES``) — the client refuses, before sending,
-a request that uses a field the gateway would drop, and sends everything else; an older client, which
+a request that uses a field the gateway would drop that changes the answer, leaves out with a warning
+one that changes no answer (metadata, caching), and sends everything else; an older client, which
 offers none of the new features, keeps working against a new gateway."""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import gtl_nb
 from gtl_nb.gateway.listeners import Limits
 from gtl_nb.protocol import GTLError
+from gtl_nb.protocol.extensions import DroppedExtensionWarning
 from gtl_nb.protocol.negotiation import FEATURES, FEATURES_HEADER, FIRST_FEATURES
 from tests.gateway.conftest import write_toml
 from tests.gateway.test_grpc import grpc_gateway
@@ -64,10 +66,7 @@ def test_an_older_gateway_is_sent_no_field_it_would_drop(config, transport):
         assert error.code == "INVALID_REQUEST"
         assert error.message.startswith("stop: the gateway does not support this GTL extension")
         assert "'stop'" in error.message and "Upgrade the gateway" in error.message
-        error = refusal(client, [CHARTER, {"role": "user", "content": "Say hello"}])
-        assert error.message.startswith("messages[0].cache_point: the gateway does not support")
         assert "top_p" in refusal(client, top_p=0.0).message  # 0.0 is a value asked for
-        assert "cache" in refusal(client, cache=False).message  # an opt-out is a use
         for fields in ({"reasoning_effort": "high"}, {"reasoning_budget": 0}):  # "no thinking" is asked too
             error = refusal(client, reasoning=True, **fields)
             assert error.message.startswith(f"{next(iter(fields))}: the gateway does not support")
@@ -75,6 +74,21 @@ def test_an_older_gateway_is_sent_no_field_it_would_drop(config, transport):
         # defaults are no use of a field, and the first extensions were always announced
         assert client.complete("echo", "Say hello there", stop=[]).text.count("there") == 1
         assert client.complete("echo", "Say hello there", reasoning=True, tool_choice="none").text
+
+
+@pytest.mark.parametrize("transport", ["stdio", "ws", "http", "sse", "grpc"])
+def test_an_older_gateway_is_sent_the_request_without_what_changes_no_answer(config, transport):
+    """The spec's graceful degradation: metadata, cache and prompt caching change what a request costs or
+    where its answer comes from, never the answer — left out with a warning naming them, and sent."""
+    with older_gateway(config, transport) as url, gtl_nb.connect(url) as client:
+        with pytest.warns(DroppedExtensionWarning) as caught:
+            answer = client.complete(
+                "echo", [CHARTER, {"role": "user", "content": "Say hello there"}], metadata={"team": "a"}, cache=False
+            )
+        assert "hello there" in answer.text
+        said = " ".join(str(warning.message) for warning in caught)
+        assert "messages[0].cache_point" in said and "metadata" in said and "cache" in said
+        assert "the answer is the same" in said
 
 
 @pytest.mark.parametrize("transport", ["stdio", "ws", "http", "grpc"])
@@ -99,10 +113,14 @@ def test_a_gateway_without_the_effort_feature_is_sent_no_effort(config, transpor
 
 
 def test_one_extension_withheld_refuses_only_that_field(config):
-    offered = tuple(feature for feature in FEATURES if feature != "cache_ttl")
+    offered = tuple(feature for feature in FEATURES if feature != "tool_error")
     with older_gateway(config, "ws", offered) as url, gtl_nb.connect(url) as client:
-        hour = {**CHARTER, "cache_ttl": "1h"}
-        assert refusal(client, [hour, {"role": "user", "content": "hi"}]).message.startswith("messages[0].cache_ttl:")
+        failed = [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "tool_calls": [{"id": "t1", "name": "f", "arguments": "{}"}]},
+            {"role": "tool", "tool_call_id": "t1", "content": "boom", "tool_error": True},
+        ]
+        assert refusal(client, failed).message.startswith("messages[2].tool_error:")
         assert client.complete("echo", [CHARTER, {"role": "user", "content": "hi"}], stop=["x"]).text
 
 

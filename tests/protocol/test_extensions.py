@@ -3,6 +3,8 @@ the client's refusal, before sending, of a field the server did not agree to."""
 
 from __future__ import annotations
 
+import re
+import warnings
 from typing import Any
 
 import msgspec
@@ -12,9 +14,12 @@ from connection_pair import ConnectionPair
 from gtl_nb.protocol import CompletionRequest, GTLConnection, HandshakeComplete, Message, UnsupportedFeatureError
 from gtl_nb.protocol import connection as connection_module
 from gtl_nb.protocol.extensions import (
+    DEGRADABLE_FEATURES,
     EXTENSION_FEATURES,
     MESSAGE_FIELDS,
     REQUEST_FIELDS,
+    DroppedExtensionWarning,
+    degraded,
     missing_extensions,
     unsupported_field,
 )
@@ -73,9 +78,60 @@ def test_each_use_is_found_and_named(field):
     request = build(request_fields, message_fields)
     (feature,) = {feature for name, feature, _ in REQUEST_FIELDS + MESSAGE_FIELDS if name == field}
     expected = field if request_fields else f"messages[1].{field}"
+    if feature in DEGRADABLE_FEATURES:  # changes no answer: left out with a warning, never refused
+        assert unsupported_field(request, frozenset({feature})) is None
+        with pytest.warns(DroppedExtensionWarning, match=re.escape(expected)):
+            assert unsupported_field(degraded(request, frozenset({feature})), ALL) is None
+        return
     assert unsupported_field(request, frozenset({feature})) == (expected, feature)
     other = unsupported_field(request, ALL - {feature})  # (a tool result needs tool_calls too, say)
     assert other is None or other[0] != expected
+
+
+def test_what_changes_no_answer_is_left_out_with_a_warning_and_the_rest_kept():
+    """The spec's "graceful degradation": metadata, cache, cache_point and cache_ttl change what a request
+    costs or where its answer comes from, never what was asked."""
+    assert {"metadata", "cache", "cache_point", "cache_ttl"} == DEGRADABLE_FEATURES
+    request = build(
+        {"metadata": {"team": "a"}, "cache": False, "stop": ["x"], "temperature": 0.5},
+        {"cache_point": True, "cache_ttl": "1h", "images": ["https://x/y.png"]},
+    )
+    with pytest.warns(DroppedExtensionWarning) as caught:
+        sent = degraded(request, ALL - set(FIRST_FEATURES))
+    [warning] = caught
+    said = str(warning.message)
+    for where in ("metadata", "cache", "messages[1].cache_point", "messages[1].cache_ttl"):
+        assert where in said
+    assert "the answer is the same" in said and "response cache may answer" in said
+    assert sent.stop == ["x"] and sent.temperature == 0.5 and sent.messages[1].images == ["https://x/y.png"]
+    assert sent == msgspec.structs.replace(
+        request,
+        metadata=None,
+        cache=None,
+        messages=[request.messages[0], Message(role="user", content="hi", images=["https://x/y.png"])],
+    )
+    # what changes the answer stays, for check_request to refuse
+    assert unsupported_field(sent, ALL - set(FIRST_FEATURES)) == ("stop", "stop")
+
+
+def test_a_cache_ttl_goes_with_its_point_and_nothing_is_dropped_that_was_agreed():
+    request = build(message={"cache_point": True, "cache_ttl": "5m"})
+    with pytest.warns(DroppedExtensionWarning, match=r"messages\[1\]\.cache_ttl"):
+        only_ttl = degraded(request, frozenset({"cache_ttl"}))
+    assert only_ttl.messages[1].cache_point and only_ttl.messages[1].cache_ttl is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at all
+        assert degraded(request, frozenset({"stop", "metadata"})) is request
+        assert degraded(request, frozenset()) is request
+
+
+def test_an_older_server_is_sent_the_request_without_what_changes_no_answer():
+    pair = handshake(GTLConnection("client"), GTLConnection("server", features=FIRST_FEATURES))
+    request = build({"metadata": {"team": "a"}}, {"cache_point": True})
+    with pytest.warns(DroppedExtensionWarning):
+        pair.client_send(degraded(request, pair.client.missing_extensions))
+    _, [received] = pair.pump()
+    assert received.metadata is None and not received.messages[1].cache_point
 
 
 def test_defaults_are_no_use():

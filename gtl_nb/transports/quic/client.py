@@ -29,7 +29,7 @@ from gtl_nb.protocol.errors import (
     GTLError,
     ProviderUnavailableError,
 )
-from gtl_nb.protocol.extensions import check_request
+from gtl_nb.protocol.extensions import check_request, degraded
 from gtl_nb.protocol.messages import Answer, Cancel, CompletionRequest, Error, ProviderInfo, StreamEvent
 from gtl_nb.transports.conventions import is_providers_end
 from gtl_nb.transports.link import CANCEL_WAIT, OPEN_TIMEOUT, Deliver
@@ -278,6 +278,7 @@ class QuicLink:
         try:
             missing = self._control.missing_extensions if self._control is not None else None
             if missing:  # an older gateway's control hello: it would drop the field (no GTLConnection sends this)
+                request = degraded(request, missing)  # (left out, with a warning, when it changes no answer)
                 check_request(request, missing)
             data = frame(request, self.max_frame_bytes)
         except GTLError as exc:
