@@ -15,6 +15,9 @@ Rules (documented for users in docs/configuration.md):
   provider's ``404`` for it gets the deployment's close matches (``Engine._with_close_models``).
 * ``providers=[...]`` is the ordered failover list; each entry is a deployment name (keeping the
   requested model) or ``deployment:model``.
+* Wherever a deployment or provider type is named, the spec's ``claude`` and ``google`` name the types
+  ``anthropic`` and ``gemini`` (``providers.registry.PROVIDER_TYPE_ALIASES``), unless a deployment or a
+  plugin's type has that name.
 
 The errors speak to whoever can act on them (``audience``): in the embedded client, the user who
 configures it (what to set, or ``providers=`` to pass to ``gtl_nb.connect``); in a gateway, its
@@ -37,7 +40,7 @@ from gtl_nb.engine.config import provider_needs
 from gtl_nb.protocol.errors import ConfigurationError, InvalidRequestError, ModelNotFoundError
 from gtl_nb.protocol.messages import CompletionRequest
 from gtl_nb.providers.base import Deployment
-from gtl_nb.providers.registry import provider_types
+from gtl_nb.providers.registry import aliased_type, provider_types
 
 OPEN_MODEL_TYPES = ("ollama", "openai_compatible")
 
@@ -147,6 +150,9 @@ class Router:
     def _deployment(self, name: str) -> Deployment:
         if name in self.deployments:
             return self.deployments[name]
+        alias = aliased_type(name)  # the spec's "claude" for anthropic, "google" for gemini
+        if alias is not None:
+            return self._deployment(alias)
         of_type = [d for d in self.deployments.values() if d.type == name]
         if len(of_type) == 1:
             return of_type[0]
@@ -180,7 +186,7 @@ class Router:
 
     def _split(self, model: str) -> tuple[str | None, str]:
         prefix, sep, rest = model.partition(":")
-        if sep and rest and (prefix in self.deployments or prefix in provider_types()):
+        if sep and rest and (prefix in self.deployments or prefix in provider_types() or aliased_type(prefix)):
             return prefix, rest
         return None, model
 

@@ -28,6 +28,21 @@ BUILTIN_PROVIDERS: dict[str, str] = {
     "bedrock": "gtl_nb.providers.bedrock:BedrockDialect",
 }
 
+PROVIDER_TYPE_ALIASES: dict[str, str] = {"claude": "anthropic", "google": "gemini"}
+"""Other names of built-in provider types, as the GTL spec uses them (its failover example names
+``"claude"``; its provider list says Google for Gemini). A deployment or a plugin's type of that name
+comes first: an alias names the type only where nothing else is called so."""
+
+
+def aliased_type(name: str) -> str | None:
+    """The provider type ``name`` is another name of (``"claude"`` → ``"anthropic"``), or ``None`` when it is
+    no alias — or a provider type of its own (a plugin's)."""
+    kind = PROVIDER_TYPE_ALIASES.get(name)
+    if kind is None or name in provider_types():
+        return None
+    return kind
+
+
 _instances: dict[str, Any] = {}
 _plugins: dict[str, metadata.EntryPoint] | None = None
 
