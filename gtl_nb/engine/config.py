@@ -64,6 +64,7 @@ __all__ = [
     "provider_needs",
     "user_config_dir",
     "user_config_path",
+    "variables_read",
 ]
 
 CONFIG_ENV = "GTL_NB_CONFIG"
@@ -683,6 +684,31 @@ def user_config_path(
 ) -> Path:
     """The default configuration file: ``user_config_dir() / "config.toml"``."""
     return user_config_dir(environ=environ, home=home, platform=platform) / CONFIG_FILE_NAME
+
+
+# What load_config reads of the environment beside the file itself: the file's name and where the
+# default one lives, then each provider type's variables (the fields they fill, the ones that imply it)
+_LOCATION_VARIABLES = (CONFIG_ENV, "XDG_CONFIG_HOME", "HOME", "USERPROFILE", "APPDATA")
+_AWS_CHAIN_VARIABLES = (
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
+)  # fmt: skip
+
+
+def variables_read(known_types: Collection[str] | None = None) -> tuple[str, ...]:
+    """The names of the environment variables ``load_config`` may read, for ``known_types`` (default:
+    the built-ins): a caller that keeps a configuration compares them to know when it is out of date.
+    (A variable a file names with ``api_key_env`` is read again per request by the engine's credentials.)"""
+    names: dict[str, None] = dict.fromkeys(_LOCATION_VARIABLES)
+    for provider_type in known_types_in_order(set(BUILTIN_PROVIDERS) | set(known_types or ())):
+        needs = provider_needs(provider_type)
+        if needs is None:
+            continue
+        names.update(dict.fromkeys(v for variables in needs.env.values() for v in variables))
+        names.update(dict.fromkeys(v for group in needs.implied_by for v in group))
+        if provider_type == "bedrock":
+            names.update(dict.fromkeys(_AWS_CHAIN_VARIABLES))
+    return tuple(names)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,8 @@ of all.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -75,6 +77,50 @@ class Settings:
     config_file: str | None = None  # None: $GTL_NB_CONFIG, then the user's config file
 
 
+_SALT = os.urandom(16)  # the variables' values are kept as keyed digests only: nothing a log could show
+
+
+@dataclass(frozen=True)
+class Sources:
+    """What an embedded client's configuration was read from: the environment variables the
+    configuration loader reads (``engine.config.variables_read``; each value kept as a keyed digest,
+    never the value) and the configuration file in use (its path, size and modification time)."""
+
+    variables: dict[str, bytes | None]
+    file: tuple[str, tuple[int, int] | None]
+
+    @classmethod
+    def now(cls, config_file: str | None) -> Sources:
+        from gtl_nb.engine.config import CONFIG_ENV, user_config_path, variables_read
+        from gtl_nb.providers.registry import provider_types
+
+        names = variables_read(provider_types())
+        if config_file:  # `%gtl config file=` names the file: $GTL_NB_CONFIG is not read
+            names = tuple(name for name in names if name != CONFIG_ENV)
+        variables = {name: _digest(os.environ.get(name)) for name in names}
+        path = os.path.expanduser(config_file or os.environ.get(CONFIG_ENV) or str(user_config_path()))
+        try:
+            status = os.stat(path)
+            stamp: tuple[int, int] | None = (status.st_size, status.st_mtime_ns)
+        except OSError:
+            stamp = None
+        return cls(variables, (os.path.abspath(path), stamp))
+
+    def changes(self, now: Sources) -> list[str]:
+        """What differs in ``now``, in words (``$OPENAI_API_KEY``, ``the file /path/gtl.toml``)."""
+        names = {**self.variables, **now.variables}
+        said = [f"${name}" for name in names if self.variables.get(name) != now.variables.get(name)]
+        if self.file != now.file:
+            path, stamp = now.file
+            edited = "edited" if path == self.file[0] and stamp is not None else "gone" if stamp is None else ""
+            said.append(f"the configuration file {path}" + (f" ({edited})" if edited else ""))
+        return said
+
+
+def _digest(value: str | None) -> bytes | None:
+    return None if value is None else hmac.new(_SALT, value.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+
 @dataclass
 class NotebookSession:
     """State shared by the magics of one shell."""
@@ -87,6 +133,7 @@ class NotebookSession:
     last_result: Any = None  # what the last %%gtl cell gave: a Completion, a Comparison or an error
     _token: str | None = field(default=None, repr=False)
     _clients: dict[str, Client] = field(default_factory=dict, repr=False)
+    _built_from: dict[str, Sources] = field(default_factory=dict, repr=False)  # embedded URL -> its sources
     _finished_at: dict[str, str] = field(default_factory=dict, repr=False)  # session id -> time
 
     # -- clients ------------------------------------------------------------------------------
@@ -95,7 +142,15 @@ class NotebookSession:
         """The client for ``endpoint`` (default: the configured one), connected on first use."""
         url = endpoint or self.settings.endpoint
         client = self._clients.get(url)
+        changed: list[str] = []
+        if client is not None and is_embedded(url):  # the engine reads its settings once: rebuilt when they change
+            now = Sources.now(self.settings.config_file)
+            changed = self._built_from[url].changes(now) if url in self._built_from else []
+            if changed:
+                self.drop_client(url)  # (between cells: nothing of it is running)
+                client = None
         if client is None:
+            sources = Sources.now(self.settings.config_file) if is_embedded(url) else None
             import gtl_nb
 
             options: dict[str, Any] = {}
@@ -110,6 +165,10 @@ class NotebookSession:
             token = None if is_embedded(url) else self._token or sendable_environment_token()  # a gateway's only
             client = gtl_nb.connect(url, token, **options)
             self._clients[url] = client
+            if sources is not None:
+                self._built_from[url] = sources
+            if changed:
+                print(f"settings changed ({', '.join(changed)}): reconnected to {url}")
         return client
 
     def _from_the_environment(self, added: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -169,6 +228,7 @@ class NotebookSession:
         return self.client()
 
     def drop_client(self, endpoint: str) -> None:
+        self._built_from.pop(endpoint, None)
         client = self._clients.pop(endpoint, None)
         if client is not None:
             client.close()

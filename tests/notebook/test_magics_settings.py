@@ -1,0 +1,105 @@
+"""The magics follow the settings as they are now: a key, a base URL, ``$GTL_NB_CONFIG`` or the file it
+names changed between cells reaches the next cell (the embedded engine is rebuilt, once, and says so);
+nothing changed keeps the engine and its connections."""
+
+from __future__ import annotations
+
+import pytest
+
+from gtl_nb import sim
+
+from .conftest import SIM_KEY_ENV, loaded_shell, run, session_of
+
+
+@pytest.fixture
+def sims():
+    servers = [sim.serve("openai", seed=1), sim.serve("openai", seed=2)]
+    yield servers
+    for server in servers:
+        server.close()
+
+
+@pytest.fixture
+def ip(tmp_path, monkeypatch):
+    yield from loaded_shell(tmp_path, monkeypatch)
+
+
+def config_for(tmp_path, name: str, server) -> str:
+    """A configuration file of one openai deployment on ``server`` (and the test's ledger)."""
+    path = tmp_path / name
+    path.write_text(
+        f'[providers.openai]\nbase_url = "{server.base_url}"\napi_key_env = "{SIM_KEY_ENV}"\n'
+        f'[ledger]\npath = "{tmp_path / "ledger.sqlite3"}"\n'
+    )
+    return str(path)
+
+
+def test_a_new_gtl_nb_config_reaches_the_next_cell_and_says_so_once(ip, sims, tmp_path, monkeypatch):
+    first, second = sims
+    monkeypatch.setenv("GTL_NB_CONFIG", config_for(tmp_path, "one.toml", first))
+    result, text = run(ip, "%%gtl gpt-4o-mini\nto the first")
+    assert result.success, text
+    assert len(first.requests) == 1 and "reconnected" not in text
+
+    monkeypatch.setenv("GTL_NB_CONFIG", config_for(tmp_path, "two.toml", second))
+    result, text = run(ip, "%%gtl gpt-4o-mini\nto the second")
+    assert result.success, text
+    assert len(second.requests) == 1 and len(first.requests) == 1
+    notice = [line for line in text.splitlines() if "reconnected" in line]
+    assert notice == ["settings changed ($GTL_NB_CONFIG, the configuration file " + str(tmp_path / "two.toml") +
+                      "): reconnected to embedded://"]  # fmt: skip
+
+    client = session_of(ip).client()
+    result, text = run(ip, "%%gtl gpt-4o-mini\nstill the second")
+    assert result.success, text
+    assert "reconnected" not in text and len(second.requests) == 2
+    assert session_of(ip).client() is client  # nothing changed: the same engine and pool
+
+
+def test_a_key_and_base_url_set_after_the_first_cell_are_used(ip, sims, monkeypatch):
+    result, text = run(ip, "%%gtl\nfirst, on echo")
+    assert result.success, text
+    first = sims[0]
+    monkeypatch.setenv("OPENAI_API_KEY", "sim-key")
+    monkeypatch.setenv("OPENAI_BASE_URL", first.base_url)
+    result, text = run(ip, "%%gtl gpt-4o-mini\nnow on openai")
+    assert result.success, text
+    assert ip.user_ns["_gtl"].provider == "openai" and len(first.requests) == 1
+    assert "settings changed ($OPENAI_API_KEY, $OPENAI_BASE_URL): reconnected to embedded://" in text
+    assert "sim-key" not in text  # the names of what changed, never a value
+    _, text = run(ip, "%gtl config")
+    assert "openai (openai)" in text
+
+
+def test_an_edited_configuration_file_is_read_again(ip, sims, tmp_path, monkeypatch):
+    first, second = sims
+    path = config_for(tmp_path, "edited.toml", first)
+    monkeypatch.setenv("GTL_NB_CONFIG", path)
+    assert run(ip, "%%gtl gpt-4o-mini\nbefore the edit")[0].success
+    config_for(tmp_path, "edited.toml", second)  # the same file, now naming the second simulator
+    result, text = run(ip, "%%gtl gpt-4o-mini\nafter the edit")
+    assert result.success, text
+    assert (len(first.requests), len(second.requests)) == (1, 1)
+    assert f"the configuration file {path} (edited)" in text
+
+
+def test_a_file_named_with_gtl_config_file_is_not_replaced_by_the_variable(ip, sims, tmp_path, monkeypatch):
+    first, second = sims
+    result, text = run(ip, f"%gtl config file={config_for(tmp_path, 'named.toml', first)}")
+    assert result.success, text
+    monkeypatch.setenv("GTL_NB_CONFIG", config_for(tmp_path, "other.toml", second))
+    result, text = run(ip, "%%gtl gpt-4o-mini\nstill the named file")
+    assert result.success, text
+    assert (len(first.requests), len(second.requests)) == (1, 0)
+    assert "reconnected" not in text
+
+
+def test_gtl_nb_model_set_between_cells_is_the_next_cells_model(ip, sims, tmp_path, monkeypatch):
+    monkeypatch.setenv("GTL_NB_CONFIG", config_for(tmp_path, "models.toml", sims[0]))
+    monkeypatch.setenv("GTL_NB_MODEL", "echo")
+    assert run(ip, "%%gtl\nhello")[0].success
+    assert ip.user_ns["_gtl"].provider == "echo"
+    monkeypatch.setenv("GTL_NB_MODEL", "gpt-4o-mini")
+    result, text = run(ip, "%%gtl\nhello")
+    assert result.success, text
+    assert ip.user_ns["_gtl"].provider == "openai" and len(sims[0].requests) == 1
