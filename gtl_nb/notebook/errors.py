@@ -30,6 +30,7 @@ __all__ = [
     "a_kind_of",
     "cell_error",
     "client_for",
+    "gateway_way_out",
     "in_notebook_words",
     "mistake",
     "no_gateway",
@@ -121,9 +122,10 @@ def cell_error(exc: Exception) -> Exception:
 
 
 @contextmanager
-def one_line_errors() -> Iterator[None]:
+def one_line_errors(session: NotebookSession | None = None) -> Iterator[None]:
     """Around a magic call: bad options and templates, and GTL errors that escape before any request left
-    (set-up and routing mistakes), become a one-line ``UsageError``."""
+    (set-up and routing mistakes), become a one-line ``UsageError``. When the notebook's gateway gave no
+    connection (it has gone since it connected), the line ends with the way out (``gateway_way_out``)."""
     from gtl_nb.protocol import GTLError
 
     try:
@@ -131,7 +133,25 @@ def one_line_errors() -> Iterator[None]:
     except (ArgumentError, TemplateError) as exc:
         raise UsageError(str(exc)) from None
     except GTLError as exc:
-        raise mistake(exc) from None
+        raise UsageError(f"{mistake(exc)}{gateway_way_out(session, exc)}") from None
+    except GTLCellError as exc:
+        way_out = gateway_way_out(session, exc.error)
+        if way_out:
+            raise GTLCellError(exc.error, f"{exc}{way_out}") from None
+        raise
+
+
+def gateway_way_out(session: NotebookSession | None, error: object) -> str:
+    """`` (the notebook's endpoint is URL: ... `%gtl connect embedded://` ...)`` when ``error`` says the
+    notebook's gateway gave no connection — a ``PROVIDER_UNAVAILABLE`` that names no provider (a
+    provider behind the gateway is named) — else ``""``."""
+    from gtl_nb.notebook.session import is_embedded
+
+    if session is None or is_embedded(session.settings.endpoint):
+        return ""
+    if getattr(error, "code", None) != "PROVIDER_UNAVAILABLE" or getattr(error, "provider", None):
+        return ""
+    return f" {no_gateway(session.settings.endpoint)}"
 
 
 def client_for(session: NotebookSession, endpoint: str | None) -> Any:

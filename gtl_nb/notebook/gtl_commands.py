@@ -20,7 +20,7 @@ from IPython.core.error import UsageError
 
 from gtl_nb.cli_unknown import close_word
 from gtl_nb.notebook import args as cli
-from gtl_nb.notebook.errors import cell_error, client_for, mistake, no_gateway
+from gtl_nb.notebook.errors import cell_error, client_for, gateway_way_out, in_notebook_words, mistake, no_gateway
 from gtl_nb.notebook.output import show_bundle
 from gtl_nb.notebook.session import GATEWAY_ENV, default_endpoint, is_embedded
 from gtl_nb.safe_markdown import code_span, no_math_markdown
@@ -226,22 +226,25 @@ class GtlCommands:
     def _show_config(self) -> None:
         """The settings — also when the endpoint gives no connection (a gateway away, a token refused):
         this is where a user looks to see why, so it says so rather than failing like the others."""
+        from gtl_nb.protocol import GTLError
+
         settings = self.session.settings
+        unconnected = None
         try:
             client = client_for(self.session, None)
-        except UsageError as exc:
-            unconnected = str(exc)
-            client = None
-        if client is None:
-            model, source = settings.model or "?", "%gtl config model=..." if settings.model else "not connected"
-            deployments, config_path = f"not connected: {unconnected}", None
-        else:
             model, source = self.session.default_model(client)
             deployments = ", ".join(
                 f"{info.provider} ({info.provider_type}{', offline' if info.offline else ''})"
                 for info in client.providers()
             )
             config_path = getattr(getattr(client, "config", None), "source_path", None)
+        except UsageError as exc:  # no connection to begin with: client_for said why, and the way out
+            unconnected = str(exc)
+        except GTLError as exc:  # connected once, and the gateway has gone since
+            unconnected = f"{in_notebook_words(str(exc))}{gateway_way_out(self.session, exc)}"
+        if unconnected is not None:
+            model, source = settings.model or "?", "%gtl config model=..." if settings.model else "not connected"
+            deployments, config_path = f"not connected: {unconnected}", None
         rows = [
             ("model", f"{model}  ({source})"),
             ("chat", "on" if settings.chat else "off"),

@@ -72,7 +72,7 @@ class GTLMagics(Magics):
 
         ``%gtl`` alone lists the subcommands; ``%%gtl --help`` the options (docs/magics.md).
         """
-        with one_line_errors():
+        with one_line_errors(self.session):
             if cell is None:
                 return self._gtl_commands.run(line)
             return self._gtl_cell.run(line, cell)
@@ -81,5 +81,5 @@ class GTLMagics(Magics):
     @line_cell_magic
     def gap(self, line: str, cell: str | None = None) -> Any:
         """Wrap the cell (or the last answer) as a GAP message; ``%gap entities|graph|export``."""
-        with one_line_errors():
+        with one_line_errors(self.session):
             return self._gap.run(line, cell)

@@ -103,3 +103,30 @@ def test_gtl_nb_model_set_between_cells_is_the_next_cells_model(ip, sims, tmp_pa
     result, text = run(ip, "%%gtl\nhello")
     assert result.success, text
     assert ip.user_ns["_gtl"].provider == "openai" and len(sims[0].requests) == 1
+
+
+def test_config_still_shows_the_settings_when_the_gateway_has_gone_and_errors_say_the_way_out(ip, tmp_path):
+    from gtl_nb.gateway.local import start_gateway
+    from gtl_nb.notebook.errors import GTLCellError
+
+    config = tmp_path / "gateway.toml"
+    config.write_text(f'[ledger]\npath = "{tmp_path / "gateway-ledger.sqlite3"}"\n')
+    with start_gateway(config) as gateway:
+        url = gateway.url("ws")
+        assert run(ip, f"%gtl connect {url}")[0].success
+        assert run(ip, "%%gtl echo\nwhile it runs")[0].success
+    result, text = run(ip, "%gtl config")  # the gateway has stopped
+    assert result.success, text
+    assert f"endpoint  {url}" in text
+    providers = next(line for line in text.splitlines() if line.startswith("providers"))
+    assert "not connected: PROVIDER_UNAVAILABLE" in providers and "`%gtl connect embedded://`" in providers
+
+    result, text = run(ip, "%%gtl echo\nafter it left")
+    assert isinstance(result.error_in_exec, GTLCellError) and "Traceback" not in text
+    assert "`%gtl connect embedded://` runs the engine in this kernel instead" in str(result.error_in_exec)
+    for source in ("%gtl models", "%gtl usage"):
+        result, text = run(ip, source)
+        assert result.error_in_exec is not None and "Traceback" not in text, source
+        assert "`%gtl connect embedded://`" in str(result.error_in_exec), source
+    assert run(ip, "%gtl connect embedded://")[0].success
+    assert run(ip, "%%gtl echo\nback in the kernel")[0].success
