@@ -314,7 +314,15 @@ class GtlCommands:
         elif opts.ask_token:
             import getpass
 
-            token = getpass.getpass(f"token for {opts.url}: ") or None
+            from IPython.core.error import StdinNotImplementedError
+
+            try:
+                token = getpass.getpass(f"token for {opts.url}: ") or None
+            except (StdinNotImplementedError, EOFError):  # a headless run (nbconvert, papermill): no prompt
+                raise UsageError(
+                    "%gtl connect --ask-token: this frontend cannot prompt for input; use --token-env VAR or "
+                    f"$GTL_TOKEN (the notebook stays on {self.session.settings.endpoint})"
+                ) from None
         # say so: the user may think they connect without one (the embedded engine takes none)
         kept = token is None and self.session.has_token and not is_embedded(opts.url)
         self._switch_endpoint(opts.url, token)

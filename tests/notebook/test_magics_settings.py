@@ -8,7 +8,7 @@ import pytest
 
 from gtl_nb import sim
 
-from .conftest import SIM_KEY_ENV, loaded_shell, run, session_of
+from .conftest import SIM_KEY_ENV, loaded_shell, mistake, run, session_of
 
 
 @pytest.fixture
@@ -130,3 +130,18 @@ def test_config_still_shows_the_settings_when_the_gateway_has_gone_and_errors_sa
         assert "`%gtl connect embedded://`" in str(result.error_in_exec), source
     assert run(ip, "%gtl connect embedded://")[0].success
     assert run(ip, "%%gtl echo\nback in the kernel")[0].success
+
+
+def test_ask_token_where_the_frontend_cannot_prompt_is_one_line(ip, monkeypatch):
+    from IPython.core.error import StdinNotImplementedError
+
+    def no_prompt(prompt=""):  # what ipykernel's getpass does when the frontend allows no input
+        raise StdinNotImplementedError("getpass was called, but this frontend does not support input requests.")
+
+    monkeypatch.setattr("getpass.getpass", no_prompt)
+    message = mistake(ip, "%gtl connect http://127.0.0.1:9 --ask-token")
+    assert message == (
+        "%gtl connect --ask-token: this frontend cannot prompt for input; use --token-env VAR or $GTL_TOKEN "
+        "(the notebook stays on embedded://)"
+    )
+    assert "embedded://" in run(ip, "%gtl config")[1]
