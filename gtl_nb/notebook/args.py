@@ -9,6 +9,7 @@ is refused everywhere: a token typed in a cell would be saved in the notebook.
 from __future__ import annotations
 
 import argparse
+import builtins
 import keyword
 import math
 import shlex
@@ -147,10 +148,16 @@ def variable_name(text: str) -> str:
 
 def output_name(text: str) -> str:
     """A notebook variable a magic may write (``--out``): not one of Python's own dunder names —
-    ``--out __builtins__`` broke every later cell (reading one, as ``--from __``, is harmless)."""
+    ``--out __builtins__`` broke every later cell (reading one, as ``--from __``, is harmless) — nor a
+    builtin's name (``print``, ``list``, ``id``), which the result would hide."""
     name = variable_name(text)
     if name.startswith("__") and name.endswith("__"):
         raise argparse.ArgumentTypeError(f"{name!r} is one of Python's own names; choose another")
+    if hasattr(builtins, name):  # `--out print` hid print from every later cell ("not callable")
+        raise argparse.ArgumentTypeError(
+            f"{name!r} is a Python builtin: storing the result there would hide it from every later cell; "
+            f"choose another name (e.g. {name}_result)"
+        )
     return name
 
 

@@ -4,6 +4,8 @@ nothing changed keeps the engine and its connections."""
 
 from __future__ import annotations
 
+import builtins
+
 import pytest
 
 from gtl_nb import sim
@@ -145,3 +147,12 @@ def test_ask_token_where_the_frontend_cannot_prompt_is_one_line(ip, monkeypatch)
         "(the notebook stays on embedded://)"
     )
     assert "embedded://" in run(ip, "%gtl config")[1]
+
+
+@pytest.mark.parametrize("source", ["%%gtl --out print\nx", "%%gap --out list\nx", "%gap graph --out id"])
+def test_out_refuses_the_name_of_a_builtin(ip, source):
+    name = source.split("--out ")[1].split()[0]
+    message = mistake(ip, source)
+    assert f"{name!r} is a Python builtin" in message and f"{name}_result" in message
+    assert name not in ip.user_ns  # the builtin is still what the name means
+    assert run(ip, name)[0].result is getattr(builtins, name)
