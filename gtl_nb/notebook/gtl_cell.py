@@ -21,7 +21,7 @@ from IPython.display import display
 from gtl_nb.completion import Comparison, Completion
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.args import ArgumentError
-from gtl_nb.notebook.errors import GTLCellError, a_kind_of, client_for, in_notebook_words
+from gtl_nb.notebook.errors import GTLCellError, a_kind_of, client_for, in_notebook_words, mistake
 from gtl_nb.notebook.formats import FORMAT_INSTRUCTIONS, code_of, shown
 from gtl_nb.notebook.gap_magic import wrapped_variable
 from gtl_nb.notebook.output import clip, show_bundle
@@ -43,13 +43,22 @@ class GtlCell:
         self.shell = shell
         self.session = session
         self._out: str | None = None  # the running cell's --out, once its options are read
+        self._default: tuple[str, str] | None = None  # the running cell's model when a setting chose it
 
     def run(self, line: str, cell: str) -> None:
         """Ask the model(s) the ``%%gtl`` line names, with the cell (its ``{name}`` substituted) as prompt."""
+        from gtl_nb.protocol import ModelNotFoundError
+
         answers_before = self.session.last_result
         self._out = None
+        self._default = None
         try:
-            self._run(line, cell)
+            try:
+                self._run(line, cell)
+            except ModelNotFoundError as exc:  # the cell named no model: say where the unknown one came from
+                if self._default is None or repr(self._default[0]) not in str(exc):
+                    raise
+                raise UsageError(f"{mistake(exc)} {_where_the_model_came_from(self._default[1])}") from None
         except BaseException as exc:
             if self.session.last_result is answers_before:  # failed before any answer: none to wrap now
                 self.session.forget_last(exc, self._out)
@@ -70,7 +79,11 @@ class GtlCell:
         client = client_for(self.session, opts.endpoint)
         chat = self.session.settings.chat if opts.chat is None else opts.chat
         stream = self.session.settings.stream if opts.stream is None else opts.stream
-        models = opts.compare or [opts.model[0] if opts.model else self.session.default_model(client)[0]]
+        if not opts.compare and not opts.model:
+            default = self.session.default_model(client)
+            if default[1] != "configuration default":  # the notebook's own setting: said if routing knows it not
+                self._default = default
+        models = opts.compare or [opts.model[0] if opts.model else default[0]]
 
         from gtl_nb.protocol import Message
 
@@ -321,6 +334,13 @@ class GtlCell:
             raise GTLCellError(comparison, f"cancelled after {time.monotonic() - started:.1f} s") from None
         grid.finish(comparison)
         self.session.remember(comparison, out)
+
+
+def _where_the_model_came_from(source: str) -> str:
+    """Where a cell's model came from when the cell named none (``NotebookSession.default_model``'s source)."""
+    if source.startswith("$"):
+        return f"(the model of {source}; `%gtl config model=...` overrides it, a cell's own MODEL too)"
+    return "(the model set with `%gtl config model=...`; `%gtl config model=` with no value goes back to the default)"
 
 
 def _routed(client: Any, model: str, request: dict[str, Any]) -> list[tuple[str, str, str]]:

@@ -156,3 +156,15 @@ def test_out_refuses_the_name_of_a_builtin(ip, source):
     assert f"{name!r} is a Python builtin" in message and f"{name}_result" in message
     assert name not in ip.user_ns  # the builtin is still what the name means
     assert run(ip, name)[0].result is getattr(builtins, name)
+
+
+def test_an_unknown_model_from_gtl_nb_model_names_the_variable(ip, monkeypatch):
+    monkeypatch.setenv("GTL_NB_MODEL", "gpt-4oo")
+    message = mistake(ip, "%%gtl\nhi")
+    assert message.startswith("MODEL_NOT_FOUND: unknown model 'gpt-4oo'; did you mean 'gpt-4o'")
+    assert message.endswith(
+        "(the model of $GTL_NB_MODEL; `%gtl config model=...` overrides it, a cell's own MODEL too)"
+    )
+    named = mistake(ip, "%%gtl gpt-4oo\nhi")  # a cell's own model is the cell's: nothing more to say
+    assert "GTL_NB_MODEL" not in named
+    assert run(ip, "%%gtl echo\nhi")[0].success
