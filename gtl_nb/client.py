@@ -1425,12 +1425,15 @@ def response_format_of(value: Any) -> dict[str, Any] | None:
         return {"type": "json_schema", "json_schema": spec}
     if isinstance(value, dict):
         if value.get("type") in _JSON_TYPES or any(key in value for key in ("properties", "items", "$schema")):
-            raise InvalidRequestError(f"{wrap} or a pydantic model class; this looks like the schema alone: wrap it so")
+            raise InvalidRequestError(
+                f"{wrap} or a class (a dataclass, a TypedDict or a pydantic model class); this looks like the schema "
+                "alone: wrap it so"
+            )
         return value  # another type: the provider's dialect names it
     if callable(getattr(type(value), "model_json_schema", None)):
         raise InvalidRequestError(f"response_format takes the model class ({type(value).__name__}), not an instance")
-    kind = type(value).__name__
-    raise InvalidRequestError(f"{wrap}, a pydantic model class or {{'type': 'json_object'}}, not {kind}")
+    classes = "a class (a dataclass, a TypedDict or a pydantic model class)"
+    raise InvalidRequestError(f"{wrap}, {classes} or {{'type': 'json_object'}}, not {a_kind_of(value)}")
 
 
 _JSON_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")

@@ -3,8 +3,8 @@
 ``markdown`` (the default) shows the answer as is; ``json``, ``code`` and ``text`` show it in a fenced
 block in its markdown form only (``PlainText``): JSON pretty-printed when it parses, the code taken out
 of the answer's own fence, the text as written — and the plain form (a saved notebook's text, a
-terminal) is that body without a fence. ``code_of`` takes the code out of an answer for ``--format
-code``'s next cell.
+terminal) is that body without a fence. ``code_to_insert`` takes the code out of an answer for ``--format
+code``'s next cell — or says there is none (prose inserted as a cell is a SyntaxError when run).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from gtl_nb.completion import Completion
 
-__all__ = ["FORMAT_INSTRUCTIONS", "PlainText", "code_of", "fenced", "shown"]
+__all__ = ["FORMAT_INSTRUCTIONS", "PlainText", "code_of", "code_to_insert", "fenced", "shown"]
 
 FORMAT_INSTRUCTIONS = {
     "json": "Answer with JSON only: no prose before or after it, no code fences.",
@@ -91,3 +91,20 @@ def code_of(text: str) -> str:
     """The first fenced block's body, or the whole text when there is no fence."""
     fence = _first_fence(text)
     return (fence[1] if fence else text).strip("\n")
+
+
+def code_to_insert(text: str) -> str | None:
+    """What ``--format code`` inserts as the next cell: the first fenced block's body, else the whole
+    answer when it is Python as written (compiled, never run); ``None`` for an answer that holds no
+    code — prose — or an empty block."""
+    fence = _first_fence(text)
+    if fence is not None:
+        return fence[1].strip("\n") or None
+    code = text.strip("\n")
+    if not code.strip():
+        return None
+    try:
+        compile(code, "<answer>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError):  # (ValueError: a NUL in the text)
+        return None
+    return code

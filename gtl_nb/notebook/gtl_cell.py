@@ -22,7 +22,7 @@ from gtl_nb.completion import Comparison, Completion
 from gtl_nb.notebook import args as cli
 from gtl_nb.notebook.args import ArgumentError
 from gtl_nb.notebook.errors import GTLCellError, a_kind_of, client_for, in_notebook_words, mistake
-from gtl_nb.notebook.formats import FORMAT_INSTRUCTIONS, code_of, shown
+from gtl_nb.notebook.formats import FORMAT_INSTRUCTIONS, code_to_insert, shown
 from gtl_nb.notebook.gap_magic import wrapped_variable
 from gtl_nb.notebook.output import clip, show_bundle
 from gtl_nb.notebook.session import platform_for
@@ -122,7 +122,11 @@ class GtlCell:
             unmarked = {"cache_point": False, "cache_ttl": None}
             self.session.history.extend(msgspec.structs.replace(m, **unmarked) for m in [*added, final.message])
         if opts.format == "code" and not final.tool_calls:
-            self.shell.set_next_input(code_of(final.text), replace=False)
+            code = code_to_insert(final.text)
+            if code is None:  # as --format json says of an answer that is not JSON
+                print("the answer holds no code block (nor Python as written); no cell inserted")
+            else:
+                self.shell.set_next_input(code, replace=False)
 
     def _system(self, opts: Any, client: Any, models: Sequence[str]) -> str | None:
         """The ``--context`` message, ``--system`` and the format's instruction, as one system prompt.
@@ -391,7 +395,10 @@ def _schema(namespace: dict[str, Any], name: str) -> Any:
     from gtl_nb.protocol import GTLError
 
     if name not in namespace:
-        raise UsageError(f"--schema {name}: no variable {name!r} in the notebook (define the class or dict first)")
+        raise UsageError(
+            f"--schema {name}: no variable {name!r} in the notebook; define it first: a dataclass or TypedDict "
+            "(no extra install), a pydantic model class, or a response_format dict"
+        )
     try:
         return response_format_of(namespace[name])
     except GTLError as exc:

@@ -221,10 +221,34 @@ def test_an_unknown_model_points_at_the_models_subcommand(ip):
 def test_format_code_inserts_a_new_cell_with_the_code(ip, monkeypatch):
     inserted = []
     monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: inserted.append((text, replace)))
-    result, text = run(ip, "%%gtl --format code\nprint('hi')")
+    result, text = run(ip, "%%gtl --format code\n```python\nprint('hi')\n```")  # echo quotes the fenced code
     assert result.success, text
-    assert inserted == [(ip.user_ns["_gtl"].text, False)]
-    assert "```python" in text
+    assert inserted == [("print('hi')", False)]
+    assert "```python" in text and "no cell inserted" not in text
+
+
+def test_format_code_on_a_prose_answer_inserts_nothing_and_says_so(ip, monkeypatch):
+    inserted = []
+    monkeypatch.setattr(ip, "set_next_input", lambda text, replace=False: inserted.append((text, replace)))
+    result, text = run(ip, "%%gtl --format code --no-stream\nA Python function that reverses a string")
+    assert result.success, text
+    assert inserted == []  # echo's answer is a sentence: as a cell it would be a SyntaxError
+    assert "the answer holds no code block (nor Python as written); no cell inserted" in text
+
+
+@pytest.mark.parametrize(
+    ("answer", "inserted"),
+    [
+        ("Here it is:\n```sql\nSELECT 1;\n```\nDone.", "SELECT 1;"),  # a fence: its body, any language
+        ("def rev(s):\n    return s[::-1]\n", "def rev(s):\n    return s[::-1]"),  # unfenced, Python as written
+        ("Reverse it with a slice: s[::-1].", None),  # a sentence
+        ("```python\n```", None),  # an empty block
+    ],
+)
+def test_code_to_insert_takes_code_and_nothing_else(answer, inserted):
+    from gtl_nb.notebook.formats import code_to_insert
+
+    assert code_to_insert(answer) == inserted
 
 
 def test_format_json_and_text_show_the_answer_in_a_fenced_block(ip):

@@ -1,10 +1,13 @@
-"""The magics follow the settings as they are now: a key, a base URL, ``$GTL_NB_CONFIG`` or the file it
-names changed between cells reaches the next cell (the embedded engine is rebuilt, once, and says so);
-nothing changed keeps the engine and its connections."""
+"""What a first session with the magics meets: the settings followed as they are now (a key, a base URL,
+``$GTL_NB_CONFIG`` or the file it names, changed between cells, reaches the next cell — the embedded
+engine is rebuilt, once, and says so; nothing changed keeps the engine and its connections), a gateway
+gone, a frontend that cannot prompt, the docs' examples as written, and names a cell must not take."""
 
 from __future__ import annotations
 
 import builtins
+import re
+from pathlib import Path
 
 import pytest
 
@@ -168,3 +171,27 @@ def test_an_unknown_model_from_gtl_nb_model_names_the_variable(ip, monkeypatch):
     named = mistake(ip, "%%gtl gpt-4oo\nhi")  # a cell's own model is the cell's: nothing more to say
     assert "GTL_NB_MODEL" not in named
     assert run(ip, "%%gtl echo\nhi")[0].success
+
+
+def test_the_schema_example_of_magics_md_runs_offline_as_written(ip):
+    import msgspec
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "magics.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```(\w*)\n(.*?)```", page, flags=re.DOTALL)
+    at = next(i for i, (_, body) in enumerate(blocks) if "class City" in body)
+    (_, define), (language, cell) = blocks[at], blocks[at + 1]
+    assert language == "ipython" and cell.startswith("%%gtl") and "--schema City" in cell
+    assert run(ip, define)[0].success
+    result, text = run(ip, cell)
+    assert result.success, text
+    city = msgspec.json.decode(ip.user_ns["_gtl"].text, type=ip.user_ns["City"])  # as the page reads it back
+    assert isinstance(city.name, str) and isinstance(city.population, int)
+
+
+def test_schema_refusals_name_every_kind_of_class_taken(ip):
+    missing = mistake(ip, "%%gtl --schema Town\nhi")
+    assert all(kind in missing for kind in ("dataclass", "TypedDict", "pydantic model class"))
+    ip.run_cell("import os")
+    wrong = mistake(ip, "%%gtl --schema os\nhi")
+    assert all(kind in wrong for kind in ("dataclass", "TypedDict", "pydantic model class"))
+    assert wrong.endswith("not a module")
