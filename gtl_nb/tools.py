@@ -16,8 +16,9 @@ the JSON Schema type (``str``, ``int``, ``float``, ``bool``, ``list[X]``, ``tupl
 ``Optional[X]`` / ``X | None``, ``Literal[...]`` and ``Enum`` subclasses become ``enum``); an
 unannotated or unknown annotation accepts any value. The description is the docstring's first
 paragraph; parameter descriptions come from a Google-style ``Args:`` section, a numpydoc
-``Parameters`` section or Sphinx ``:param name:`` lines. ``*args`` and ``**kwargs`` are not offered to
-the model.
+``Parameters`` section or Sphinx ``:param name:`` lines — or, with none of those, from a paragraph of
+bare ``name: text`` lines in which every line names one of the function's parameters. ``*args`` and
+``**kwargs`` are not offered to the model.
 
 ``run_tool_calls`` executes a completion's tool calls against named functions and returns one
 ``ToolResult`` per call, each with the ``tool`` message to send back. A call that fails (unknown
@@ -62,11 +63,11 @@ def tool_from_function(func: Callable[..., Any], *, name: str | None = None, des
     if not _NAME_RE.match(tool_name):
         raise ValueError(f"{tool_name!r} cannot be a tool name: use letters, digits, '_' or '-' (at most 64)")
     doc = inspect.getdoc(func) or ""
-    summary, param_docs = _parse_docstring(doc)
     try:
         signature = inspect.signature(func)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"cannot read the signature of {tool_name!r}: {exc}") from None
+    summary, param_docs = _parse_docstring(doc, frozenset(signature.parameters))
     hints = _type_hints(func)
 
     properties: dict[str, Any] = {}
@@ -222,8 +223,9 @@ def _as_text(value: Any) -> str:
         return str(value)
 
 
-def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
-    """The first paragraph (joined into one line) and the parameter descriptions."""
+def _parse_docstring(doc: str, names: frozenset[str] = frozenset()) -> tuple[str, dict[str, str]]:
+    """The first paragraph (joined into one line) and the parameter descriptions (``names``: the
+    function's parameters, for the bare form)."""
     lines = doc.splitlines()
     summary_lines: list[str] = []
     for line in lines:
@@ -235,7 +237,43 @@ def _parse_docstring(doc: str) -> tuple[str, dict[str, str]]:
         if match:
             params[match.group("name")] = match.group("text").strip()
     params.update(_section_params(lines))
+    if not params:
+        params = _bare_params(lines[len(summary_lines) :], names)
     return " ".join(summary_lines), params
+
+
+def _bare_params(lines: list[str], names: frozenset[str]) -> dict[str, str]:
+    """``name: text`` lines with no section header over them: read from a paragraph after the summary
+    whose every line at its own indent names a parameter of the function (``city: the city name``), a
+    more indented line continuing the one above. A paragraph with any other line (``Note: ...``) is
+    prose, not parameters."""
+    params: dict[str, str] = {}
+    paragraph: list[str] = []
+    for line in [*lines, ""]:
+        if line.strip():
+            paragraph.append(line)
+            continue
+        if paragraph:
+            params.update(_bare_paragraph(paragraph, names))
+            paragraph = []
+    return params
+
+
+def _bare_paragraph(paragraph: list[str], names: frozenset[str]) -> dict[str, str]:
+    base = min(len(line) - len(line.lstrip()) for line in paragraph)
+    found: dict[str, str] = {}
+    current: str | None = None
+    for line in paragraph:
+        text = line.strip()
+        if len(line) - len(line.lstrip()) > base and current is not None:
+            found[current] = f"{found[current]} {text}".strip()
+            continue
+        match = _GOOGLE_PARAM_RE.match(text)
+        if match is None or match.group("name") not in names:
+            return {}
+        current = match.group("name")
+        found[current] = match.group("text").strip()
+    return found
 
 
 def _section_params(lines: list[str]) -> dict[str, str]:

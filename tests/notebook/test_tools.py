@@ -190,3 +190,46 @@ def test_a_failing_call_becomes_an_error_result_the_model_can_read(the_call, fra
     assert not result.ok
     assert fragment in result.error
     assert result.message.content.startswith("error: ")
+
+
+def bare_lines(city: str, unit: str = "celsius", days: int = 1) -> dict:
+    """Current weather for a city.
+
+    city: the city name
+    unit: celsius or fahrenheit,
+        as the user asked
+    """
+    return {}
+
+
+def prose_with_a_colon(city: str) -> dict:
+    """Current weather for a city.
+
+    Note: the service is slow on Mondays
+    city: the city name
+    """
+    return {}
+
+
+def test_bare_name_lines_describe_the_parameters_they_name_and_prose_is_left_alone():
+    props = tool_from_function(bare_lines).parameters["properties"]
+    assert props["city"]["description"] == "the city name"
+    assert props["unit"]["description"] == "celsius or fahrenheit, as the user asked"
+    assert "description" not in props["days"]
+    assert tool_from_function(bare_lines).description == "Current weather for a city."
+    # a paragraph with a line that names no parameter is prose: nothing read from it, nothing guessed
+    assert "description" not in tool_from_function(prose_with_a_colon).parameters["properties"]["city"]
+
+
+def test_the_quickstarts_tool_reaches_the_schema_with_its_parameter_descriptions():
+    """Notebook 01 defines its tool in the bare form; run that cell as written and read the tool."""
+    from pathlib import Path
+
+    import nbformat
+
+    notebook = nbformat.read(Path(__file__).resolve().parents[2] / "notebooks" / "01-quickstart.ipynb", as_version=4)
+    source = next(cell.source for cell in notebook.cells if "def get_weather" in cell.source)
+    namespace: dict = {}
+    exec(compile(source, "01-quickstart", "exec"), namespace)  # the notebook's own cell
+    props = tool_from_function(namespace["get_weather"]).parameters["properties"]
+    assert props["city"].get("description") and props["unit"].get("description"), props
