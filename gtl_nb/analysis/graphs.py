@@ -35,12 +35,14 @@ NODE_STYLES: dict[str, dict[str, str]] = {
     "entity": {"label": "entity (defined)", "shape": "^", "color": "#dd8452"},
     "undefined": {"label": "entity (undefined)", "shape": "v", "color": "#f2c45a"},
 }
+#: How each kind of edge is drawn: each its own pair of line style and colour (the colour of the kind
+#: of node it leads to or from), so the legend tells every kind apart.
 EDGE_STYLES: dict[str, dict[str, Any]] = {
-    "reply_to": {"style": "solid", "width": 1.6, "alpha": 0.9},
-    "in_thread": {"style": "dashed", "width": 0.8, "alpha": 0.4},
-    "on_platform": {"style": "dotted", "width": 0.8, "alpha": 0.3},
-    "mentions": {"style": "dotted", "width": 1.0, "alpha": 0.6},
-    "defined_in": {"style": "dashdot", "width": 1.0, "alpha": 0.6},
+    "reply_to": {"style": "solid", "width": 1.6, "alpha": 0.9, "color": "#222222"},
+    "in_thread": {"style": "dashed", "width": 0.8, "alpha": 0.5, "color": "#55a868"},
+    "on_platform": {"style": "dotted", "width": 0.8, "alpha": 0.5, "color": "#8c8c8c"},
+    "mentions": {"style": "dotted", "width": 1.2, "alpha": 0.7, "color": "#dd8452"},
+    "defined_in": {"style": "dashdot", "width": 1.0, "alpha": 0.7, "color": "#937860"},
 }
 
 
@@ -242,7 +244,8 @@ def draw_context_graph(
 ) -> Any:
     """Draw a context graph: messages, missing parents, threads, platforms and entities (defined and
     undefined) each in its own colour and shape, edge kinds in their own line styles, with a legend of
-    each (nodes upper left, edges lower left) and each node's label under its marker.
+    each beside the drawing (nodes above, edges below: never over a node) and each node's label under
+    its marker.
 
     The layout is networkx's spring layout with a fixed ``seed`` (the same picture every run; for a
     graph too large for it without scipy, ``layout`` says what stands in);
@@ -251,7 +254,8 @@ def draw_context_graph(
     import networkx as nx
 
     plt = pyplot()
-    ax = axes(ax, figsize=(9, 6))
+    created = ax is None
+    ax = axes(ax, figsize=(11, 6))
     shown = graph if platforms else graph.subgraph(n for n, d in graph.nodes(data=True) if d.get("kind") != "platform")
     ax.set_axis_off()
     ax.set_title("context graph")
@@ -265,10 +269,10 @@ def draw_context_graph(
         if edges:
             nx.draw_networkx_edges(
                 shown, position, edgelist=edges, ax=ax, style=style["style"], width=style["width"],
-                alpha=style["alpha"], arrows=True, arrowsize=8, node_size=300,
+                alpha=style["alpha"], edge_color=style["color"], arrows=True, arrowsize=8, node_size=300,
             )  # fmt: skip
             edge_handles.append(
-                plt.Line2D([], [], color="black", linestyle=style["style"], linewidth=style["width"],
+                plt.Line2D([], [], color=style["color"], linestyle=style["style"], linewidth=style["width"],
                            alpha=max(style["alpha"], 0.6), label=kind.replace("_", " "))
             )  # fmt: skip
     handles = []
@@ -290,8 +294,11 @@ def draw_context_graph(
         spread = max((abs(y) for _x, y in position.values()), default=1.0) or 1.0
         below = {node: (x, y - 0.06 * spread) for node, (x, y) in position.items()}
         nx.draw_networkx_labels(shown, below, labels=names, ax=ax, font_size=7, verticalalignment="top")
-    nodes_legend = ax.legend(handles=handles, loc="upper left", fontsize=8, title="nodes")
+    # the legends stand beside the drawing, never over a node (a corner inside the axes hid one)
+    nodes_legend = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="nodes")
     if edge_handles:  # a second legend: the line styles say what joins two nodes
         ax.add_artist(nodes_legend)
-        ax.legend(handles=edge_handles, loc="lower left", fontsize=8, title="edges")
+        ax.legend(handles=edge_handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8, title="edges")
+    if created:  # room for them in the figure drawn here (a figure handed in is the caller's to lay out)
+        ax.figure.subplots_adjust(left=0.02, right=0.8)
     return ax

@@ -121,6 +121,24 @@ def test_draw_context_graph_tells_each_kind_apart_with_a_legend(graph, plt):
     assert ax.patches  # the edges (arrows)
 
 
+def test_the_legends_cover_no_node_and_every_edge_kind_looks_its_own(graph, plt):
+    ax = analysis.draw_context_graph(graph)
+    figure = ax.figure
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    boxes = [legend.get_window_extent(renderer) for legend in [*ax.artists, ax.get_legend()] if legend is not None]
+    assert len(boxes) == 2
+    markers = [xy for c in ax.collections if c.get_gid() for xy in ax.transData.transform(c.get_offsets())]
+    assert len(markers) == graph.number_of_nodes()
+    for x, y in markers:  # no node's centre under either legend, and each legend inside the figure
+        assert not any(box.x0 <= x <= box.x1 and box.y0 <= y <= box.y1 for box in boxes), (x, y)
+    assert all(box.x0 >= ax.get_window_extent(renderer).x1 and box.x1 <= figure.bbox.x1 for box in boxes)
+    edges = ax.get_legend()
+    looks = [(str(line.get_linestyle()), tuple(line.get_color()) if not isinstance(line.get_color(), str)
+              else line.get_color()) for line in edges.get_lines()]  # fmt: skip
+    assert len(looks) == len(set(looks)) >= 4  # reply, thread, platform, mentions, definitions: none alike
+
+
 def test_draw_context_graph_without_platforms_and_on_given_axes(graph, plt):
     _figure, given = plt.subplots()
     ax = analysis.draw_context_graph(graph, ax=given, platforms=False, labels=False)
