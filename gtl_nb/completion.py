@@ -295,8 +295,12 @@ class Comparison:
         return result if isinstance(result, Completion) else None
 
     def to_dataframe(self) -> Any:
-        """One row per model, ranked by latency, then cost, then answer length (pandas)."""
+        """One row per model, ranked by latency, then cost, then answer length: a ``gtl_nb.table.Table``
+        (a pandas DataFrame of the raw numbers — USD, seconds — shown as every other table shows them:
+        ``$0.000197``, ``0.21 s``, a missing value as an empty cell)."""
         import pandas as pd
+
+        from gtl_nb.table import Table
 
         rows = []
         for model in self.models:
@@ -352,9 +356,8 @@ class Comparison:
         ok = frame["status"] == "ok"
         for column in ("latency_s", "cost", "length_chars"):
             frame[f"rank_{column.split('_')[0]}"] = frame[column].where(ok).rank(method="min").astype("Int64")
-        return frame.sort_values(
-            ["status", "latency_s", "cost"], ascending=[False, True, True], na_position="last"
-        ).reset_index(drop=True)
+        ranked = frame.sort_values(["status", "latency_s", "cost"], ascending=[False, True, True], na_position="last")
+        return Table(ranked.reset_index(drop=True))
 
     def _repr_markdown_(self) -> str:
         parts = []

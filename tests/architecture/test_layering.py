@@ -28,6 +28,7 @@ RANKS: dict[str, int] = {
     "gap": 2,
     "engine": 3,
     "transports": 4,
+    "table": 4,  # Table: a DataFrame of raw numbers shown like a bill (Comparison.to_dataframe, analysis); leaves only
     "completion": 5,  # the Completion result object, the client's vocabulary
     "progress": 5,  # the batch progress bar (a notebook widget or a terminal line)
     "tools": 5,  # Python callables as GTL tools (schemas from signatures), used by the magics

@@ -156,6 +156,23 @@ def test_compare_streams_every_model_and_a_failing_one_shows_its_code(ip, monkey
     assert dict(zip(frame["model"], frame["error"].fillna(""), strict=True))["quota:gpt-4o-mini"] == "RATE_LIMIT"
 
 
+def test_a_comparisons_dataframe_shows_cost_seconds_and_gaps_as_every_table_does(ip):
+    from gtl_nb.analysis import Table, comparison_table
+
+    result, text = run(ip, "%%gtl --compare good:gpt-4o-mini quota:gpt-4o-mini --out race\nhi")
+    assert result.success, text
+    race = ip.user_ns["race"]
+    frame = race.to_dataframe()
+    assert isinstance(frame, Table)  # the same class every analysis table is: the numbers stay numbers
+    good = frame[frame["model"] == "good:gpt-4o-mini"].iloc[0]
+    assert isinstance(good["cost"], float) and good["cost"] > 0 and isinstance(good["latency_s"], float)
+    _, cell = run(ip, 'race.to_dataframe()[["model", "error", "cost", "latency_s"]]')  # as a notebook shows it
+    row = next(line for line in cell.splitlines() if "good:gpt-4o-mini" in line)
+    assert re.search(r"\$0\.\d+", row) and f"{good['latency_s']:.2f} s" in row
+    assert "NaN" not in cell and "<NA>" not in cell  # the failed row's missing numbers are empty cells
+    assert repr(comparison_table(race)) == repr(frame)
+
+
 def test_endpoint_option_uses_a_client_for_that_endpoint(ip):
     result, _ = run(ip, "%%gtl echo --endpoint embedded://\nhi")
     assert result.success
