@@ -202,8 +202,23 @@ class RemoteBackend:
         """Nothing to check here: the gateway routes, and its error ends the session."""
 
     def route(self, request: CompletionRequest) -> list[tuple[str, str, str]]:
-        """``[]``: routing happens on the gateway, which the protocol cannot ask yet."""
-        return []
+        """Where the gateway sends ``request`` when its provider list makes that certain — a
+        ``deployment:model`` or a ``provider`` it has, or the one deployment that lists the model —
+        else ``[]``: with several candidates (or a ``providers`` list) routing happens on the gateway,
+        which the protocol cannot ask yet. What a cancelled answer, whose ``done`` never came, is
+        said to have been with (as the embedded engine's ``route`` says it)."""
+        if request.providers:
+            return []
+        kinds = {info.provider: info.provider_type or info.provider for info in self._providers}
+        prefix, sep, rest = request.model.partition(":")
+        if sep and rest and prefix in kinds:
+            return [(prefix, kinds[prefix], rest)]
+        if request.provider:
+            return [(request.provider, kinds[request.provider], request.model)] if request.provider in kinds else []
+        serving = [info for info in self._providers if any(m.name == request.model for m in info.models)]
+        if len(serving) != 1:
+            return []
+        return [(serving[0].provider, kinds[serving[0].provider], request.model)]
 
     def default_routing(self, model: str, *, named: bool) -> tuple[str | None, tuple[str, ...] | None]:
         """``EmbeddedBackend.default_routing``'s rule, judged from the gateway's provider list: a

@@ -195,3 +195,38 @@ def test_schema_refusals_name_every_kind_of_class_taken(ip):
     wrong = mistake(ip, "%%gtl --schema os\nhi")
     assert all(kind in wrong for kind in ("dataclass", "TypedDict", "pydantic model class"))
     assert wrong.endswith("not a module")
+
+
+def test_an_answer_interrupted_on_a_gateway_names_its_provider_as_on_the_embedded_engine(ip, tmp_path, monkeypatch):
+    import threading
+
+    from gtl_nb.completion import Completion
+    from gtl_nb.gateway.local import start_gateway
+    from gtl_nb.notebook import widgets
+    from gtl_nb.notebook.errors import GTLCellError
+
+    from .test_magics import run_until_ctrl_c
+
+    config = tmp_path / "gateway.toml"
+    config.write_text(  # the gateway's one deployment of echo, slow enough to interrupt
+        f'[providers.echo]\ntype = "echo"\noptions = {{ pace = 0.05 }}\n[ledger]\npath = "{tmp_path / "gw.sqlite3"}"\n'
+    )
+    arrived = threading.Event()
+    original = widgets.StreamView.on_event
+
+    def on_event(view, event):
+        original(view, event)
+        if len(view.text.split()) >= 3:
+            arrived.set()
+
+    monkeypatch.setattr(widgets.StreamView, "on_event", on_event)
+    with start_gateway(config) as gateway:
+        assert run(ip, f"%gtl connect {gateway.url('ws')}")[0].success
+        result, text = run_until_ctrl_c(ip, "%%gtl echo\nTell me a long story", arrived)
+        assert run(ip, "%gtl connect embedded://")[0].success
+    assert isinstance(result.error_in_exec, GTLCellError), text
+    answer = ip.user_ns["_gtl"]
+    assert isinstance(answer, Completion) and answer.cancelled
+    assert answer.provider == "echo" and answer.provider_type == "echo"
+    assert re.fullmatch(r"\d+ chunks? arrived · \d+\.\d\d s · echo \(offline\) · cancelled", answer.footer())
+    assert answer.footer() in text
