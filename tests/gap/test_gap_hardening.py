@@ -29,19 +29,18 @@ def finishes_quickly(call: Callable[[], object]) -> object:
 
 
 def grows_linearly(call: Callable[[int], object], size: int) -> None:
-    """``call(n)``'s time at ``size`` and at four times it (the best of three each): a linear scan takes
-    about four times as long, a quadratic one sixteen — a ratio, so a slow or loaded machine does not
-    fail it, where a bound in seconds would."""
+    """``call(n)``'s time at ``size`` and at four times it (the best of four each, the two sizes taken in
+    turn so that a busy spell of the machine slows both): a linear scan takes about four times as long,
+    a quadratic one sixteen — a ratio, so a slow or loaded machine does not fail it, where a bound in
+    seconds would."""
 
-    def best(n: int) -> float:
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            call(n)
-            times.append(time.perf_counter() - started)
-        return min(times)
+    def timed(n: int) -> float:
+        started = time.perf_counter()
+        call(n)
+        return time.perf_counter() - started
 
-    small, large = best(size), best(4 * size)
+    rounds = [(timed(size), timed(4 * size)) for _ in range(4)]
+    small, large = min(pair[0] for pair in rounds), min(pair[1] for pair in rounds)
     assert large < 8 * small, f"{size:,}: {small:.3f} s, {4 * size:,}: {large:.3f} s"
 
 
