@@ -22,6 +22,9 @@ from gtl_nb.protocol.extensions import EXTENSION_FEATURES
 from gtl_nb.protocol.messages import PROTOCOL_VERSION, Hello
 
 SUPPORTED_VERSIONS: tuple[str, ...] = (PROTOCOL_VERSION,)
+IMPLIED_VERSION = "1.0"
+"""The version of a peer that names none: a ``hello`` without versions, an HTTP request or WebSocket
+upgrade without ``GTL-Version``, a connection whose first frame is not ``hello`` (the spec's peer)."""
 FIRST_FEATURES: tuple[str, ...] = ("reasoning", "cancel", "provider_data", "failover", "tool_calls", "query")
 """The flags of a gateway from before the request extensions were negotiated (what it announced).
 ``query``: the server answers ``query`` messages (usage rows, breakers, live model lists)."""
@@ -53,12 +56,21 @@ def negotiate(offer: Hello, supported: Sequence[str] = SUPPORTED_VERSIONS, featu
 
     Versions are compared by MAJOR.MINOR: a patch level (``1.0.2``) changes nothing on the wire
     (the spec's semantic versioning), so an offer of ``1.0.0`` agrees on ``1.0``, answered as the
-    server spells it.
+    server spells it. An offer naming no version speaks 1.0 (``IMPLIED_VERSION``), as an HTTP request
+    without a ``GTL-Version`` header does. With no common version, an offer holding a version that is
+    not MAJOR.MINOR[.PATCH] (``"1"``, ``"abc"``) is refused as malformed, naming it; a well-formed one
+    nobody here speaks is "no common GTL version".
     """
-    offered = offer.versions or ([offer.version] if offer.version else [])
+    offered = offer.versions or ([offer.version] if offer.version else [IMPLIED_VERSION])
     wanted = {release for version in offered if (release := _release(version)) is not None}
     common = [version for version in supported if _key(version)[:2] in wanted]
     if not common:
+        malformed = [version for version in offered if not _well_formed(version)]
+        if malformed:  # a typo, not a peer from the future: say what is wrong with it
+            raise VersionMismatchError(
+                f"malformed GTL version {malformed[0][:40]!r}: a version is MAJOR.MINOR (such as 1.0); "
+                f"this server supports {sorted(supported)}"
+            )
         raise VersionMismatchError(
             f"no common GTL version: client offers {_listed(offered)}, server supports {sorted(supported)}"
         )
@@ -92,6 +104,13 @@ def _release(version: str) -> tuple[int, int] | None:
     if not 2 <= len(parts) <= 3 or not all(part.isascii() and part.isdigit() and len(part) <= 9 for part in parts):
         return None
     return int(parts[0]), int(parts[1])
+
+
+def _well_formed(version: str) -> bool:
+    """Whether ``version`` is written as a version (MAJOR.MINOR or MAJOR.MINOR.PATCH, ASCII digits), of
+    whatever size: one too large to be a release is still a version nobody speaks, not a typo."""
+    parts = version.split(".")
+    return 2 <= len(parts) <= 3 and all(part.isascii() and part.isdigit() for part in parts)
 
 
 def _listed(versions: Sequence[str], most: int = 8) -> str:

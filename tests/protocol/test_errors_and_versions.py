@@ -89,7 +89,10 @@ def test_a_patch_level_changes_nothing_in_negotiation():
     offer = Hello(versions=["1.0.0"], features=[])
     assert check_answer(offer, Hello(version="1.0", features=[])).version == "1.0"
     with pytest.raises(VersionMismatchError, match="client offers"):
-        negotiate(Hello(versions=["1.1.0", "2.0", "1", "1.0.0.0", "1.x", "\u00b9.0", "1." + "0" * 5000]))
+        negotiate(Hello(versions=["1.1.0", "2.0", "1." + "0" * 5000]))
+    for typo in ("1", "1.0.0.0", "1.x", "\u00b9.0", "abc"):  # not a version: said so, not "no common version"
+        with pytest.raises(VersionMismatchError, match=f"malformed GTL version {typo!r}"):
+            negotiate(Hello(versions=["2.0", typo]))
     with pytest.raises(VersionMismatchError, match=r"the server answered version '1\.1'"):
         check_answer(offer, Hello(version="1.1", features=[]))
 
@@ -108,5 +111,12 @@ def test_a_gtl_version_header_is_negotiated_as_the_spec_writes_it():
     assert negotiate_header(" 1.1 ,1.0,", supported=("1.0", "1.1")) == "1.1"
     with pytest.raises(VersionMismatchError, match=r"no common GTL version: client offers \['2.0'\]"):
         negotiate_header("2.0")
-    with pytest.raises(VersionMismatchError):
-        negotiate_header("")
+    with pytest.raises(VersionMismatchError, match=r"malformed GTL version 'abc': a version is MAJOR\.MINOR"):
+        negotiate_header("abc")
+    assert negotiate_header("") == "1.0"  # no version named: the spec's 1.0, as with no header
+
+
+def test_a_hello_that_names_no_version_speaks_1_0():
+    assert negotiate(Hello()).version == "1.0"
+    assert negotiate(Hello(versions=[])).version == "1.0"
+    assert negotiate(Hello(), supported=("1.0", "1.1")).version == "1.0"
