@@ -110,8 +110,16 @@ from gtl_nb.protocol.errors import (
     ProtocolError,
     ProviderTimeoutError,
     ProviderUnavailableError,
+    VersionMismatchError,
 )
 from gtl_nb.protocol.messages import CompletionRequest, Error, StreamEvent
+from gtl_nb.protocol.negotiation import (
+    IMPLIED_VERSION,
+    SUPPORTED_VERSIONS,
+    VERSION_HEADER,
+    header_value,
+    negotiate_header,
+)
 from gtl_nb.transports.grpc import gtl_pb2 as pb
 from gtl_nb.transports.grpc import gtl_pb2_grpc as pb_grpc
 from gtl_nb.transports.grpc.mapping import from_proto, to_frame, to_proto
@@ -238,8 +246,16 @@ class GTLServicer(pb_grpc.GTLServicer):
 
     async def _session(self, context: grpc.aio.ServicerContext, peer: str) -> None:
         bearer = _bearer(context)
+        offered = _metadata(context, VERSION_HEADER)  # the spec's negotiation, for a client that sends no hello
+        agreed = None
+        if offered is not None and offered.strip(" ,"):
+            try:
+                agreed = negotiate_header(offered)
+            except VersionMismatchError as exc:
+                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc)
         batches = _metadata(context, BATCH_KEY) == BATCH_VALUE  # several frames per message (ServerFrame.more)
-        initial = [(MAX_FRAME_KEY, str(self.limits.max_frame_bytes))] + ([(BATCH_KEY, BATCH_VALUE)] if batches else [])
+        initial = [(MAX_FRAME_KEY, str(self.limits.max_frame_bytes)), (VERSION_HEADER, agreed or SPOKEN)]
+        initial += [(BATCH_KEY, BATCH_VALUE)] if batches else []
         try:
             await context.send_initial_metadata(tuple(initial))
         except Exception:  # the client is gone already
@@ -253,7 +269,12 @@ class GTLServicer(pb_grpc.GTLServicer):
         refused: list[AuthenticationError] = []
         authenticate = HeaderTokenFirst(self._authenticate, bearer, refused.append)
 
-        connection = GTLConnection("server", max_frame_bytes=self.limits.max_frame_bytes, features=self.limits.features)
+        connection = GTLConnection(
+            "server",
+            max_frame_bytes=self.limits.max_frame_bytes,
+            features=self.limits.features,
+            implied_versions=[agreed or IMPLIED_VERSION],  # a client that sends no hello speaks these
+        )
         shutdown = _SessionShutdown(self.stopping, self.grace_over)
         gateway = GatewayConnection(
             self.engine,
@@ -554,6 +575,9 @@ def _result(events: list[StreamEvent]) -> pb.CompletionResult:
             frames.append(to_frame(ended, pb.StreamEvent))
             break
     return pb.CompletionResult(events=frames)  # type: ignore[arg-type]
+
+
+SPOKEN = header_value(SUPPORTED_VERSIONS)
 
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:

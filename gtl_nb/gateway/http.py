@@ -131,6 +131,7 @@ from gtl_nb.protocol.errors import (
 from gtl_nb.protocol.messages import MAX_ID_LENGTH, CompletionRequest, Done, Error, Query, StreamEvent
 from gtl_nb.protocol.negotiation import (
     FEATURES_HEADER,
+    IMPLIED_VERSION,
     SUPPORTED_VERSIONS,
     VERSION_HEADER,
     features_value,
@@ -1568,13 +1569,25 @@ def build_app(
         return JSONResponse(document, headers={"cache-control": "no-store"})
 
     async def websocket(socket_: WebSocket) -> None:
-        """``/v1/gtl/ws``: one GTL connection, many sessions; the header's token counts as hello's."""
+        """``/v1/gtl/ws``: one GTL connection, many sessions; the header's token counts as hello's. The
+        upgrade's ``GTL-Version`` is negotiated as a request's (refused with ``400`` when it names no version
+        this gateway speaks), its answer named in the ``101``, and it is what a client sending no hello is
+        taken to speak (``GTLConnection``'s implied hello)."""
         from gtl_nb.protocol.connection import GTLConnection
         from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL, MessageChannel
 
+        offered = ", ".join(socket_.headers.getlist(VERSION_HEADER))
+        agreed = None
+        if offered.strip(" ,"):
+            try:
+                agreed = negotiate_header(offered)
+            except VersionMismatchError as exc:
+                await _refuse(socket_.scope, socket_.receive, socket_.send, 400, exc)
+                return
         bearer = _bearer(socket_.headers.get("authorization"))
         joins = NDJSON_SUBPROTOCOL in socket_.scope.get("subprotocols", ())  # several frames a message
-        await socket_.accept(subprotocol=NDJSON_SUBPROTOCOL if joins else None)
+        said = [(VERSION_HEADER.encode(), (agreed or SPOKEN).encode())]
+        await socket_.accept(subprotocol=NDJSON_SUBPROTOCOL if joins else None, headers=said)
 
         async def recv() -> str | bytes | None:
             message = await socket_.receive()
@@ -1586,7 +1599,10 @@ def build_app(
             await socket_.close()
 
         channel = MessageChannel(recv, socket_.send_text, close, peer=peer_text(socket_.client), joins_frames=joins)
-        connection = GTLConnection("server", max_frame_bytes=max_body_bytes, features=limits.features)
+        implied = [agreed or IMPLIED_VERSION]  # what a client sending no hello speaks
+        connection = GTLConnection(
+            "server", max_frame_bytes=max_body_bytes, features=limits.features, implied_versions=implied
+        )
         framed = OffloadedFrames(connection, channel)  # a large frame decoded in a worker thread
         with sessions.socket():
             try:

@@ -53,8 +53,8 @@ from gtl_nb.gateway.offload import InTurn
 from gtl_nb.gateway.permissions import completion_context, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.queries import MAX_QUERIES, QueryDesk
-from gtl_nb.gateway.refusals import GatewayStopping, recorded_refusal
-from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged, cancel_started, fitted
+from gtl_nb.gateway.refusals import GatewayStopping, TokenUncheckable, recorded_refusal
+from gtl_nb.gateway.sessions import Authenticate, authenticated_or_logged, cancel_started, fitted, without_a_token
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import GTLConnection
 from gtl_nb.protocol.connection_events import (
@@ -391,16 +391,20 @@ class _Connection:
         try:
             context = authenticated_or_logged(self.gateway.authenticate, event.token, self.where)
         except AuthenticationError as exc:
-            self.close(exc)
+            # a client that sent no hello (so no token: QUIC has no header) is told where one goes
+            self.close(
+                without_a_token(exc, "quic") if event.implicit and not isinstance(exc, TokenUncheckable) else exc
+            )
             return
         except Exception:  # a bug in the hook must not leave the connection half-open
             log.exception("authenticating client %s failed", self.where)
             self.close(InternalError("the gateway could not check the client's token"))
             return
         self.context = dataclasses.replace(context, peer=self.where, transport="quic")
-        for info in visible_providers(self.gateway.engine, self.context):
-            self.peer.write(CONTROL_STREAM_ID, self.control.send(fitted(info, self.limits.max_frame_bytes)))
-        self.peer.write(CONTROL_STREAM_ID, self.control.send(PROVIDERS_END))
+        if not event.implicit:  # a client that sent no hello asked for no provider list
+            for info in visible_providers(self.gateway.engine, self.context):
+                self.peer.write(CONTROL_STREAM_ID, self.control.send(fitted(info, self.limits.max_frame_bytes)))
+            self.peer.write(CONTROL_STREAM_ID, self.control.send(PROVIDERS_END))
         self._arm(self.limits.idle_timeout, self._idle)
 
     def start(self, session: _Session, request: CompletionRequest) -> None:

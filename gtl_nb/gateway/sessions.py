@@ -6,7 +6,9 @@ whatever the transport under ``framed``:
 * **Hello.** After the exchange the client's token goes to ``authenticate``, which returns the
   ``RequestContext`` every session of the connection runs under (the transport's ``peer`` added) or
   raises ``AuthenticationError``, which ends the connection with ``AUTH_FAILED``. An accepted client
-  then gets the provider list (``transports.conventions``).
+  then gets the provider list (``transports.conventions``) — unless it sent no hello (the spec's peer:
+  ``HandshakeComplete.implicit``), which asked for nothing; refused for want of any token, such a
+  client is told where a token goes on its transport.
 * **Sessions.** Each ``completion_request`` runs as its own task over ``engine.stream``; its events
   go back through the connection in order. The task awaits the channel's drain after every event, so
   a slow reader stops the engine from pulling more from the provider: per session, at most one event
@@ -60,7 +62,7 @@ from gtl_nb.gateway.listeners import Limits, Shutdown
 from gtl_nb.gateway.permissions import completion_context, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
 from gtl_nb.gateway.queries import MAX_QUERIES, QueryDesk
-from gtl_nb.gateway.refusals import GatewayStopping, recorded_refusal
+from gtl_nb.gateway.refusals import GatewayStopping, TokenUncheckable, recorded_refusal
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.codec import encode, frames_within
 from gtl_nb.protocol.connection_events import (
@@ -90,6 +92,7 @@ __all__ = [
     "GatewayConnection",
     "HeaderTokenFirst",
     "cancel_started",
+    "without_a_token",
 ]
 
 log = get_logger("gateway")
@@ -142,6 +145,22 @@ class HeaderTokenFirst:
         """Ask the wrapped authenticator again (when it can): the context to use now."""
         recheck = getattr(self.authenticate, "recheck", None)
         return context if recheck is None else recheck(context)
+
+
+_HELLO_TOKEN = 'as token in a {"type":"hello","versions":["1.0"],"token":"..."} frame before any request'
+_HOW_TO_SEND_A_TOKEN = {
+    "ws": f"send it in the upgrade request's Authorization: Bearer header, or {_HELLO_TOKEN}",
+    "grpc": "send it as authorization: Bearer metadata on the call, or as a first hello frame's token",
+}
+
+
+def without_a_token(refusal: AuthenticationError, transport: str | None) -> AuthenticationError:
+    """The refusal of a client that sent no hello — so no hello token — and no header token either: it
+    may never have heard of either, so the error says where a token goes on this transport (the
+    authenticator's own words follow, for whatever else they say)."""
+    how = _HOW_TO_SEND_A_TOKEN.get(transport or "", f"send it {_HELLO_TOKEN}")
+    words = f"this gateway needs a token and the connection carried none: {how} ({refusal.message})"
+    return AuthenticationError(words, retryable=refusal.retryable, retry_after=refusal.retry_after)
 
 
 def fitted(info: ProviderInfo, max_bytes: int) -> ProviderInfo:
@@ -318,9 +337,14 @@ class GatewayConnection:
         try:
             context = authenticated_or_logged(self._authenticate, event.token, self.framed.channel.peer)
         except AuthenticationError as exc:
+            no_token = getattr(self._authenticate, "bearer", None) is None and not isinstance(exc, TokenUncheckable)
+            if event.implicit and no_token:
+                exc = without_a_token(exc, self.transport)
             self.framed.close_nowait(exc)
             return
         self.context = dataclasses.replace(context, peer=self.framed.channel.peer, transport=self.transport)
+        if event.implicit:  # a client that sent no hello asked for no provider list (it may not read one)
+            return
         for info in visible_providers(self.engine, self.context):
             self.framed.send_nowait(fitted(info, self.framed.connection.max_frame_bytes))
         self.framed.send_nowait(PROVIDERS_END)
@@ -328,7 +352,8 @@ class GatewayConnection:
     def _start(self, request: CompletionRequest) -> Awaitable[None] | None:
         """Start the session of ``request``; a refusal at a cap is returned, for the reader to await."""
         sid = request.session_id
-        if self.context is None:  # cannot happen: a refused client's connection is closed
+        if self.context is None:  # a refused client's connection is closed, and its sessions ended with it
+            # (a client that sent no hello has its first request read after the refusal: nothing runs it)
             self._end(AuthenticationError("the client is not authenticated").to_event(sid))
             return None
         context = self.context

@@ -18,14 +18,22 @@ its own for: the hello exchange, the ``error`` that ends a session the client br
 
 **The connection**::
 
-    HANDSHAKE ──hello exchanged──▶ OPEN ──close(), peer's EOF or connection error, Nth bad frame──▶ CLOSED
-        │  anything but hello, no common version                                                  ▲
-        └─────────────────────────────────────────────────────────────────────────────────────────┘
+    HANDSHAKE ──hello exchanged (or implied)──▶ OPEN ──close(), EOF, connection error, Nth bad frame──▶ CLOSED
+        │  no common version; on a client, anything but hello                                          ▲
+        └──────────────────────────────────────────────────────────────────────────────────────────────┘
 
 The client's hello (``versions``, ``features``, ``token``) is queued when it is built; the server
 answers with the highest common version and the common features (``negotiation.negotiate``), or —
 with nothing in common — with a connection-level ``error`` (``session_id`` ``""``) the client reads
 before the end. Until the exchange completes neither side may send or receive anything else.
+
+**The spec's peer sends no hello** (GTL 1.0 has none: its requests are its first frames). A server
+whose first frame from the client is anything but ``hello`` takes the client to have sent one offering
+``implied_versions`` (the transport's ``GTL-Version`` header, where it has one, else 1.0) and no
+features, then reads that frame as any other: ``HandshakeComplete`` with ``implicit=True``, and no
+answer is sent (the client asked nothing). With no common version the connection ends as after a
+hello. A first frame that does not decode is one bad frame of an implied hello when it says it is a
+message other than ``hello``, and ends the connection as before when it says nothing readable.
 
 **A session** (keyed by ``session_id``; many at once) starts with the client's ``completion_request``
 and ends with exactly one ``done`` or ``error``; the server's events in between are checked by a
@@ -121,7 +129,14 @@ from gtl_nb.protocol.messages import (
     Usage,
     WireMessage,
 )
-from gtl_nb.protocol.negotiation import FEATURES, SUPPORTED_VERSIONS, check_answer, client_hello, negotiate
+from gtl_nb.protocol.negotiation import (
+    FEATURES,
+    IMPLIED_VERSION,
+    SUPPORTED_VERSIONS,
+    check_answer,
+    client_hello,
+    negotiate,
+)
 from gtl_nb.protocol.session import SessionState, SessionStateMachine
 
 Role = Literal["client", "server"]
@@ -147,7 +162,8 @@ class GTLConnection:
     ``role`` is ``"client"`` or ``"server"``. ``versions`` and ``features`` are what this end
     supports; ``token`` (client only) travels in the hello for transports without headers.
     ``max_frame_bytes`` bounds every frame both ways (``FrameTooLargeError``); ``max_bad_frames`` is
-    the number of bad frames from the peer that ends the connection. See the module docstring.
+    the number of bad frames from the peer that ends the connection. ``implied_versions`` (server only):
+    what a client that sends no hello is taken to offer (its ``GTL-Version`` header). See the module docstring.
     """
 
     def __init__(
@@ -160,6 +176,7 @@ class GTLConnection:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_depth: int = DEFAULT_MAX_DEPTH,
         max_bad_frames: int = DEFAULT_MAX_BAD_FRAMES,
+        implied_versions: Sequence[str] = (IMPLIED_VERSION,),
     ) -> None:
         if role not in ("client", "server"):
             raise ConfigurationError(f"role must be 'client' or 'server', not {role!r}")
@@ -181,6 +198,7 @@ class GTLConnection:
         refuses a request that uses one. Empty — nothing to check — once a peer that knows them all agreed."""
         self.bad_frames = 0
         self._versions = tuple(versions)
+        self._implied_versions = tuple(implied_versions) or (IMPLIED_VERSION,)
         self._features = tuple(features)
         # past max_bad_frames bad frames the connection is closed: the rest of what arrived is not decoded
         self._reader = FrameReader(max_frame_bytes, max_depth=max_depth, max_refused=max_bad_frames)
@@ -383,7 +401,12 @@ class GTLConnection:
             self._peer_closed()
         elif isinstance(item, BadFrame):
             if self.state is ConnectionState.HANDSHAKE:
-                self._fail(item.error)
+                if self._offer is None and item.message_type not in (None, "hello"):
+                    # a spec peer's first message, refused: hello is implied, and the frame is one bad frame
+                    if self._implied_hello():
+                        self._violation(item.error, item.session_id, kind=item.message_type, unreadable=True)
+                else:
+                    self._fail(item.error)
             else:
                 self._violation(item.error, item.session_id, kind=item.message_type, unreadable=True)
         elif isinstance(item, Error) and not item.session_id:
@@ -409,6 +432,10 @@ class GTLConnection:
 
     def _handshake(self, message: WireMessage) -> None:
         if not isinstance(message, Hello):
+            if self._offer is None:  # a peer that speaks the spec alone: hello is implied, then the frame is read
+                if self._implied_hello():
+                    self._apply(message)
+                return
             self._fail(ProtocolError(f"expected hello before anything else, got {_kind(message)}"))
             return
         try:
@@ -431,11 +458,28 @@ class GTLConnection:
         token = message.token if self.role == "server" else None
         self._events.append(HandshakeComplete(agreed.version or "", self.features, message, token))
 
+    def _implied_hello(self) -> bool:
+        """A server's connection whose first frame is not ``hello`` (the spec has none): the client is taken
+        to have sent ``hello`` offering ``implied_versions`` and no features. Nothing is sent back (the
+        client asked nothing); ``HandshakeComplete.implicit`` says so. Whether it opened."""
+        offer = Hello(versions=list(self._implied_versions), features=[])
+        try:
+            agreed = negotiate(offer, self._versions, ())
+        except VersionMismatchError as exc:
+            self._fail(exc)
+            return False
+        self.state = ConnectionState.OPEN
+        self.version = agreed.version
+        self.features = ()
+        self.missing_extensions = missing_extensions(self.features)
+        self._events.append(HandshakeComplete(agreed.version or "", (), offer, None, implicit=True))
+        return True
+
     def _from_client(self, message: WireMessage) -> None:
         if isinstance(message, CompletionRequest):
             sid = message.session_id
             if not sid:  # "" is the connection's own id: no session's error could answer it
-                error = ProtocolError("a completion_request without a session_id")
+                error = ProtocolError('its session_id is ""; give each request a non-empty id of its own')
                 self._violation(error, None, kind="completion_request", unreadable=True)
             elif sid in self._live:
                 self._violation(SessionStateError(f"a second completion_request for live session {sid!r}"), sid)
@@ -512,7 +556,13 @@ class GTLConnection:
         if unreadable and not sid and self.role == "server" and kind == "completion_request":
             # a request whose session cannot be read cannot be answered on its own: the client would wait
             # for ever. Ending the connection is the one answer it gets (its sessions end with this error)
-            self._fail(ProtocolError(f"a request whose session_id cannot be read; closing ({error.message})"))
+            self._fail(
+                ProtocolError(
+                    "a completion_request whose session_id cannot be read; closing the connection, the one answer "
+                    'it can get (every event names its session, and session_id "" names the connection itself, '
+                    f"not a session): {error.message}"
+                )
+            )
             return
         if sid:
             if self.role == "client":

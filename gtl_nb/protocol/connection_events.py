@@ -1,7 +1,8 @@
 """What ``GTLConnection.next_event()`` returns besides the peer's GTL messages.
 
 * ``HandshakeComplete`` — the hello exchange is done: the agreed version and features (and, on a
-  server, the client's token when the transport carried it in ``hello``).
+  server, the client's token when the transport carried it in ``hello``); ``implicit`` when the client
+  sent no hello at all (a server implies one, see ``GTLConnection``).
 * ``ProtocolViolation`` — the peer sent a frame that does not decode or breaks the protocol's order;
   for the record (logs, metrics). The session it ended, if any, gets its own ``error`` event next.
 * ``ConnectionTerminated`` — the connection is over; every session still open has had its ``error``.
@@ -39,6 +40,10 @@ class HandshakeComplete:
     features: tuple[str, ...]
     peer_hello: Hello = field(repr=False)
     token: str | None = field(default=None, repr=False)  # a server's view of the client's hello token
+    implicit: bool = False
+    """(server) The client sent no ``hello``: its first frame was a message (the spec's peer). ``peer_hello``
+    is the hello it is taken to have sent — the transport's ``GTL-Version`` versions, else 1.0, no
+    features — and no answer went back; nor should anything else it did not ask for (the provider list)."""
 
 
 @dataclass(frozen=True)

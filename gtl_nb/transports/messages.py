@@ -2,8 +2,10 @@
 several when both ends agreed to it.
 
 Reads hand each message to the connection with a newline after it (docs/transports.md), so a message
-holding several newline-separated frames reads as those frames. Writes split the bytes the connection
-produced into frames and send them in order from one sender task: each frame as one text message, or —
+holding several newline-separated frames reads as those frames — with ``gtl.ndjson``; without it a
+message is one frame, a pretty-printed one's line breaks read as the spaces they are (``one_frame``).
+Writes split the bytes the connection produced into frames and send them in order from one sender task:
+each frame as one text message, or —
 with ``joins_frames``, when the peer offered the ``gtl.ndjson`` subprotocol (``NDJSON_SUBPROTOCOL``) —
 every frame waiting when the sender runs joined by newlines into one message of at most ``JOIN_BYTES``
 (a longer frame goes alone). Each message costs the WebSocket stack ~15 µs whatever it holds (framing,
@@ -19,6 +21,8 @@ import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 
+import msgspec
+
 __all__ = ["HIGH_WATER_BYTES", "JOIN_BYTES", "NDJSON_SUBPROTOCOL", "SEND_WAIT", "MessageChannel"]
 
 NDJSON_SUBPROTOCOL = "gtl.ndjson"
@@ -31,6 +35,25 @@ HIGH_WATER_BYTES = 1024 * 1024
 """Bytes queued (not yet handed to the connection) before ``drain()`` waits."""
 SEND_WAIT = 3.0
 """Seconds ``aclose()`` lets the queued messages go out before it closes the connection."""
+
+
+PRETTY_BYTES = 1024 * 1024
+"""Largest message read as one pretty-printed frame (``one_frame``): checked on the event loop."""
+
+
+def one_frame(data: bytes) -> bytes:
+    """A message that is one frame (the peer did not offer ``gtl.ndjson``) with its line breaks made
+    spaces when it is one JSON value — pretty-printed JSON, the spec's examples as written, is one frame
+    rather than a line ``{`` and more. A JSON string cannot hold a raw line break, so each one was
+    whitespace between tokens. Anything else (and any message over ``PRETTY_BYTES``) is left as it is,
+    its lines refused as frames."""
+    if len(data) > PRETTY_BYTES:
+        return data
+    try:
+        msgspec.json.decode(data)
+    except (msgspec.DecodeError, RecursionError):
+        return data
+    return data.replace(b"\r", b" ").replace(b"\n", b" ")
 
 
 class MessageChannel:
@@ -71,6 +94,8 @@ class MessageChannel:
         if message is None:
             return b""
         data = message.encode() if isinstance(message, str) else message
+        if not self.joins_frames and b"\n" in data:
+            data = one_frame(data)
         return data + b"\n"
 
     def write(self, data: bytes) -> None:

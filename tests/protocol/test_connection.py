@@ -129,11 +129,58 @@ def test_nothing_but_hello_before_the_exchange_completes():
     server = GTLConnection("server")
     with pytest.raises(ProtocolError, match="before the hello exchange completed"):
         server.send(streaming("s1"))
-    server.receive_data(encode(request("s1")) + b"\n")
-    (end,) = drain(server)
+    client.receive_data(encode(streaming("s1")) + b"\n")  # a server must answer the client's hello first
+    (end,) = drain(client)
     assert isinstance(end, ConnectionTerminated) and "expected hello before anything else" in str(end.error)
-    (reply,) = frames(server.data_to_send())
+    (reply,) = frames(client.data_to_send())[1:]  # after the client's own hello
+    assert reply.session_id == "" and reply.code == "INTERNAL"
+
+
+def test_a_server_implies_hello_for_a_client_that_sends_none():
+    """The spec has no hello: its peer's first frame is a request. The server takes it to have offered 1.0
+    and no features, answers nothing it did not ask for, and serves the request."""
+    server = GTLConnection("server")
+    server.receive_data(encode(request("s1")) + b"\n" + encode(Cancel(session_id="s1")) + b"\n")
+    handshake, started, cancel = drain(server)
+    assert isinstance(handshake, HandshakeComplete) and handshake.implicit
+    assert (handshake.version, handshake.features, handshake.token) == ("1.0", (), None)
+    assert started == request("s1") and cancel == Cancel(session_id="s1")
+    assert server.state is ConnectionState.OPEN and server.live_sessions == {"s1"}
+    assert server.data_to_send() == b""  # no hello answer, nothing else
+    sent = server.send(streaming("s1")) + server.send(Error(session_id="s1", code="CANCELLED", message="stopped"))
+    assert [frame.type for frame in frames(sent)] == ["status", "error"]
+    with pytest.raises(ProtocolError, match="a second hello"):  # a hello now is out of order, as after one
+        server.receive_data(encode(Hello(versions=["1.0"])) + b"\n")
+        (violation,) = drain(server)
+        raise violation.error
+
+
+def test_an_implied_hello_offers_the_transports_versions():
+    """A WebSocket upgrade's or gRPC call's ``GTL-Version`` is what the hello-less client speaks."""
+    server = GTLConnection("server", versions=["1.0", "1.1"], implied_versions=["1.1"])
+    server.receive_data(encode(request("s1")) + b"\n")
+    handshake, _ = drain(server)
+    assert handshake.version == "1.1" and handshake.peer_hello.versions == ["1.1"]
+    refusing = GTLConnection("server", versions=["1.0"], implied_versions=["2.0"])
+    refusing.receive_data(encode(request("s1")) + b"\n")
+    (end,) = drain(refusing)
+    assert isinstance(end.error, VersionMismatchError) and "client offers ['2.0']" in str(end.error)
+    (reply,) = frames(refusing.data_to_send())
     assert reply.session_id == "" and reply.code == "INVALID_REQUEST"
+
+
+def test_a_hello_less_first_request_that_does_not_decode_is_one_bad_frame():
+    server = GTLConnection("server")
+    server.receive_data(b'{"type":"completion_request","session_id":"s1","model":7}\n' + encode(request("s2")) + b"\n")
+    handshake, violation, started = drain(server)
+    assert handshake.implicit and isinstance(violation, ProtocolViolation) and violation.session_id == "s1"
+    assert started == request("s2")
+    (refusal,) = frames(server.data_to_send())
+    assert (refusal.session_id, refusal.code) == ("s1", "INVALID_REQUEST") and "model" in refusal.message
+    garbage = GTLConnection("server")
+    garbage.receive_data(b"not json\n")
+    (end,) = drain(garbage)
+    assert isinstance(end, ConnectionTerminated) and "malformed frame" in str(end.error)
 
 
 def test_hello_is_the_connections_own_business():
@@ -671,6 +718,9 @@ def test_a_request_whose_session_cannot_be_read_is_answered_by_ending_the_connec
     pair.inject_to_server(frame)
     client_events, server_events = pair.pump()
     assert [type(e) for e in server_events][-1] is ConnectionTerminated
-    assert "session_id cannot be read" in str(server_events[-1].error)
+    said = str(server_events[-1].error)
+    assert "session_id cannot be read" in said and 'session_id "" names the connection itself' in said  # why
+    if b'"session_id":""' in frame:
+        assert "give each request a non-empty id of its own" in said
     assert any(isinstance(e, Error) and e.session_id == "s1" and e.code == "INVALID_REQUEST" for e in client_events)
     assert pair.server.closed
