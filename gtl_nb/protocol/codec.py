@@ -12,6 +12,10 @@ implementations of the spec use (``sid`` for ``session_id``, ``msg`` for an erro
 and the OpenAI ``{"type": "function", "function": {...}}`` tool wrapper, and tool calls (a
 ``tool_call`` event's ``function``, an assistant message's ``tool_calls``) in OpenAI's shapes, with
 ``arguments`` as an object or no id (``normalise_tool_call``). Output always uses the canonical names.
+The same path keeps the protocol open where the spec closes no set: a ``status`` whose ``state`` is a
+string this side does not know is that status, its state as written (informational), and an
+``error`` whose ``code`` is one is an ``INTERNAL`` error with the peer's code in ``peer_code``
+(``known_code``) — neither is a bad frame.
 
 ``FrameDecoder`` splits a byte stream into newline-delimited frames. A bad frame does not stop the
 stream: ``feed`` returns the good messages and a ``FrameError`` in place of each bad frame, in order.
@@ -41,12 +45,15 @@ import msgspec
 
 from gtl_nb.protocol.errors import FrameTooLargeError, ProtocolError, UnknownMessageTypeError
 from gtl_nb.protocol.messages import (
+    ERROR_CODES,
     MESSAGE_TYPES,
+    STATUS_STATES,
     Answer,
     CompletionRequest,
     Done,
     Query,
     Reasoning,
+    Status,
     Token,
     Tool,
     WireMessage,
@@ -273,12 +280,35 @@ def _decode_slow(data: bytes, strict_error: msgspec.ValidationError) -> WireMess
         known = ", ".join(sorted(MESSAGE_TYPES))
         raise UnknownMessageTypeError(f"unknown message type {kind!r} (known: {known}): {_snippet(data)!r}")
     normalised = normalise_aliases(obj)
+    if kind == "error":
+        normalised = known_code(normalised)
+    elif kind == "status":
+        state = normalised.get("state")
+        if isinstance(state, str) and state not in STATUS_STATES:  # a newer peer's state: kept, informational
+            try:
+                known = msgspec.convert({**normalised, "state": "streaming"}, Status)
+            except msgspec.ValidationError as exc:
+                raise ProtocolError(f"invalid {kind!r} frame: {exc}: {_snippet(data)!r}") from None
+            return msgspec.structs.replace(known, state=state)  # type: ignore[arg-type]
     if normalised == obj:
         raise ProtocolError(f"invalid {kind!r} frame: {strict_error}: {_snippet(data)!r}") from None
     try:
         return msgspec.convert(normalised, MESSAGE_TYPES[kind])
     except msgspec.ValidationError as exc:
         raise ProtocolError(f"invalid {kind!r} frame: {exc}: {_snippet(data)!r}") from None
+
+
+_PEER_CODE_CHARACTERS = 100  # of an unknown error code kept (codes are short names; the message is whole)
+
+
+def known_code(obj: dict[str, Any]) -> dict[str, Any]:
+    """An ``error`` frame whose ``code`` is a string this side does not know, as ``INTERNAL`` with the
+    peer's code in ``peer_code``: the spec gives no closed set of codes, and a newer peer's must reach
+    the application as an error it can act on, never as a broken frame."""
+    code = obj.get("code")
+    if not isinstance(code, str) or code in ERROR_CODES:
+        return obj
+    return {**obj, "code": "INTERNAL", "peer_code": code[:_PEER_CODE_CHARACTERS]}
 
 
 def normalise_aliases(obj: dict[str, Any]) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class GTLError(Exception):
         retry_after: float | None = None,
         http_status: int | None = None,
         session_id: str | None = None,
+        peer_code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -62,10 +63,13 @@ class GTLError(Exception):
         self.retry_after = retry_after
         self.http_status = http_status
         self.session_id = session_id
+        self.peer_code = peer_code
+        """The code of a peer's ``error`` that this side does not know (this error is then ``INTERNAL``)."""
 
     def __str__(self) -> str:
         where = f" [{self.provider}]" if self.provider else ""
-        return f"{self.code}{where}: {self.message}"
+        unknown = f" (the peer's code {self.peer_code})" if self.peer_code else ""
+        return f"{self.code}{unknown}{where}: {self.message}"
 
     def to_event(self, session_id: str | None = None) -> Error:
         """This error as a GTL ``error`` event."""
@@ -80,6 +84,7 @@ class GTLError(Exception):
             provider=self.provider,
             retry_after=self.retry_after,
             http_status=self.http_status,
+            peer_code=self.peer_code,
         )
 
 
@@ -230,4 +235,5 @@ def error_from_event(event: Error) -> GTLError:
         retry_after=event.retry_after,
         http_status=event.http_status,
         session_id=event.session_id,
+        peer_code=event.peer_code,
     )

@@ -35,6 +35,8 @@ import msgspec
 
 Role = Literal["system", "user", "assistant", "tool"]
 StatusState = Literal["queued", "streaming", "retrying", "failover", "cached"]
+"""The status states this project sends. The spec gives no closed set (it shows ``streaming``), so a
+``status`` carrying another is read as it is — informational, like any status but ``failover``."""
 FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "other"]
 ErrorCode = Literal[
     "RATE_LIMIT",
@@ -51,6 +53,10 @@ ErrorCode = Literal[
     "BUDGET_EXCEEDED",
     "INTERNAL",
 ]
+STATUS_STATES: frozenset[str] = frozenset(get_args(StatusState))
+"""The status states this project sends (``codec`` keeps another as written)."""
+ERROR_CODES: frozenset[str] = frozenset(get_args(ErrorCode))
+"""The error codes this project knows (``codec.known_code`` reads another as ``INTERNAL``)."""
 
 PROTOCOL_VERSION = "1.0"
 
@@ -470,6 +476,9 @@ class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
 
     session_id: str
     state: StatusState
+    """One of ``StatusState`` from this project; a peer's other state is kept as it wrote it (forward
+    compatibility, ``codec.known_state``: it ends nothing and is no bad frame). Over gRPC, whose enum
+    has no number for it, such a status cannot be sent on."""
     from_provider: str | None = None
     to_provider: str | None = None
     reason: str | None = None
@@ -558,7 +567,12 @@ class Done(msgspec.Struct, frozen=True, tag="done", omit_defaults=True):
 
 
 class Error(msgspec.Struct, frozen=True, tag="error", omit_defaults=True):
-    """The session ended with an error."""
+    """The session ended with an error.
+
+    A peer's ``code`` this side does not know (a newer gateway's, another implementation's: the spec
+    lists no closed set) is read as ``INTERNAL`` — an ``InternalError``, not retryable unless the frame
+    says ``retryable`` — with the peer's code kept in ``peer_code`` and its message as it wrote it
+    (``codec``; the exception says both)."""
 
     type: ClassVar[Literal["error"]] = "error"
 
@@ -569,6 +583,8 @@ class Error(msgspec.Struct, frozen=True, tag="error", omit_defaults=True):
     provider: str | None = None
     retry_after: float | None = None
     http_status: int | None = None
+    peer_code: str | None = None
+    """The code the peer wrote when it is none of ``ErrorCode`` (``code`` is then ``INTERNAL``)."""
 
 
 class ProviderInfo(msgspec.Struct, frozen=True, tag="provider_info", omit_defaults=True):

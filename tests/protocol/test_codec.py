@@ -16,8 +16,10 @@ from gtl_nb.protocol import (
     FrameDecoder,
     FrameError,
     FrameTooLargeError,
+    InternalError,
     Message,
     ProtocolError,
+    Status,
     Token,
     Tool,
     UnknownMessageTypeError,
@@ -25,6 +27,7 @@ from gtl_nb.protocol import (
     decode,
     encode,
     encode_frame,
+    error_from_event,
 )
 from gtl_nb.protocol.messages import MESSAGE_TYPES
 
@@ -117,8 +120,8 @@ def test_unknown_extra_fields_are_ignored():
         (b'{"session_id":"s","text":"x"}', ProtocolError, "missing field 'type'"),
         (b'{"type":"token","session_id":"s"}', ProtocolError, "text"),
         (b'{"type":"token","session_id":"s","text":5}', ProtocolError, "$.text"),
-        (b'{"type":"status","session_id":"s","state":"dreaming"}', ProtocolError, "$.state"),
-        (b'{"type":"error","session_id":"s","code":"OOPS","message":"m"}', ProtocolError, "$.code"),
+        (b'{"type":"status","session_id":"s","state":7}', ProtocolError, "$.state"),  # (an unknown name: below)
+        (b'{"type":"error","session_id":"s","code":7,"message":"m"}', ProtocolError, "$.code"),
         (b'{"type":"token",', ProtocolError, "not JSON"),
         (b"[1, 2]", ProtocolError, "JSON object"),
         (b"\xff\xfe", ProtocolError, "not JSON"),
@@ -458,3 +461,27 @@ def test_a_decoder_gives_up_the_stream_at_its_max_refused_frame():
     assert decoder.feed(hello) == [] and decoder.close() == []
     unbounded = FrameDecoder()  # (the default: every frame, as before)
     assert len(unbounded.feed(b"x\n" * 10)) == 10 and not unbounded.given_up
+
+
+def test_an_unknown_status_state_is_kept_as_an_informational_status():
+    """The spec shows ``streaming`` and closes no set: a newer peer's state is read, not refused."""
+    status = decode(b'{"type":"status","session_id":"s","state":"thinking","reason":"planning"}')
+    assert status == Status(session_id="s", state="thinking", reason="planning")
+    assert decode(encode(status)) == status
+
+
+def test_an_unknown_error_code_is_an_internal_error_keeping_the_peers_code_and_message():
+    frame = b'{"type":"error","session_id":"s","code":"QUOTA_EXCEEDED","message":"monthly quota used up"}'
+    error = decode(frame)
+    assert error == Error(session_id="s", code="INTERNAL", message="monthly quota used up", peer_code="QUOTA_EXCEEDED")
+    exc = error_from_event(error)
+    assert type(exc) is InternalError and not exc.retryable  # acted on as any error, never retried blindly
+    assert (exc.peer_code, exc.message, exc.session_id) == ("QUOTA_EXCEEDED", "monthly quota used up", "s")
+    assert str(exc) == "INTERNAL (the peer's code QUOTA_EXCEEDED): monthly quota used up"
+    assert exc.to_event() == Error(
+        session_id="s", code="INTERNAL", message="monthly quota used up", peer_code="QUOTA_EXCEEDED"
+    )
+    said_retryable = decode(b'{"type":"error","session_id":"s","code":"BUSY","message":"m","retryable":true}')
+    assert error_from_event(said_retryable).retryable  # the frame's own word counts
+    aliased = decode(b'{"type":"error","sid":"s","code":"NEW","msg":"m"}')  # with the aliases the slow path reads
+    assert (aliased.session_id, aliased.code, aliased.peer_code, aliased.message) == ("s", "INTERNAL", "NEW", "m")

@@ -724,3 +724,25 @@ def test_a_request_whose_session_cannot_be_read_is_answered_by_ending_the_connec
         assert "give each request a non-empty id of its own" in said
     assert any(isinstance(e, Error) and e.session_id == "s1" and e.code == "INVALID_REQUEST" for e in client_events)
     assert pair.server.closed
+
+
+def test_a_newer_servers_status_state_and_error_code_end_nothing_on_the_client_by_themselves():
+    """Forward compatibility: an unknown ``status`` state is one more status (no bad frame, no cancel), and
+    an unknown ``error`` code ends its session as an ``INTERNAL`` error keeping the server's code and words."""
+    pair = opened()
+    pair.client_send(request("s1"))
+    pair.client_send(request("s2"))
+    pair.pump()
+    pair.inject_to_client(
+        b'{"type":"status","session_id":"s1","state":"thinking"}\n'
+        b'{"type":"token","session_id":"s1","text":"hi"}\n'
+        b'{"type":"done","session_id":"s1"}\n'
+        b'{"type":"error","session_id":"s2","code":"QUOTA_EXCEEDED","message":"monthly quota used up"}\n'
+    )
+    client_events, server_events = pair.pump()
+    assert not of(client_events, ProtocolViolation) and pair.client.bad_frames == 0
+    assert [type(e) for e in client_events] == [Status, Token, Done, Error]
+    assert client_events[0].state == "thinking"
+    ended = client_events[-1]
+    assert (ended.code, ended.peer_code, ended.message) == ("INTERNAL", "QUOTA_EXCEEDED", "monthly quota used up")
+    assert not of(server_events, Cancel) and pair.client.live_sessions == frozenset()

@@ -446,7 +446,7 @@ class Done(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., provider: _Optional[str] = ..., model: _Optional[str] = ..., ttft_ms: _Optional[float] = ..., latency_ms: _Optional[float] = ..., provider_data_json: _Optional[str] = ..., stop_sequence: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("session_id", "code", "message", "retryable", "provider", "retry_after", "http_status")
+    __slots__ = ("session_id", "code", "message", "retryable", "provider", "retry_after", "http_status", "peer_code")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -454,6 +454,7 @@ class Error(_message.Message):
     PROVIDER_FIELD_NUMBER: _ClassVar[int]
     RETRY_AFTER_FIELD_NUMBER: _ClassVar[int]
     HTTP_STATUS_FIELD_NUMBER: _ClassVar[int]
+    PEER_CODE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     code: ErrorCode
     message: str
@@ -461,7 +462,8 @@ class Error(_message.Message):
     provider: str
     retry_after: float
     http_status: int
-    def __init__(self, session_id: _Optional[str] = ..., code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., provider: _Optional[str] = ..., retry_after: _Optional[float] = ..., http_status: _Optional[int] = ...) -> None: ...
+    peer_code: str
+    def __init__(self, session_id: _Optional[str] = ..., code: _Optional[_Union[ErrorCode, str]] = ..., message: _Optional[str] = ..., retryable: _Optional[bool] = ..., provider: _Optional[str] = ..., retry_after: _Optional[float] = ..., http_status: _Optional[int] = ..., peer_code: _Optional[str] = ...) -> None: ...
 
 class ProviderInfo(_message.Message):
     __slots__ = ("provider", "models", "offline", "provider_type")
