@@ -666,7 +666,7 @@ def client_gave_up(error: Error) -> CancelledError:
     """What a server makes of a client's connection-level ``error``: the client went away (``CANCELLED``),
     its code and the start of its message quoted, escaped, cut — words a log line may show, never the
     cause of the sessions' end."""
-    code = _escaped(str(error.code)[:_QUOTED])
+    code = _escaped(str(error.peer_code or error.code)[:_QUOTED])  # a code the server does not know, as written
     words = str(error.message)
     said = _escaped(words[:_QUOTED]) + ("…" if len(words) > _QUOTED else "")
     return CancelledError(f"{_CLIENT_ENDED} with an error frame (its code {code}: {said})")

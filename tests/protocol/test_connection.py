@@ -577,13 +577,17 @@ def test_close_tells_the_peer_and_ends_local_sessions():
     assert client_events[0] == Error(session_id="s1", code="INVALID_REQUEST", message="going away")
 
 
-@pytest.mark.parametrize("code", ["INTERNAL", "RATE_LIMIT", "AUTH_FAILED", "PROVIDER_UNAVAILABLE", "CANCELLED"])
+@pytest.mark.parametrize(
+    "code", ["INTERNAL", "RATE_LIMIT", "AUTH_FAILED", "PROVIDER_UNAVAILABLE", "CANCELLED", "CLIENT_QUIT"]
+)
 def test_a_clients_connection_level_error_is_the_client_going_away_whatever_its_code(code: str):
+    """Whatever its code — one the server does not know too (``CLIENT_QUIT``: no bad frame, quoted as written)."""
     pair = opened()
     pair.client_send(request("s1"))
     pair.pump()
     words = "client-chosen\n\x1b[31mforged \u202e" + "y" * 500
-    pair.inject_to_server(encode(Error(session_id="", code=code, message=words)) + b"\n")  # type: ignore[arg-type]
+    frame = msgspec.json.encode({"type": "error", "session_id": "", "code": code, "message": words})
+    pair.inject_to_server(frame + b"\n")
     _, server_events = pair.pump()
     ended, end = server_events[-2:]
     # the session ends as a cancel: the client cannot make it read as the gateway's or a provider's failure
