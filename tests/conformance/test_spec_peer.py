@@ -165,6 +165,27 @@ def test_websocket_hello_without_versions_speaks_1_0(gateway: LocalGateway) -> N
     assert answer["type"] == "hello" and answer["version"] == "1.0"
 
 
+def test_websocket_without_hello_is_authenticated_by_its_header_or_told_where_a_token_goes(
+    tmp_path: Path, spec_sim: sim.Simulator
+) -> None:
+    """On a gateway that needs a token, a hello-less peer's token is the upgrade's Authorization header;
+    without one it is refused with AUTH_FAILED saying where a token goes."""
+    token = "the-dev-token"
+    served = start_gateway(spec_config(tmp_path, spec_sim, auth="token"), env={"GTL_NB_DEV_TOKEN": token})
+    try:
+        before = rows_before(served)
+        _, events = asyncio.run(websocket_exchange(ws_url(served), {"Authorization": f"Bearer {token}"}, SPEC_REQUEST))
+        assert_the_spec_stream(events)
+        assert_one_new_row(served, before)
+        _, refused = asyncio.run(websocket_exchange(ws_url(served), {}, SPEC_REQUEST))
+    finally:
+        served.stop()
+    assert refused[-1]["type"] == "error" and refused[-1]["code"] == "AUTH_FAILED"
+    assert "needs a token and the connection carried none" in refused[-1]["message"]
+    assert "Authorization: Bearer header" in refused[-1]["message"]
+    assert token not in json.dumps(refused)
+
+
 # -- stdio --------------------------------------------------------------------------------------------
 
 
