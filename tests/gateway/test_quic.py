@@ -483,6 +483,60 @@ def test_a_session_before_hello_is_refused_and_a_silent_client_is_closed(quic_co
         asyncio.run(main())
 
 
+@asynccontextmanager
+async def hello_less_peer(url: str, certs: DevCertificates) -> AsyncIterator[tuple[QuicPeer, int, Collector]]:
+    """A QUIC connection whose control stream is opened and sent nothing yet (no hello)."""
+    host, port = parse_address(url)
+    quic = QuicConnection(configuration=client_configuration(host, str(certs.ca)))
+    transport, peer = await asyncio.get_running_loop().create_datagram_endpoint(
+        lambda: QuicPeer(quic), remote_addr=(host, port)
+    )
+    try:
+        peer.connect((host, port))
+        await asyncio.wait_for(asyncio.shield(peer.handshake), 5)
+        control = Collector()
+        yield peer, peer.open_stream(control), control
+    finally:
+        peer.close()
+        transport.close()
+
+
+def test_a_client_that_sends_no_hello_has_one_implied(quic_config, certs):
+    """The spec has no hello: a first control frame that is something else implies one (1.0, no features,
+    no answer, no provider list) and is read as usual — here a request on the wrong stream, refused on
+    its own — and then a session stream is served."""
+    with quic_gateway(quic_config, certs) as gateway:
+
+        async def main() -> tuple[list[Any], list[Any]]:
+            async with hello_less_peer(gateway.url, certs) as (peer, control_id, control):
+                peer.write(control_id, frame(request("echo", "on the control stream", "misplaced")))
+                await control.wait_until(lambda: b"misplaced" in control.data)
+                session = open_raw(peer, frame(request("echo", "served", "s1")), end=True)
+                await asyncio.wait_for(session.ended.wait(), 10)
+                return control.frames(), session.frames()
+
+        on_control, on_session = asyncio.run(main())
+    assert [(type(f), f.session_id, f.code) for f in on_control] == [(Error, "misplaced", "INVALID_REQUEST")]
+    assert "a stream of its own" in on_control[0].message  # and no hello answer, no provider list before it
+    assert isinstance(on_session[-1], Done) and not any(isinstance(f, Error) for f in on_session)
+
+
+def test_a_hello_less_client_of_a_gateway_that_needs_a_token_is_told_where_it_goes(quic_config, certs):
+    with quic_gateway(quic_config, certs, token="right-token") as gateway:
+
+        async def main() -> tuple[list[Any], Any]:
+            async with hello_less_peer(gateway.url, certs) as (peer, control_id, control):
+                peer.write(control_id, frame(request("echo", "no token", "s1")))
+                await asyncio.wait_for(peer.wait_closed(), 10)
+                return control.frames(), peer.terminated
+
+        said, terminated = asyncio.run(main())
+    assert terminated is not None and terminated.error_code == CLOSE_CODES["AUTH_FAILED"]
+    refusals = [f for f in said if isinstance(f, Error)]
+    assert refusals and refusals[0].session_id == "" and refusals[0].code == "AUTH_FAILED"
+    assert 'send it as token in a {"type":"hello","versions":["1.0"],"token":"..."} frame' in refusals[0].message
+
+
 # -- the gateway stops ----------------------------------------------------------------------------------------
 
 
