@@ -156,13 +156,14 @@ def test_websocket_upgrade_naming_no_version_the_gateway_speaks_is_refused(gatew
 
 
 def test_websocket_hello_without_versions_speaks_1_0(gateway: LocalGateway) -> None:
-    async def hello() -> dict[str, Any]:
+    async def hello() -> tuple[Any, dict[str, Any]]:
         async with websockets.connect(ws_url(gateway)) as socket_:
             await socket_.send('{"type": "hello"}')
-            return json.loads(await asyncio.wait_for(socket_.recv(), WAIT))
+            return socket_.response, json.loads(await asyncio.wait_for(socket_.recv(), WAIT))
 
-    answer = asyncio.run(hello())
+    response, answer = asyncio.run(hello())
     assert answer["type"] == "hello" and answer["version"] == "1.0"
+    assert response.headers["gtl-version"] == "1.0"  # no header asked: the 101 names what the gateway speaks
 
 
 def test_websocket_without_hello_is_authenticated_by_its_header_or_told_where_a_token_goes(
@@ -333,3 +334,13 @@ def test_grpc_session_without_hello(gateway: LocalGateway) -> None:
                 event[count] = int(event[count])
     assert_the_spec_stream(events)
     assert_one_new_row(gateway, before)
+
+
+def test_grpc_session_naming_no_version_the_gateway_speaks_is_refused(gateway: LocalGateway) -> None:
+    address = gateway.url("grpc").split("://", 1)[1]
+    with grpc.insecure_channel(address) as channel:
+        call = pb_grpc.GTLStub(channel).Session(iter([spec_request_frame()]), metadata=[("gtl-version", "2.0")])
+        with pytest.raises(grpc.RpcError) as refused:
+            list(call)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "no common GTL version" in refused.value.details()
