@@ -60,7 +60,7 @@ from gtl_nb.engine.cache import CacheConfig, CachedAnswer, cache_key, is_cacheab
 from gtl_nb.engine.coalesce import Flight
 from gtl_nb.engine.config import missing_credentials
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.counting import TokenCount, counted_input
+from gtl_nb.engine.counting import TokenCount, counted_input, estimate_prompt_tokens
 from gtl_nb.engine.credentials import CredentialResolver, with_key
 from gtl_nb.engine.hooks import (
     AttemptStarted,
@@ -936,7 +936,7 @@ class Engine:
         if not counted:
             return None, None
         output = _output_estimate(request)
-        tokens = _estimate_input_tokens(request) + output
+        tokens = estimate_prompt_tokens(request) + output
         cost = 0.0
         if isinstance(targets, list) and targets and self.catalog is not None:
             first = targets[0]
@@ -1104,7 +1104,7 @@ class Engine:
         before the provider reported usage: what it is known to have used, marked ``usage_estimated``.
 
         Once content began, the provider generated at least what reached the caller and read the
-        prompt: the prompt's estimate (``_estimate_input_tokens``) and the content's characters at four
+        prompt: the prompt's estimate (``counting.estimate_prompt_tokens``) and the content's characters at four
         a token, priced from the catalog. A request cancelled before any content was sent all the same
         (the provider may bill the prompt it read): its prompt's estimate counts, no output. A request
         that failed before any content counts nothing (a provider's refusal bills nothing). No
@@ -1120,7 +1120,7 @@ class Engine:
         produced = record.produced
         if produced is None and status != "cancelled":
             return {}
-        tokens_in = _estimate_input_tokens(request)
+        tokens_in = estimate_prompt_tokens(request)
         tokens_out = _estimate_tokens(produced or 0)
         model = record.model or ""
         cost = None if self.catalog is None else self.catalog.cost(deployment.type, model, tokens_in, tokens_out)
@@ -2372,13 +2372,6 @@ def _estimate_tokens(characters: int) -> int:
 
 def _output_estimate(request: CompletionRequest) -> int:
     return request.max_tokens or DEFAULT_OUTPUT_ESTIMATE
-
-
-def _estimate_input_tokens(request: CompletionRequest) -> int:
-    """A request's input tokens for a budget reservation, at about four characters per token (the
-    reservation adds ``max_tokens``, or ``DEFAULT_OUTPUT_ESTIMATE``, and is settled with the real figures)."""
-    characters = sum(len(message.content or "") for message in request.messages)
-    return characters // 4 + 1
 
 
 def _finished_event(

@@ -63,7 +63,9 @@ class TokenCount:
 
 def estimate_prompt_tokens(request: CompletionRequest) -> int:
     """A rough count of a request's input tokens: about four characters per token over every text
-    part (system, messages, tool definitions), and 1,000 per image."""
+    part (system, messages, tool calls, tool definitions), and 1,000 per image. The engine's one
+    estimate of a prompt: a count for a provider that does not count, a budget's reservation, and the
+    input of a session that ended before its provider reported usage (``Engine._estimated_use``)."""
     characters = 0
     images = 0
     for message in request.messages:

@@ -19,9 +19,10 @@ import pytest
 
 import gtl_nb
 from gtl_nb import sim
+from gtl_nb.engine.counting import estimate_prompt_tokens
 from gtl_nb.engine.stores import SqliteBudgetCounter
 from gtl_nb.gateway.local import start_gateway
-from gtl_nb.protocol import GTLError
+from gtl_nb.protocol import CompletionRequest, GTLError, Message
 from tests.gateway.conftest import LONG_PROMPT, SIM_KEY, jwt_echo_gateway
 from tests.ledger_wait import rows_when
 
@@ -87,7 +88,10 @@ def counted_tokens(ledger: Path, principal: str) -> float:
 def check(ledger: Path, principal: str, delivered: list[int], refusal: Any) -> None:
     assert refusal is not None, f"{len(delivered)} streams left early were all admitted"
     assert getattr(refusal, "code", None) == "RATE_LIMIT", refusal
-    prompt = len(LONG_PROMPT) // 4 + 1  # the engine's estimate of the prompt: four characters a token
+    # the engine's estimate of the prompt: what count_tokens answers for a provider that does not count
+    prompt = estimate_prompt_tokens(
+        CompletionRequest(session_id="any", model=MODEL, messages=[Message(role="user", content=LONG_PROMPT)])
+    )
     # each admitted request counts its prompt and what it delivered at the least: the limit is reached
     least = prompt + math.ceil(min(delivered) / 4)
     assert len(delivered) <= LIMIT // least + 1

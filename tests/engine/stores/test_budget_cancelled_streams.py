@@ -15,17 +15,20 @@ import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from gtl_nb import sim
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
+from gtl_nb.engine.counting import estimate_prompt_tokens
 from gtl_nb.engine.settings import load_settings
-from gtl_nb.protocol import CompletionRequest, Done, Error, Message, StreamEvent, Token
+from gtl_nb.protocol import CompletionRequest, Done, Error, Message, StreamEvent, Token, Tool, ToolCall
 from gtl_nb.sim.faults import Fault
 
 MODEL = "gpt-4o-mini"
@@ -112,8 +115,8 @@ async def counted(engine: Engine) -> dict[str, float]:
 
 
 def prompt_estimate() -> int:
-    """The engine's estimate of the prompt: its characters at four a token (``_estimate_input_tokens``)."""
-    return len(PROMPT) // 4 + 1
+    """The engine's estimate of the prompt (``estimate_prompt_tokens``, what ``count_tokens`` answers too)."""
+    return estimate_prompt_tokens(ask("any"))
 
 
 def price(engine: Engine, tokens_in: int, tokens_out: int) -> float:
@@ -190,6 +193,51 @@ def test_a_request_cancelled_while_its_provider_is_silent_counts_its_prompt(make
     assert (row["tokens_in"], row["tokens_out"]) == (prompt_estimate(), 0)
     assert usage["tokens_last_minute"] == prompt_estimate()
     assert usage["usd_today"] == pytest.approx(price(engine, prompt_estimate(), 0))
+
+
+def test_a_prompts_tools_are_reserved_and_settled_as_count_tokens_estimates_them(make, upstream):
+    """One estimate of a prompt: the reservation and the cancelled session's row count the tool
+    definitions and the replayed tool call too, as ``count_tokens`` does — not the messages' text alone."""
+    engine = make(tokens_per_minute=100_000, usd_per_day=10)
+    upstream.set_faults(Fault.slow_first_token(30))
+    described = "Look a word up in the project's glossary and return every definition it has, " * 8
+    request = CompletionRequest(
+        session_id="tooled",
+        model=MODEL,
+        messages=[
+            Message(role="system", content="Answer in one line."),
+            Message(role="user", content=PROMPT),
+            Message(role="assistant", tool_calls=[ToolCall(id="c1", name="glossary", arguments='{"word": "lane"}')]),
+            Message(role="tool", tool_call_id="c1", content="lane: the common session's own path"),
+        ],
+        tools=[Tool(name="glossary", description=described, parameters={"type": "object", "properties": {}})],
+        max_tokens=100,
+    )
+    estimate = estimate_prompt_tokens(request)
+    texts_only = msgspec.structs.replace(request, tools=None, messages=request.messages[:2])
+    assert estimate > estimate_prompt_tokens(texts_only) + 100  # the tools weigh in the one estimate
+
+    async def read() -> None:
+        async with aclosing(engine.stream(request, context=ANN)) as stream:
+            async for _ in stream:
+                pass
+
+    async def scenario():
+        task = asyncio.ensure_future(read())
+        while not upstream.requests:  # the provider has the request: the reservation is held
+            await asyncio.sleep(0.01)
+        reserved = await counted(engine)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return reserved, await row_of(engine, "tooled"), await counted(engine)
+
+    reserved, row, usage = on(engine, scenario)
+    assert reserved["tokens_last_minute"] == estimate + request.max_tokens
+    assert (row["status"], row["usage_estimated"]) == ("cancelled", True)
+    assert (row["tokens_in"], row["tokens_out"]) == (estimate, 0)
+    assert usage["tokens_last_minute"] == estimate
+    assert usage["usd_today"] == pytest.approx(price(engine, estimate, 0))
 
 
 def test_leaving_each_stream_before_its_end_no_longer_escapes_tokens_per_minute(make):
