@@ -60,8 +60,9 @@ from gtl_nb.engine.cache import CacheConfig, CachedAnswer, cache_key, is_cacheab
 from gtl_nb.engine.coalesce import Flight
 from gtl_nb.engine.config import missing_credentials
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.counting import TokenCount, counted_input, estimate_prompt_tokens
+from gtl_nb.engine.counting import TokenCount, counted_input
 from gtl_nb.engine.credentials import CredentialResolver, with_key
+from gtl_nb.engine.estimates import content_characters, estimate_prompt_tokens, estimate_tokens, output_estimate
 from gtl_nb.engine.hooks import (
     AttemptStarted,
     BreakerChanged,
@@ -142,8 +143,6 @@ _TOKENS = frozenset((Token,))
 _TEXT = operator.attrgetter("text")
 _REQUEST_CONTEXT: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("gtl_request_context")
 """The context of the session being streamed, for the attempts deep below (the stored key a token chose)."""
-#: Output tokens reserved against tokens-per-minute when a request sets no ``max_tokens``.
-DEFAULT_OUTPUT_ESTIMATE = 256
 PROBE_UNDER_WAY_WAIT = 1.0
 """Seconds a caller refused by a half-open circuit (its probe under way) is told to wait: the
 ``retry_after`` of "every circuit is open", which the gateway answers ``503`` with ``Retry-After``."""
@@ -370,7 +369,7 @@ async def _run_lane(
                         if kind is Usage:
                             usage = event  # type: ignore[assignment]
                         elif kind in _CONTENT:
-                            produced += _characters(event)
+                            produced += content_characters(event)
                             record.produced = record.produced or 0  # content began, even of no characters
                         checked.append(event)
                         flowing = outcome.content and outcome.first is not None and machine.state is SessionState.OPEN
@@ -729,7 +728,7 @@ class Engine:
                             if answer is not None:
                                 answer.append(event.text)  # type: ignore[union-attr]
                         elif kind in _CONTENT:
-                            produced = (produced or 0) + _characters(event)
+                            produced = (produced or 0) + content_characters(event)
                         elif kind is Usage:
                             usage = event
                         elif kind is Status and is_failover(event):
@@ -935,7 +934,7 @@ class Engine:
         counted = [(key, limits) for key, limits in counted if limits.any]
         if not counted:
             return None, None
-        output = _output_estimate(request)
+        output = output_estimate(request)
         tokens = estimate_prompt_tokens(request) + output
         cost = 0.0
         if isinstance(targets, list) and targets and self.catalog is not None:
@@ -1104,7 +1103,7 @@ class Engine:
         before the provider reported usage: what it is known to have used, marked ``usage_estimated``.
 
         Once content began, the provider generated at least what reached the caller and read the
-        prompt: the prompt's estimate (``counting.estimate_prompt_tokens``) and the content's characters at four
+        prompt: the prompt's estimate (``estimates.estimate_prompt_tokens``) and the content's characters at four
         a token, priced from the catalog. A request cancelled before any content was sent all the same
         (the provider may bill the prompt it read): its prompt's estimate counts, no output. A request
         that failed before any content counts nothing (a provider's refusal bills nothing). No
@@ -1121,7 +1120,7 @@ class Engine:
         if produced is None and status != "cancelled":
             return {}
         tokens_in = estimate_prompt_tokens(request)
-        tokens_out = _estimate_tokens(produced or 0)
+        tokens_out = estimate_tokens(produced or 0)
         model = record.model or ""
         cost = None if self.catalog is None else self.catalog.cost(deployment.type, model, tokens_in, tokens_out)
         return {"tokens_in": tokens_in, "tokens_out": tokens_out, "cost": cost, "usage_estimated": True}
@@ -2356,22 +2355,6 @@ def _spent(usage: Usage | None, fields: Mapping[str, Any]) -> tuple[int | None, 
     if usage is None and fields.get("usage_estimated"):
         return fields["tokens_in"] + fields["tokens_out"], fields["cost"]
     return 0, 0.0
-
-
-def _characters(event: StreamEvent) -> int:
-    """The characters of one content event (a token, reasoning, a tool call's name and arguments)."""
-    if type(event) is ToolCallEvent:
-        return len(event.function.name) + len(event.function.arguments)
-    return len(event.text)  # type: ignore[union-attr]
-
-
-def _estimate_tokens(characters: int) -> int:
-    """Tokens of ``characters`` of text, at about four characters per token (rounded up)."""
-    return -(-characters // 4)
-
-
-def _output_estimate(request: CompletionRequest) -> int:
-    return request.max_tokens or DEFAULT_OUTPUT_ESTIMATE
 
 
 def _finished_event(

@@ -7,7 +7,7 @@ The count is of the request a completion would send, for the deployment routing 
   with the deployment's key — or the stored key the caller's token chose — and answers what its usage
   would report as input; a local generator with ``count_input`` (``echo``, its own tokenizer) counts
   what its answer's usage reports.
-* **An estimate** elsewhere (``estimate_prompt_tokens``: about four characters a token, 1,000 an image):
+* **An estimate** elsewhere (``estimates.estimate_prompt_tokens``: about four characters a token, 1,000 an image):
   OpenAI, Azure, Bedrock, Ollama and OpenAI-compatible servers have no counting call the gateway makes
   (and a request a counting API cannot carry — Gemini asked for one tool call at most — is estimated too).
   ``TokenCount.exact`` says which, and a gateway's answer says so too (never an estimate presented as
@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from gtl_nb.engine.context import RequestContext
+from gtl_nb.engine.estimates import estimate_prompt_tokens
 from gtl_nb.engine.ratelimit import TENANT_PREFIX, Limits
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import GTLError, ModelNotFoundError, ProviderUnavailableError, error_from_event
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
     from gtl_nb.engine.routing import Target
     from gtl_nb.engine.stores import Reservation
 
-__all__ = ["TokenCount", "counted_input", "estimate_prompt_tokens"]
+__all__ = ["TokenCount", "counted_input"]
 
 log = get_logger("engine.counting")
 
@@ -59,23 +60,6 @@ class TokenCount:
     deployment: str
     provider_type: str
     model: str
-
-
-def estimate_prompt_tokens(request: CompletionRequest) -> int:
-    """A rough count of a request's input tokens: about four characters per token over every text
-    part (system, messages, tool calls, tool definitions), and 1,000 per image. The engine's one
-    estimate of a prompt: a count for a provider that does not count, a budget's reservation, and the
-    input of a session that ended before its provider reported usage (``Engine._estimated_use``)."""
-    characters = 0
-    images = 0
-    for message in request.messages:
-        characters += len(message.content or "")
-        images += len(message.images or ())
-        for call in message.tool_calls or ():
-            characters += len(call.name) + len(call.arguments)
-    for tool in request.tools or ():
-        characters += len(tool.name) + len(tool.description or "") + len(msgspec.json.encode(tool.parameters))
-    return characters // 4 + 1000 * images
 
 
 async def counted_input(engine: Engine, request: CompletionRequest, context: RequestContext) -> TokenCount:

@@ -19,7 +19,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb import sim
-from gtl_nb.engine.counting import estimate_prompt_tokens
+from gtl_nb.engine.estimates import estimate_prompt_tokens
 from gtl_nb.engine.stores import SqliteBudgetCounter
 from gtl_nb.gateway.local import start_gateway
 from gtl_nb.protocol import CompletionRequest, GTLError, Message

@@ -23,7 +23,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb import sim
-from gtl_nb.engine.counting import estimate_prompt_tokens
+from gtl_nb.engine.estimates import estimate_prompt_tokens
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.gateway.compat.anthropic_request import COUNTED, count_request
 from gtl_nb.gateway.local import start_gateway

@@ -26,7 +26,7 @@ from gtl_nb import sim
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
-from gtl_nb.engine.counting import estimate_prompt_tokens
+from gtl_nb.engine.estimates import estimate_prompt_tokens
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.protocol import CompletionRequest, Done, Error, Message, StreamEvent, Token, Tool, ToolCall
 from gtl_nb.sim.faults import Fault
