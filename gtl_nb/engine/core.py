@@ -42,11 +42,9 @@ import contextlib
 import contextvars
 import dataclasses
 import difflib
-import logging
 import math
 import operator
 import random
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -57,6 +55,17 @@ import msgspec
 
 from gtl_nb.engine.breaker import MOMENTARY_LIMIT
 from gtl_nb.engine.cache import CacheConfig, CachedAnswer, cache_key, is_cacheable, partition, replay
+from gtl_nb.engine.caller_errors import (
+    MODELS_READ,
+    gateways_key_refused,
+    listing_for,
+    operators_side,
+    reworded_for_caller,
+    scrubbed,
+    with_attempts,
+    with_provider,
+    without_account_ids,
+)
 from gtl_nb.engine.coalesce import Flight
 from gtl_nb.engine.config import missing_credentials
 from gtl_nb.engine.context import RequestContext
@@ -85,7 +94,7 @@ from gtl_nb.engine.stores.memory import MemoryBreakerStore, MemoryBudgetCounter
 from gtl_nb.engine.strategies import make_strategy
 from gtl_nb.engine.transport import TransportError
 from gtl_nb.ids import random_hex
-from gtl_nb.log import get_logger, quotes_secret, redact, scrub_secret
+from gtl_nb.log import get_logger, quotes_secret, redact
 from gtl_nb.protocol.errors import (
     ConfigurationError,
     GTLError,
@@ -119,8 +128,6 @@ from gtl_nb.providers.registry import get_provider, is_local
 from gtl_nb.providers.url_hint import URL_NOT_MODEL
 
 log = get_logger("engine")
-_MODELS_READ = "models:read"
-"""The gateway's scope for listing models (``gateway.scopes``): without it routing's errors name none."""
 
 
 def _nothing_visible(deployment: str, model: str) -> bool:
@@ -835,7 +842,7 @@ class Engine:
         except (ModelNotFoundError, InvalidRequestError) as exc:
             if context is None or self.audience != GATEWAY or GATEWAY_LIST not in exc.message:
                 raise
-            exc.message = exc.message.replace(GATEWAY_LIST, _listing_for(context))
+            exc.message = exc.message.replace(GATEWAY_LIST, listing_for(context))
             raise
 
     def _routed(self, request: CompletionRequest, context: RequestContext | None) -> list[Target]:
@@ -875,7 +882,7 @@ class Engine:
         allow-lists permit, and none without the ``models:read`` scope (the gateway's for listing models)."""
         if self.audience != GATEWAY or context is None:
             return None
-        if _MODELS_READ not in context.scopes:
+        if MODELS_READ not in context.scopes:
             return _nothing_visible
         return context.allows
 
@@ -887,7 +894,7 @@ class Engine:
         permitted = [target for target in targets if context.allows(target.name, target.model)]
         if targets and not permitted:
             if self.audience == GATEWAY:  # its own allow-lists, to a token that may list models
-                may = f"; it may use {context.allowances()}" if _MODELS_READ in context.scopes else ""
+                may = f"; it may use {context.allowances()}" if MODELS_READ in context.scopes else ""
                 raise PermissionDeniedError(f"this token may not use {_asked_for(request)}{may}")
             names = ", ".join(f"{target.name}:{target.model}" for target in targets)
             raise PermissionDeniedError(f"this token may not use {names}")
@@ -1468,7 +1475,7 @@ class Engine:
                             or (fallback.name, fallback.model) in tried
                             or (outcome.content and not _caller_takes_failover())
                         ):
-                            yield [_with_attempts(failed, called)]
+                            yield [with_attempts(failed, called)]
                             return
                         tried.add((fallback.name, fallback.model))
                         targets.insert(index, fallback)
@@ -1477,7 +1484,7 @@ class Engine:
                     last_failure = (target, failed)
                     if outcome.content:
                         if not _caller_takes_failover():  # it cannot discard what it passed on: the end
-                            yield [_with_attempts(failed, called)]
+                            yield [with_attempts(failed, called)]
                             return
                         break  # never retry once content or usage was sent: fail over, which discards it
                     delay = self.retry.next_delay(attempt, failed.retry_after, self.clock(), deadline)
@@ -1501,7 +1508,7 @@ class Engine:
         if last_failure is not None:
             target, failed = reported or last_failure
             record.model = target.model  # (the row's deployment is the error's: its model with it)
-            yield [_with_attempts(failed, called)]
+            yield [with_attempts(failed, called)]
             return
         would_refuse = self._refusal_without_call(request, [t for t in targets if t.name in refused])
         if would_refuse is not None:
@@ -1509,7 +1516,7 @@ class Engine:
             # the caller's to hear, not a wait that would end in that refusal
             target, failed = would_refuse
             record.model = target.model
-            yield [_with_attempts(failed, called)]
+            yield [with_attempts(failed, called)]
             return
         snapshots = await breakers.snapshots(refused)
         # a circuit open until a time says so; one half-open whose probe is under way (here or on
@@ -1554,7 +1561,7 @@ class Engine:
                 try:
                     provider.build_request(sent, deployment, now=self.wall_clock())
                 except InvalidRequestError as exc:  # the caller's request, as the call would have refused it
-                    refused = _with_provider(_scrubbed(exc.to_event(sid), deployment), target)
+                    refused = with_provider(scrubbed(exc.to_event(sid), deployment), target)
                 except Exception:
                     return None
             if refused is None:
@@ -1710,7 +1717,7 @@ class Engine:
         if kind is Usage:
             event = self._priced(event, target)
         elif kind is Error and deployment is not None:  # a provider may quote the key it refused
-            event = _scrubbed(event, deployment)  # type: ignore[arg-type]
+            event = scrubbed(event, deployment)  # type: ignore[arg-type]
             if self.audience == GATEWAY:
                 event = self._for_gateway_caller(event, target, deployment)  # type: ignore[arg-type]
             if event.code == "MODEL_NOT_FOUND":  # type: ignore[union-attr]
@@ -1808,7 +1815,7 @@ class Engine:
         status, headers, body = await self.provider_fetch(description, deployment, "cannot list models from")
         if status >= 400:
             request = CompletionRequest(session_id="models", model="", messages=[])
-            event = _scrubbed(provider.decode_error(request, deployment, status, headers, body), deployment)
+            event = scrubbed(provider.decode_error(request, deployment, status, headers, body), deployment)
             if self.audience == GATEWAY:  # as a completion's: the provider's words go to the operator's log
                 event = self._for_gateway_caller(event, Target(deployment, ""), deployment)
             raise error_from_event(event)
@@ -1852,7 +1859,7 @@ class Engine:
         caller reads it: what ``_checked`` makes of a completion's error — the deployment's keys scrubbed,
         a gateway's caller told only what is about its request, an unknown model's "did you mean"."""
         said = provider.decode_error(request, deployment, status, headers, body)
-        event = _with_provider(_scrubbed(said, deployment), target)
+        event = with_provider(scrubbed(said, deployment), target)
         if self.audience == GATEWAY:
             event = self._for_gateway_caller(event, target, deployment)
         if event.code == "MODEL_NOT_FOUND":
@@ -1880,7 +1887,7 @@ class Engine:
         once, with no retry and no verdict for the provider's breaker. Anything else (a token's choice
         of stored key) is the caller's, as it was raised."""
         if self.audience != GATEWAY or not isinstance(exc, ConfigurationError):
-            return _with_provider(exc.to_event(sid), target)
+            return with_provider(exc.to_event(sid), target)
         outcome.uncallable = True
         return self._setup_incomplete(exc, target.name).to_event(sid)
 
@@ -1919,10 +1926,10 @@ class Engine:
         request, in the provider's words with its account ids redacted; about the gateway's own account
         with the provider, in the gateway's words, the provider's going to the operator's log."""
         if event.code == "AUTH_FAILED":
-            return _gateways_key_refused(event, target, self._described(deployment))
-        if _operators_side(event):
-            return _reworded_for_caller(event, target)
-        return _without_account_ids(event)
+            return gateways_key_refused(event, target, self._described(deployment))
+        if operators_side(event):
+            return reworded_for_caller(event, target)
+        return without_account_ids(event)
 
     def _with_close_models(self, event: Error, target: Target) -> Error:
         """A provider's ``MODEL_NOT_FOUND`` for a model the deployment was asked for by name — a typo after
@@ -1951,7 +1958,7 @@ class Engine:
             matches = router.close_names(model, visible)
             pointer = router.listing_pointer()
             if context is not None and GATEWAY_LIST in pointer:
-                pointer = pointer.replace(GATEWAY_LIST, _listing_for(context))
+                pointer = pointer.replace(GATEWAY_LIST, listing_for(context))
             said = event.message.rstrip().rstrip(".")
             asked = f" (asked of deployment {deployment.name!r}, which takes any name no other deployment serves)"
             offer = f"; did you mean {', '.join(repr(name) for name in matches)}?" if matches else ""
@@ -2047,7 +2054,7 @@ class Engine:
             f"max_tokens: {target.model} writes at most {limit:,} tokens per answer, not {max_tokens:,}; "
             f"ask for at most {limit:,}"
         )
-        return _with_provider(NotServedHere(message).to_event(sid), target)
+        return with_provider(NotServedHere(message).to_event(sid), target)
 
     async def _local_call(
         self, provider: Any, sent: CompletionRequest, target: Target, streaming: Status
@@ -2070,7 +2077,7 @@ class Engine:
                 if type(event) in TERMINAL_EVENTS:  # nothing after the end is read (a generator may go on)
                     break
         except GTLError as exc:  # the provider refused the request (a format it cannot honour): its error
-            yield [*batch, _with_provider(exc.to_event(sent.session_id), target)]
+            yield [*batch, with_provider(exc.to_event(sent.session_id), target)]
             return
         except Exception:
             if batch:  # what it produced before it failed goes on first, as it would have one by one
@@ -2101,17 +2108,6 @@ class Engine:
         return event
 
 
-def _with_attempts(failed: Error, called: list[str]) -> Error:
-    """``failed``, the session's last error, saying how many calls were made when there were several, and
-    to which deployments when more than one (a retried timeout took their time together: the caller
-    should know why it waited)."""
-    if len(called) < 2:
-        return failed
-    deployments = list(dict.fromkeys(called))
-    where = f" to {', '.join(deployments)}" if len(deployments) > 1 else ""
-    return msgspec.structs.replace(failed, message=f"{failed.message} (after {len(called)} attempts{where})")
-
-
 def _account_used_up(error: Error) -> bool:
     """Whether ``error`` is a provider's word that the account calling it has no credit or quota left for
     the period (a ``RATE_LIMIT`` it marked not retryable: Anthropic's ``billing_error``, OpenAI's
@@ -2133,7 +2129,7 @@ def _refused_by_dialect(
     carry another may — ``NotServedHere`` fails over at once, with no verdict and no retry."""
     if isinstance(exc, NotServedHere):
         outcome.uncallable = True
-    outcome.error = _with_provider(_scrubbed(exc.to_event(sid), deployment), target)
+    outcome.error = with_provider(scrubbed(exc.to_event(sid), deployment), target)
 
 
 async def _close_attempt(attempt: AsyncGenerator[list[StreamEvent], None], target: Target, sid: str) -> None:
@@ -2202,124 +2198,8 @@ def _momentary_limit(error: Error) -> bool:
     return error.code == "RATE_LIMIT" and error.retry_after is not None and error.retry_after < MOMENTARY_LIMIT
 
 
-def _scrubbed(event: Error, deployment: Deployment) -> Error:
-    """``event`` with the deployment's secrets (``Deployment.secrets``: its headers' values too), and
-    anything shaped like a credential, out of its message ("Incorrect API key provided: sk-…" reaches a
-    gateway's clients and the ledger otherwise)."""
-    message = event.message
-    for secret in deployment.secrets:
-        message = scrub_secret(message, secret)  # the key, and its masked form (prefix…last four)
-    message = redact(message)
-    return event if message == event.message else msgspec.structs.replace(event, message=message)
-
-
-_ACCOUNT_IDS = (
-    # OpenAI: "… in organization org-Ab12… on tokens per min"; project ids (24 characters each, so at
-    # least 16 here: "org-settings" or a caller's "proj_summarizer" is left alone)
-    re.compile(r"(?<![A-Za-z0-9])(org|proj)([-_])[A-Za-z0-9]{16,}"),
-    # Anthropic: "… rate limit for your organization (a22cf6e6-a940-…) of 1,000,000 input tokens"
-    re.compile(r"(organization\W{0,3})[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"),
-    # AWS: "User: arn:aws:iam::123456789012:user/gateway-svc is not authorized …"
-    re.compile(r"(arn:aws[a-z-]*:)[^\s\"',]*"),
-)
-"""A provider account's ids in an error's words: the gateway operator's, which a gateway's clients
-need not learn. Each is linear: a fixed prefix, then one character class."""
-
-
-def _without_account_ids(event: Error) -> Error:
-    """``event`` with the provider account ids in its message replaced (a gateway's clients only)."""
-    message = event.message
-    for pattern in _ACCOUNT_IDS:
-        message = pattern.sub(lambda found: "".join(found.groups()) + "[redacted]", message)
-    return event if message == event.message else msgspec.structs.replace(event, message=message)
-
-
-def _gateways_key_refused(event: Error, target: Target, key: str | None = None) -> Error:
-    """A provider's refusal of the key a gateway holds, told to the gateway's client: the provider's
-    own words ("Incorrect API key provided … find your API key at …") read as if the client's key
-    were wrong, and the client can do nothing about it — they go to the operator's log instead, with
-    ``key``, what the operator calls the key (a vault's stored key name and fingerprint), when known."""
-    which = f" ({key})" if key else ""
-    log.warning(
-        "deployment %s: the provider refused the gateway's credentials%s: %s", target.name, which, event.message
-    )
-    status = f" (HTTP {event.http_status})" if event.http_status else ""
-    message = (
-        f"the provider of deployment {target.name!r} refused the gateway's own credentials for it{status}: "
-        "your token was accepted; the gateway's operator must set a valid key for that deployment"
-    )
-    return msgspec.structs.replace(event, message=message, provider=event.provider or target.name)
-
-
 _OUTPUT_LIMITS_KEPT = 4096
 """The most models whose output limit ``Engine._over_output_limit`` keeps looked up."""
-
-
-OPERATORS_SIDE = frozenset({"AUTH_FAILED", "FORBIDDEN", "RATE_LIMIT", "OVERLOADED"})
-"""Error codes a provider answers about the account the gateway calls it with — its key, its
-permissions, its rate limits and quota, its capacity — never about the caller's request. A provider's
-words for them name the gateway operator's organisation, project, plan or account pages ("Rate limit
-reached … in organization org-… Visit https://platform.openai.com/account/rate-limits"), and the
-caller can act on none of it: a gateway's caller hears the gateway's own words (the deployment, the
-HTTP status, when to retry), the operator reads the provider's in the log. The provider's failures
-(``PROVIDER_UNAVAILABLE``, ``INTERNAL``, ``TIMEOUT``) are worded so too when they are the provider's
-answer (``http_status``: an error status, or 200 for an error inside an answer); the gateway's own words
-about the connection (unreachable, a timeout, an answer cut short) stay. The caller's own mistakes (``INVALID_REQUEST``,
-``CONTEXT_LENGTH_EXCEEDED``, ``CONTENT_FILTERED``, ``MODEL_NOT_FOUND``) keep the provider's words, which
-say what to change, with account ids redacted (``_ACCOUNT_IDS``)."""
-
-_PROVIDER_FAILURES = frozenset({"PROVIDER_UNAVAILABLE", "INTERNAL", "TIMEOUT"})
-
-
-def _operators_side(event: Error) -> bool:
-    """Whether a gateway words ``event`` itself for its caller (``OPERATORS_SIDE``)."""
-    if event.code in OPERATORS_SIDE:
-        return True
-    return event.code in _PROVIDER_FAILURES and event.http_status is not None
-
-
-_CALLERS_WORDS = {
-    "FORBIDDEN": "refused the gateway's request: the gateway's account with it may not do what was asked",
-    "OVERLOADED": "is overloaded",
-    "TIMEOUT": "timed out",
-}
-
-
-def _reworded_for_caller(event: Error, target: Target) -> Error:
-    """``event`` (a provider's, ``OPERATORS_SIDE``) in the gateway's words for its caller; the
-    provider's words, scrubbed already, to the operator's log."""
-    answered = event.http_status is not None and event.http_status >= 400
-    status = f" (HTTP {event.http_status})" if answered else ""
-    level = logging.INFO if event.retryable else logging.WARNING  # a quota used up, a refusal: the operator acts
-    log.log(level, "deployment %s: the provider answered %s%s: %s", target.name, event.code, status, event.message)
-    if event.code == "RATE_LIMIT":
-        said = (
-            "is rate-limiting the gateway"
-            if event.retryable
-            else "refused the request: the gateway's quota with it is used up"
-        )
-    else:
-        said = _CALLERS_WORDS.get(event.code, "failed" if answered else "failed mid-answer")
-    message = f"the provider of deployment {target.name!r} {said}{status}"
-    if event.retry_after is not None:
-        message += f"; retry in {math.ceil(event.retry_after)} s"
-    elif not event.retryable:
-        message += "; the gateway's operator can see why in its log"
-    return msgspec.structs.replace(event, message=message, provider=event.provider or target.name)
-
-
-def _listing_for(context: RequestContext) -> str:
-    """How a gateway's caller sees what it serves (``routing.GATEWAY_LIST`` for a GTL caller), in the
-    caller's API: ``GET /v1/models`` for an OpenAI or Anthropic SDK, which knows no ``client.models()``;
-    and the scope it needs only to a token that lacks it (a gateway checking no token grants every scope)."""
-    listing = "GET /v1/models lists what this gateway serves" if context.api else GATEWAY_LIST
-    if _MODELS_READ not in context.scopes:
-        listing += f", to a token with the {_MODELS_READ} scope (this one has not)"
-    return listing
-
-
-def _with_provider(event: Error, target: Target) -> Error:
-    return event if event.provider else msgspec.structs.replace(event, provider=target.name)
 
 
 def _ms(seconds: float) -> float:

@@ -257,7 +257,7 @@ def test_an_unreachable_upstreams_address_stays_with_the_operator(tmp_path):
     ],
 )
 def test_a_gateways_clients_never_read_the_operators_account_ids(said, told):
-    from gtl_nb.engine.core import _without_account_ids
+    from gtl_nb.engine.caller_errors import without_account_ids
     from gtl_nb.protocol.messages import Error
 
-    assert _without_account_ids(Error(session_id="s", code="RATE_LIMIT", message=said)).message == told
+    assert without_account_ids(Error(session_id="s", code="RATE_LIMIT", message=said)).message == told
