@@ -17,10 +17,11 @@ import msgspec
 
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.engine.core import Engine
 from gtl_nb.engine.counting import TokenCount
 from gtl_nb.engine.estimates import estimate_prompt_tokens
 from gtl_nb.engine.loop import CAN_TAKE_BACK_A_CANCEL, CallersLoop, LoopThread, shared_loop
+from gtl_nb.engine.session import run_session
 from gtl_nb.engine.settings import RequestDefaults, Settings
 from gtl_nb.protocol.errors import ContextLengthExceededError, GTLError
 from gtl_nb.protocol.messages import CompletionRequest, ProviderInfo, StreamEvent

@@ -1,6 +1,6 @@
 """The engine: turns one ``CompletionRequest`` into one well-formed, recorded GTL event stream.
 
-``Engine.stream(request)`` (``stream_batches``, and ``run_session`` over it) is the path every request
+``Engine.stream(request)`` (``stream_batches``, and ``session.run_session`` over it) is the path every request
 takes, embedded or behind the gateway:
 
 1. **Budgets** — the principal's requests/tokens per minute and money per UTC day are reserved in
@@ -26,9 +26,11 @@ takes, embedded or behind the gateway:
    deployment, model, ``ttft_ms``, ``latency_ms`` and ``provider_data``; the session ends with
    exactly one ``done`` or ``error`` — a stream is never silently truncated.
 
-``run_session`` runs the common session — one target, nothing to count, cache or share — in its own
-coroutine (``_run_lane``), the same steps without the levels between them, and hands it to the
-general path the moment it needs more (a retry, failover, a breaker's probe).
+``session.run_session`` runs the common session — one target, nothing to count, cache or share — in
+its own coroutine (``session._run_lane``), the same steps without the levels between them, and hands it
+to the general path the moment it needs more (a retry, failover, a breaker's probe). What the two paths
+share is in ``session_parts``; the estimates in ``estimates``; how a provider's errors reach a caller
+in ``caller_errors``.
 
 The engine reads its state only through the store interfaces (``engine.stores``), its clock, sleep
 and HTTP transport only as injected by ``engine.builder.build_engine`` (the one place that builds
@@ -39,17 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import dataclasses
 import difflib
 import math
-import operator
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
@@ -87,6 +86,20 @@ from gtl_nb.engine.http import HttpRunner, Timeouts
 from gtl_nb.engine.ledger import finish_fields
 from gtl_nb.engine.ratelimit import TENANT_PREFIX, BudgetConfig, counts_against_budgets
 from gtl_nb.engine.routing import EMBEDDED, GATEWAY, GATEWAY_LIST, Router, Target, Visible
+from gtl_nb.engine.session_parts import (
+    ANSWER,
+    CONTENT,
+    REQUEST_CONTEXT,
+    TEXT,
+    TOKENS,
+    AttemptOutcome,
+    Lane,
+    LaneHandover,
+    SessionRecord,
+    close_attempt,
+    ended_unfinished,
+    refused_by_dialect,
+)
 from gtl_nb.engine.settings import RoutingSettings, Settings
 from gtl_nb.engine.stores import Reservation, Stores
 from gtl_nb.engine.stores.flights import LOCAL_LEAD, FlightFollow, FlightLead, FlightLost, FlightRegistry, LocalFlights
@@ -113,11 +126,9 @@ from gtl_nb.protocol.messages import (
     Done,
     Error,
     ProviderInfo,
-    Reasoning,
     Status,
     StreamEvent,
     Token,
-    ToolCallEvent,
     Usage,
     plain_http_image,
 )
@@ -126,6 +137,9 @@ from gtl_nb.providers.base import Deployment, NotServedHere, check_tool_choice
 from gtl_nb.providers.catalog import Catalog
 from gtl_nb.providers.registry import get_provider, is_local
 from gtl_nb.providers.url_hint import URL_NOT_MODEL
+
+if TYPE_CHECKING:
+    from gtl_nb.engine.session import SessionEnd
 
 log = get_logger("engine")
 
@@ -143,39 +157,11 @@ def _asked_for(request: CompletionRequest) -> str:
     return repr(request.model)
 
 
-# event types, tested as ``type(event) in …`` on the per-event paths (see ``TERMINAL_EVENTS``)
-_CONTENT = frozenset((Token, Reasoning, ToolCallEvent))
-_ANSWER = _CONTENT | {Usage}  # what a retry would send the caller a second time
-_TOKENS = frozenset((Token,))
-_TEXT = operator.attrgetter("text")
-_REQUEST_CONTEXT: contextvars.ContextVar[RequestContext] = contextvars.ContextVar("gtl_request_context")
-"""The context of the session being streamed, for the attempts deep below (the stored key a token chose)."""
 PROBE_UNDER_WAY_WAIT = 1.0
 """Seconds a caller refused by a half-open circuit (its probe under way) is told to wait: the
 ``retry_after`` of "every circuit is open", which the gateway answers ``503`` with ``Retry-After``."""
 _TARGETS_MEMO = 1024
 """Bare model names whose targets ``Engine._targets`` remembers at most (then it starts again)."""
-
-
-class SessionEnd:
-    """How a session ended, as ``run_session`` must tell its reader: ``event``, the terminal event the
-    engine decided (put there as its row is completed: see ``stream``); ``failure``, the error the
-    session ends with when it did not end by itself — the ``INTERNAL`` error a reader that failed is
-    told (``reader_failure``), or the error its front end ended it with (``end_with``) — its row
-    completed with it, so the reader and the ledger tell one end."""
-
-    __slots__ = ("event", "failure")
-
-    def __init__(self) -> None:
-        self.event: Done | Error | None = None
-        self.failure: Error | None = None
-
-    def end_with(self, error: Error) -> None:
-        """The session is ended from outside with ``error`` (a gateway connection that told its client
-        ``INVALID_REQUEST`` for a bad frame): the cancel that follows completes its row with ``error``
-        rather than ``cancelled``. Nothing changes once the engine has decided its end."""
-        if self.event is None and self.failure is None:
-            self.failure = error
 
 
 async def _batches_of(*batches: list[StreamEvent]) -> AsyncGenerator[list[StreamEvent], None]:
@@ -190,280 +176,6 @@ async def _one_by_one(events: AsyncGenerator[StreamEvent, None]) -> AsyncGenerat
     async with aclosing(events) as each:
         async for event in each:
             yield [event]
-
-
-async def run_session(
-    engine: Engine,
-    request: CompletionRequest,
-    context: RequestContext,
-    send: Callable[[StreamEvent], None],
-    *,
-    drain: Callable[[], Awaitable[None] | None] | None = None,
-    finish: Callable[[StreamEvent], None] | None = None,
-    cancelled_by: str | Callable[[], str] = "the caller",
-    refused: GTLError | None = None,
-    ending: SessionEnd | None = None,
-) -> None:
-    """Run one session of ``engine``, handing each event to ``send`` — the one session runner of every
-    front end (the embedded backend, the gateway's connections).
-
-    ``drain``, when given, is called after each batch of events (what one read of the upstream
-    decoded) and what it returns awaited, so a slow reader holds the engine back rather than letting
-    events pile up; it returns ``None`` when there is room (then nothing is awaited: no coroutine is
-    made per batch). Exactly one terminal event goes out
-    whatever happens, through ``finish`` (default ``send``) when the stream did not deliver it: a
-    cancel sends ``CANCELLED`` — or the end the engine had already recorded in the ledger, so the
-    reader and the ledger agree — and a bug sends ``INTERNAL`` and is re-raised. ``cancelled_by`` names
-    who cancelled in that error (a callable is asked when the cancel happens: a gateway knows then
-    whether the client or a shutdown did).
-    ``refused`` goes to ``Engine.stream``: the session is that error (a gateway's permission check).
-    ``ending``, when given, is where the end is recorded: a front end that cancels the session with an
-    error of its own puts it there first (``SessionEnd.end_with``), and the row ends with that error.
-    """
-    end = finish or send
-    recorded = ending if ending is not None else SessionEnd()
-    ended = False
-    try:
-        lane = None if refused is not None else engine.lane_targets(request, context)
-        if lane is None:
-            batches = engine.stream_batches(request, context=context, ending=recorded, refused=refused)
-        else:  # the common session, in this coroutine (``_run_lane``); the general path only if it needs it
-            handover = await _run_lane(engine, request, lane, send, drain, recorded)
-            if handover is None:  # ended there: its end sent, its row completed
-                ended = True
-                if drain is not None and (waiting := drain()) is not None:  # (after the end, as below)
-                    await waiting
-                return
-            batches = handover
-        try:  # (``aclosing`` without its two coroutines a session)
-            async for batch in batches:
-                try:
-                    for event in batch:
-                        send(event)
-                    ended = type(batch[-1]) in TERMINAL_EVENTS
-                    if drain is not None:
-                        waiting = drain()
-                        if waiting is not None:
-                            await waiting
-                except Exception as exc:  # the reader failed: the row ends as the reader is told (below)
-                    if recorded.event is None:  # (failing on the end itself, its row is complete already)
-                        recorded.failure = reader_failure(request.session_id, exc)
-                    raise
-        finally:
-            await batches.aclose()
-    except asyncio.CancelledError:
-        if not ended:
-            who = cancelled_by() if callable(cancelled_by) else cancelled_by
-            cancelled = Error(session_id=request.session_id, code="CANCELLED", message=f"cancelled by {who}")
-            end(recorded.event or recorded.failure or cancelled)
-        raise
-    except Exception as exc:
-        if not ended:  # the failed reader's end its row was completed with; else a bug's, or the end's own failure
-            # (a reader that could not take the terminal event is told INTERNAL: the row, complete
-            # already, says how the engine ended — the one case where the two differ)
-            end(recorded.failure or reader_failure(request.session_id, exc))
-        raise
-
-
-def reader_failure(session_id: str, exc: Exception) -> Error:
-    """The ``INTERNAL`` error that ends a session whose reader raised (``send`` or ``drain``: an event
-    the connection cannot carry), or that ``run_session`` itself broke."""
-    return Error(session_id=session_id, code="INTERNAL", message=f"gtl_nb internal error: {type(exc).__name__}: {exc}")
-
-
-@dataclass
-class _Lane:
-    """A session ``run_session`` runs in its own coroutine (``Engine.lane_targets``)."""
-
-    context: RequestContext
-    target: Target
-
-
-@dataclass
-class _LaneHandover:
-    """A lane's session as the general path takes it over (``stream_batches(resume=...)``)."""
-
-    targets: list[Target]
-    record: _SessionRecord
-    row: int | None
-    machine: SessionStateMachine
-    started: float
-    usage: Usage | None
-    first: tuple[str | None, _AttemptOutcome | None]  # the breaker's grant, and the attempt made with it
-
-
-async def _run_lane(
-    engine: Engine,
-    request: CompletionRequest,
-    lane: _Lane,
-    send: Callable[[StreamEvent], None],
-    drain: Callable[[], Awaitable[None] | None] | None,
-    recorded: SessionEnd,
-) -> AsyncGenerator[list[StreamEvent], None] | None:
-    """The common session — one target, nothing to count, cache or share — in one coroutine:
-    what ``stream_batches``, ``_attempts`` and ``_one_attempt`` do for it, each read's events checked
-    and then handed to ``send`` here rather than climbing three generators. ``None`` once the session
-    has ended here (its terminal event sent, its row completed; ``run_session`` drains after it); else
-    the general path's batches, taking the session over where the lane stopped — the breaker gave no
-    plain pass, or the first attempt did not answer (an error, a cut, a refusal): retries, failover
-    and their bookkeeping are theirs alone.
-
-    Everything ends as down the general path: a cancel completes the row ``cancelled``; a bug below
-    (the runner, a decoder) ends the session and its row ``INTERNAL``, that error sent like any event;
-    ``send`` or ``drain`` raising is the reader's failure, left to ``run_session``: the row completed
-    with the ``INTERNAL`` error the reader is told (``recorded.failure``). ``recorded`` gets the
-    terminal event before the row is completed with it.
-    """
-    sid = request.session_id
-    context, target = lane.context, lane.target
-    scope = _REQUEST_CONTEXT.set(context)  # the attempt reads it: which stored key a token chose
-    record = _SessionRecord()
-    usage: Usage | None = None
-    end: Done | Error | None = None
-    row: int | None = None
-    reader_failed = False  # ``send`` or ``drain`` raised: not the engine's bug (``run_session`` says so)
-    handed_over = False  # the general path completes the row and tells the hooks from there
-    hooks = engine.hooks
-    try:
-        try:
-            row = await engine._ledger_start(request, context, target.model)
-        finally:  # (also when cancelled while the row starts: one start, then one end, as ``stream_batches``)
-            if hooks:
-                hooks.emit(RequestStarted(sid, context, request.model, request, False, record.handle))
-        machine = SessionStateMachine(sid)
-        started = engine.clock()
-        queued = Status(session_id=sid, state="queued")
-        machine.advance(queued)
-        try:
-            send(queued)
-            if drain is not None and (waiting := drain()) is not None:
-                await waiting
-        except Exception:
-            reader_failed = True
-            raise
-        grant = await engine._acquire(target.name)
-        if grant != "pass":  # refused or a probe: the general path decides (and hands a probe back)
-            handover = _LaneHandover([target], record, row, machine, started, None, (grant, None))
-            handed_over = True
-            return engine.stream_batches(request, context=context, ending=recorded, resume=handover)
-        record.path.append(target.name)
-        record.model = target.model
-        if hooks:
-            hooks.emit(AttemptStarted(sid, target.name, target.model, 1, record.handle))
-        outcome = _AttemptOutcome()
-        attempt_started = engine.clock()
-        attempt, deployment = engine._call(request, target, outcome)
-        flowing = False  # (as in ``_one_attempt``: once the answer flows, a token needs no check)
-        try:
-            async for batch in attempt:
-                if flowing and _TOKENS.issuperset(map(type, batch)):
-                    checked = batch
-                    record.produced = (record.produced or 0) + sum(map(len, map(_TEXT, batch)))
-                else:
-                    checked = []
-                    produced = 0  # (the content's characters, counted as the events are looked at)
-                    for event in batch:
-                        kind = type(event)
-                        if flowing and kind is Token:
-                            checked.append(event)
-                            produced += len(event.text)  # type: ignore[union-attr]
-                            continue
-                        event = engine._checked(
-                            event, kind, target, deployment, machine, started, attempt_started, outcome
-                        )  # type: ignore[assignment]
-                        if event is None or outcome.done is not None:
-                            break  # (an error ends the attempt unseen; ``done`` goes out after the bookkeeping)
-                        if kind is Usage:
-                            usage = event  # type: ignore[assignment]
-                        elif kind in _CONTENT:
-                            produced += content_characters(event)
-                            record.produced = record.produced or 0  # content began, even of no characters
-                        checked.append(event)
-                        flowing = outcome.content and outcome.first is not None and machine.state is SessionState.OPEN
-                    if produced:
-                        record.produced = (record.produced or 0) + produced
-                if checked:  # handed on as ``run_session`` hands on a batch of the general path
-                    try:
-                        for event in checked:
-                            send(event)
-                        if drain is not None and (waiting := drain()) is not None:
-                            await waiting
-                    except Exception:
-                        reader_failed = True
-                        raise
-                if outcome.done is not None or outcome.error is not None:
-                    break
-        except GTLError as exc:  # a dialect refusing the request
-            if deployment is None or reader_failed:
-                raise
-            _refused_by_dialect(exc, target, deployment, sid, outcome)
-        finally:
-            await _close_attempt(attempt, target, sid)
-        done = outcome.done
-        if done is None:  # the attempt failed: the general path's retries and failover go on from it
-            if outcome.error is None:
-                outcome.error = _ended_unfinished(target, sid)
-            handover = _LaneHandover([target], record, row, machine, started, usage, (grant, outcome))
-            handed_over = True
-            return engine.stream_batches(request, context=context, ending=recorded, resume=handover)
-        engine._breaker_changed(target.name, await engine.stores.breakers.record_success(target.name))
-        await engine._remember_success(request, target, outcome, None)
-        end = done
-    except Exception as exc:  # a bug below: the session and its row end INTERNAL, as ``stream_batches`` ends them
-        if reader_failed:  # the reader's failure: the row ends as ``run_session`` tells the reader (not sent here)
-            recorded.failure = failure = reader_failure(sid, exc)
-            await engine._finish(request, context, row, failure, usage, record, None)
-            raise
-        end = engine._internal_error(request, record, exc)
-    finally:
-        with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
-            _REQUEST_CONTEXT.reset(scope)
-        if end is None and not handed_over and not reader_failed:  # cancelled: the row ends ``cancelled``
-            # (or with the error its front end ended it with: ``SessionEnd.end_with``); the hooks hear it
-            await engine._finish(request, context, row, recorded.failure, usage, record, None)
-    # the end: recorded, the row completed, then sent (a cancel meanwhile reports it, as it is recorded)
-    if type(end) is Done:
-        record.finish_reason = end.finish_reason
-    recorded.event = end
-    await engine._finish(request, context, row, end, usage, record, None)
-    send(end)  # type: ignore[arg-type]
-    return None
-
-
-@dataclass
-class _SessionRecord:
-    """What a session's ledger row needs beyond its events: where it went and how it was served."""
-
-    path: list[str] = field(default_factory=list)
-    model: str | None = None  # the model asked of the last deployment tried, as that provider names it
-    cache_hit: bool = False
-    coalesced: bool = False
-    answer: list[str] | None = None  # the answer's text pieces, kept only when a hook subscriber wants it
-    finish_reason: str | None = None
-    refused: bool = False  # refused before it ran (a scope, a session cap): its hook events say so
-    # characters of content (text, reasoning, tool calls) handed to the caller, every attempt's; ``None``
-    # until content began. A session that ends before its provider reported usage is counted from it
-    # (``Engine._finish``): the provider bills what it generated, cancelled or not
-    produced: int | None = None
-    flight: Flight | None = None  # the shared call it read (``_source``), led or followed
-    # the request's identity in its hook events: subscribers key per-request state by it, never by the
-    # session id (the client's: two running requests may share one)
-    handle: object = field(default_factory=object)
-
-
-@dataclass
-class _AttemptOutcome:
-    """How one attempt at one target ended, for the attempt loop."""
-
-    events: list[StreamEvent] | None = None  # kept only when the answer goes to the cache
-    done: Done | None = None
-    error: Error | None = None
-    content: bool = False  # content or usage reached the caller: a retry would duplicate it
-    ttft: float | None = None  # this attempt's own time to first content, for lowest_latency
-    first: float | None = None  # when the first content came (the clock's), for ``done``'s ttft_ms
-    # this process could not call the target at all (``Engine._uncallable``), or the target's API cannot
-    # carry the request (``NotServedHere``): fail over at once
-    uncallable: bool = False
 
 
 class Engine:
@@ -626,7 +338,7 @@ class Engine:
         user: str | None = None,
         ending: SessionEnd | None = None,
         refused: GTLError | None = None,
-        resume: _LaneHandover | None = None,
+        resume: LaneHandover | None = None,
     ) -> AsyncGenerator[list[StreamEvent], None]:
         """The complete, validated event stream of ``request``, recorded as one ledger row, in batches:
         the events one read of the upstream decoded go through the engine's levels together (one step
@@ -652,7 +364,7 @@ class Engine:
         targets = self.session_targets(request, context) if resume is None else resume.targets
         if refused is not None:
             targets = refused
-        scope = _REQUEST_CONTEXT.set(context)  # the attempts read it: which stored key a token chose
+        scope = REQUEST_CONTEXT.set(context)  # the attempts read it: which stored key a token chose
         # a request already refused (by a cap, routing, its token's allow-list, a limit) reserves nothing:
         # it would hold a budget's place until its client read its answer, and hear RATE_LIMIT, not its error
         unserved = refused is not None or isinstance(targets, GTLError)
@@ -661,7 +373,7 @@ class Engine:
         # the row's model is the bare name, also for a request routing refused ("openai:gpt-x" → "gpt-x")
         model = targets[0].model if isinstance(targets, list) and targets else self.router.bare_model(request.model)
         if resume is None:
-            record = _SessionRecord(answer=[] if self.hooks.want_answers else None, refused=refused is not None)
+            record = SessionRecord(answer=[] if self.hooks.want_answers else None, refused=refused is not None)
         else:
             record = resume.record
         usage: Usage | None = None if resume is None else resume.usage
@@ -724,8 +436,8 @@ class Engine:
                     batches = batches or _batches_of()  # (the source could not be chosen: nothing follows)
                 answer = record.answer
                 # (asked in C first: most batches are tokens alone, and only hooks want their text)
-                if answer is None and _TOKENS.issuperset(map(type, batch)):
-                    record.produced = (record.produced or 0) + sum(map(len, map(_TEXT, batch)))
+                if answer is None and TOKENS.issuperset(map(type, batch)):
+                    record.produced = (record.produced or 0) + sum(map(len, map(TEXT, batch)))
                 else:
                     produced = record.produced
                     for event in batch:
@@ -734,7 +446,7 @@ class Engine:
                             produced = (produced or 0) + len(event.text)  # type: ignore[union-attr]
                             if answer is not None:
                                 answer.append(event.text)  # type: ignore[union-attr]
-                        elif kind in _CONTENT:
+                        elif kind in CONTENT:
                             produced = (produced or 0) + content_characters(event)
                         elif kind is Usage:
                             usage = event
@@ -768,13 +480,13 @@ class Engine:
                 log.exception("session %r: closing the levels below failed", request.session_id)
             finally:  # also when a second cancel comes while they close
                 with contextlib.suppress(ValueError):  # closed from another context (a finalizer): nothing to undo
-                    _REQUEST_CONTEXT.reset(scope)
+                    REQUEST_CONTEXT.reset(scope)
                 if end is None or row is not None or reservation is not None:  # ended without a terminal event
                     if end is None and ending is not None:  # a failed reader's end, or its front end's (``SessionEnd``)
                         end = ending.failure
                     await self._finish(request, context, row, end, usage, record, reservation)
 
-    def lane_targets(self, request: CompletionRequest, context: RequestContext) -> _Lane | None:
+    def lane_targets(self, request: CompletionRequest, context: RequestContext) -> Lane | None:
         """The lane of ``request`` when ``run_session`` may run it in its own coroutine (``_run_lane``):
         one target to try, no budget to count, no cache or shared call to consult, no hook subscriber
         that wants the answer's text, a breaker answered in-process. ``None`` sends it down the
@@ -792,7 +504,7 @@ class Engine:
             return None
         if context.trace_id is None:  # every request has one: it joins its ledger row, audit record and span
             context = context.traced(random_hex(2))
-        return _Lane(context, target)
+        return Lane(context, target)
 
     def session_targets(self, request: CompletionRequest, context: RequestContext) -> list[Target] | GTLError:
         """``checked_targets`` for a session that will run: a request with no messages or no model is refused
@@ -909,7 +621,7 @@ class Engine:
             raise ModelNotFoundError(f"this gateway has no deployment or provider named {name!r}")
         return deployment
 
-    def _internal_error(self, request: CompletionRequest, record: _SessionRecord, exc: Exception) -> Error:
+    def _internal_error(self, request: CompletionRequest, record: SessionRecord, exc: Exception) -> Error:
         """The ``INTERNAL`` error that ends a session a bug below ``stream_batches`` broke (logged with
         its traceback): the session and its ledger row still end properly, instead of an exception
         that leaves both open."""
@@ -1031,7 +743,7 @@ class Engine:
         row: int | None,
         end: Done | Error | None,
         usage: Usage | None,
-        record: _SessionRecord,
+        record: SessionRecord,
         reservation: tuple[Reservation, ...] | None,
     ) -> None:
         """Complete the ledger row and settle the budget reservations (both survive a cancellation)."""
@@ -1097,14 +809,14 @@ class Engine:
             if self.hooks:  # subscribers hear of every end, a cancelled one included
                 self.hooks.emit(_finished_event(request, context, fields, record))
 
-    async def _ledger_finish(self, row: int, record: _SessionRecord, fields: dict[str, Any]) -> None:
+    async def _ledger_finish(self, row: int, record: SessionRecord, fields: dict[str, Any]) -> None:
         try:
             await self.stores.ledger.finish(row, failover_path=record.path or None, **fields)  # type: ignore[union-attr]
         except Exception:
             log.exception("ledger: could not complete row %s", row)
 
     def _estimated_use(
-        self, request: CompletionRequest, record: _SessionRecord, status: str, deployment: Deployment | None
+        self, request: CompletionRequest, record: SessionRecord, status: str, deployment: Deployment | None
     ) -> dict[str, Any]:
         """The ledger fields of a session that called a provider and ended — cancelled, or failed —
         before the provider reported usage: what it is known to have used, marked ``usage_estimated``.
@@ -1177,7 +889,7 @@ class Engine:
         self,
         request: CompletionRequest,
         targets: list[Target] | GTLError,
-        record: _SessionRecord,
+        record: SessionRecord,
         refusal: Error | None,
         machine: SessionStateMachine,
         started: float,
@@ -1215,7 +927,7 @@ class Engine:
                     answer.append(event)
                 return _batches_of(answer)
         flight_key = key or self._coalescing_key(request, targets[0])
-        context = _REQUEST_CONTEXT.get(None)
+        context = REQUEST_CONTEXT.get(None)
         if flight_key and context is not None and context.provider_keys:  # share a call only on the same key
             flight_key += "|keys:" + ",".join(f"{k}={v}" for k, v in sorted(context.provider_keys.items()))
         flight = self._flights.get(flight_key) if flight_key else None
@@ -1245,7 +957,7 @@ class Engine:
         machine: SessionStateMachine,
         started: float,
         *,
-        own: tuple[_SessionRecord, Target] | None = None,
+        own: tuple[SessionRecord, Target] | None = None,
     ) -> AsyncGenerator[StreamEvent, None]:
         """``flight``'s events for session ``sid``, timed and checked as its own. ``own``: the record and
         first target of the session the flight was started for — while this replica runs the call, its
@@ -1263,7 +975,7 @@ class Engine:
                         record.coalesced = True
                         record.path.append(target.name)
                         record.model = target.model
-                if first is None and type(event) in _CONTENT:
+                if first is None and type(event) in CONTENT:
                     first = self.clock()
                 if isinstance(event, Done):
                     event = msgspec.structs.replace(
@@ -1346,18 +1058,18 @@ class Engine:
         as ``[cache] scope`` says; embedded, everyone's (no tenants, and the caller holds every key)."""
         if self.audience != GATEWAY:
             return None
-        return partition(self.cache_config.scope, _REQUEST_CONTEXT.get(None))
+        return partition(self.cache_config.scope, REQUEST_CONTEXT.get(None))
 
     async def _attempts(
         self,
         request: CompletionRequest,
         targets: list[Target],
-        record: _SessionRecord,
+        record: SessionRecord,
         machine: SessionStateMachine,
         started: float,
         key: str | None,
         *,
-        first: tuple[str | None, _AttemptOutcome | None] | None = None,
+        first: tuple[str | None, AttemptOutcome | None] | None = None,
     ) -> AsyncGenerator[list[StreamEvent], None]:
         """Try the targets in order, in batches: breakers, retries with backoff, failover, the context fallback.
 
@@ -1386,7 +1098,7 @@ class Engine:
         while index < len(targets):
             target = targets[index]
             index += 1
-            made: _AttemptOutcome | None = None  # the attempt the lane made, taken up as this target's first
+            made: AttemptOutcome | None = None  # the attempt the lane made, taken up as this target's first
             if first is not None:
                 (grant, made), first = first, None
             else:
@@ -1420,7 +1132,7 @@ class Engine:
                     else:
                         if self.hooks:
                             self.hooks.emit(AttemptStarted(sid, target.name, target.model, attempt, record.handle))
-                        outcome = _AttemptOutcome(events=[] if key is not None else None)
+                        outcome = AttemptOutcome(events=[] if key is not None else None)
                         batches = self._one_attempt(request, target, machine, started, outcome)
                         try:  # (``aclosing`` without its two coroutines an attempt)
                             async for batch in batches:
@@ -1594,7 +1306,7 @@ class Engine:
             self.hooks.emit(BreakerChanged(deployment, change[0], change[1]))
 
     async def _remember_success(
-        self, request: CompletionRequest, target: Target, outcome: _AttemptOutcome, key: str | None
+        self, request: CompletionRequest, target: Target, outcome: AttemptOutcome, key: str | None
     ) -> None:
         """What a successful attempt teaches: its own time to first token, and a cache entry stored
         under the key of the deployment that actually answered."""
@@ -1624,7 +1336,7 @@ class Engine:
         """``context_fallback_for(target)`` when the running request's context (a token's allow-lists) may
         use it, else ``None``."""
         fallback = self.context_fallback_for(target)
-        context = _REQUEST_CONTEXT.get(None)
+        context = REQUEST_CONTEXT.get(None)
         if fallback is not None and context is not None and not context.allows(fallback.name, fallback.model):
             return None
         return fallback
@@ -1645,7 +1357,7 @@ class Engine:
         target: Target,
         machine: SessionStateMachine,
         started: float,
-        outcome: _AttemptOutcome,
+        outcome: AttemptOutcome,
     ) -> AsyncGenerator[list[StreamEvent], None]:
         """One call to one target: yields its validated events in batches; leaves ``done`` or ``error``
         in ``outcome`` (an ``error`` is not yielded: the attempt loop decides what follows it).
@@ -1662,7 +1374,7 @@ class Engine:
         flowing = False
         try:
             async for batch in attempt:
-                if flowing and _TOKENS.issuperset(map(type, batch)):
+                if flowing and TOKENS.issuperset(map(type, batch)):
                     if kept is not None:
                         kept.extend(batch)
                     yield batch
@@ -1691,11 +1403,11 @@ class Engine:
         except GTLError as exc:  # a dialect refusing the request (e.g. an unsupported image URL)
             if deployment is None:
                 raise
-            _refused_by_dialect(exc, target, deployment, sid, outcome)
+            refused_by_dialect(exc, target, deployment, sid, outcome)
             return
         finally:
-            await _close_attempt(attempt, target, sid)
-        outcome.error = _ended_unfinished(target, sid)
+            await close_attempt(attempt, target, sid)
+        outcome.error = ended_unfinished(target, sid)
 
     def _checked(
         self,
@@ -1706,7 +1418,7 @@ class Engine:
         machine: SessionStateMachine,
         started: float,
         attempt_started: float,
-        outcome: _AttemptOutcome,
+        outcome: AttemptOutcome,
     ) -> StreamEvent | None:
         """One event of an attempt as the caller may see it — ``usage`` priced, an ``error`` scrubbed of
         the deployment's key, ``done`` stamped, the session's order kept — or ``None`` when it ends the
@@ -1725,7 +1437,7 @@ class Engine:
         done = kind is Done
         if done:
             event = _stamp(event, target, deployment, started, outcome.first, self.clock())  # type: ignore[arg-type]
-        elif outcome.first is None and kind in _CONTENT:
+        elif outcome.first is None and kind in CONTENT:
             outcome.first = first = self.clock()
             outcome.ttft = first - attempt_started  # this attempt's own, for lowest_latency
         elif kind is Error:
@@ -1741,7 +1453,7 @@ class Engine:
                 provider=target.name,
             )
             return None
-        if not outcome.content and kind in _ANSWER:
+        if not outcome.content and kind in ANSWER:
             outcome.content = True  # the caller has it: a retry would duplicate it
         if done:
             outcome.done = event  # type: ignore[assignment]
@@ -1834,7 +1546,7 @@ class Engine:
         the provider's refusal), or the provider's trouble when no deployment could count."""
         if context is None:
             context = RequestContext(principal="")
-        scope = _REQUEST_CONTEXT.set(context)  # (the model's "did you mean" reads it, as an attempt's does)
+        scope = REQUEST_CONTEXT.set(context)  # (the model's "did you mean" reads it, as an attempt's does)
         try:
             return await counted_input(self, request, context)
         except (GTLError, asyncio.CancelledError):
@@ -1843,7 +1555,7 @@ class Engine:
             log.exception("counting the tokens of %r failed inside the engine", request.session_id)
             raise InternalError(f"gtl_nb internal error: {type(exc).__name__}: {exc}") from None
         finally:
-            _REQUEST_CONTEXT.reset(scope)
+            REQUEST_CONTEXT.reset(scope)
 
     def provider_error(
         self,
@@ -1877,7 +1589,7 @@ class Engine:
 
     # -- one attempt at one deployment --------------------------------------------------------
 
-    def _uncallable(self, exc: GTLError, target: Target, sid: str, outcome: _AttemptOutcome) -> Error:
+    def _uncallable(self, exc: GTLError, target: Target, sid: str, outcome: AttemptOutcome) -> Error:
         """The error an attempt becomes when ``target``'s credentials cannot be had.
 
         A gateway's own set-up (a ``ConfigurationError``: a key missing from its environment or its
@@ -1952,7 +1664,7 @@ class Engine:
         and says which deployment was asked, and why."""
         deployment, model = target.deployment, target.model
         router = self.router
-        context = _REQUEST_CONTEXT.get(None)
+        context = REQUEST_CONTEXT.get(None)
         visible = self._visible(context)
         if target.catch_all:
             matches = router.close_names(model, visible)
@@ -1989,7 +1701,7 @@ class Engine:
         describe = getattr(self.credentials, "describe_key", None)
         if describe is None:
             return None
-        context = _REQUEST_CONTEXT.get(None)
+        context = REQUEST_CONTEXT.get(None)
         chosen = context.provider_keys.get(deployment.name) if context is not None else None
         try:
             return describe(deployment, chosen)
@@ -2000,12 +1712,12 @@ class Engine:
         """The deployment with its current key — the stored key the request's token chose for it
         (``provider_keys``), through a resolver that can choose (``resolve_for``, the gateway's vault) —
         and whether the token chose it."""
-        context = _REQUEST_CONTEXT.get(None)
+        context = REQUEST_CONTEXT.get(None)
         chosen = context.provider_keys.get(target.name) if context is not None else None
         return with_key(self.credentials, target.deployment, chosen), chosen is not None
 
     def _call(
-        self, request: CompletionRequest, target: Target, outcome: _AttemptOutcome
+        self, request: CompletionRequest, target: Target, outcome: AttemptOutcome
     ) -> tuple[AsyncGenerator[list[StreamEvent], None], Deployment | None]:
         """The event batches of one call to ``target`` — ``status: streaming`` first — and, for an HTTP
         deployment, the deployment with the keys it was called with (its events' errors are scrubbed of
@@ -2118,31 +1830,8 @@ def _account_used_up(error: Error) -> bool:
 def _caller_takes_failover() -> bool:
     """Whether the running request's caller can take a failover after the answer began
     (``RequestContext.failover_after_content``: a compatible API's stream cannot)."""
-    caller = _REQUEST_CONTEXT.get(None)
+    caller = REQUEST_CONTEXT.get(None)
     return caller is None or caller.failover_after_content
-
-
-def _refused_by_dialect(
-    exc: GTLError, target: Target, deployment: Deployment, sid: str, outcome: _AttemptOutcome
-) -> None:
-    """A dialect refused to carry the request (an unsupported image URL, say): what this deployment cannot
-    carry another may — ``NotServedHere`` fails over at once, with no verdict and no retry."""
-    if isinstance(exc, NotServedHere):
-        outcome.uncallable = True
-    outcome.error = with_provider(scrubbed(exc.to_event(sid), deployment), target)
-
-
-async def _close_attempt(attempt: AsyncGenerator[list[StreamEvent], None], target: Target, sid: str) -> None:
-    try:
-        await attempt.aclose()
-    except Exception:  # closing the response failed after its events were read: the answer stands
-        log.exception("%s: closing the response of %r failed", target.name, sid)
-
-
-def _ended_unfinished(target: Target, sid: str) -> Error:
-    return Error(
-        session_id=sid, code="INTERNAL", message=f"{target.name} ended without done or error", provider=target.name
-    )
 
 
 def _check_credentials(deployment: Deployment, credentials: Any = None) -> None:
@@ -2238,7 +1927,7 @@ def _spent(usage: Usage | None, fields: Mapping[str, Any]) -> tuple[int | None, 
 
 
 def _finished_event(
-    request: CompletionRequest, context: RequestContext, fields: Mapping[str, Any], record: _SessionRecord
+    request: CompletionRequest, context: RequestContext, fields: Mapping[str, Any], record: SessionRecord
 ) -> RequestFinished:
     return RequestFinished(
         session_id=request.session_id,

@@ -7,7 +7,7 @@
   and back-pressure work as on every other transport. The call's initial metadata announces the frame
   limit (``gtl-max-frame-bytes``). The client's half-close (the end of its requests) lets the sessions
   and queries under way finish, then the call ends ``OK`` (``GatewayConnection.client_done_sending``).
-* ``Complete`` (unary) — one session through ``engine.core.run_session``; the ``CompletionResult``
+* ``Complete`` (unary) — one session through ``engine.session.run_session``; the ``CompletionResult``
   holds every event, the last one its ``done`` or ``error``. One beyond the principal's
   ``max_sessions_per_principal`` is ``RESOURCE_EXHAUSTED`` / ``OVERLOADED``, once its ledger row and
   audit record are written (``gateway.refusals``).
@@ -88,8 +88,9 @@ import grpc
 import msgspec
 
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.engine.core import Engine
 from gtl_nb.engine.loop import within
+from gtl_nb.engine.session import run_session
 from gtl_nb.gateway.connection_budget import listener_share
 from gtl_nb.gateway.listeners import Limits, ListenerSettings, Ready, Shutdown, Signal, TlsFiles
 from gtl_nb.gateway.offload import OFF_LOOP_PROTO_BYTES, OffloadedFrames, converted

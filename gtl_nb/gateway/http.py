@@ -81,7 +81,8 @@ import msgspec
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.engine.core import Engine
+from gtl_nb.engine.session import run_session
 from gtl_nb.gateway.compat import compat_routes
 from gtl_nb.gateway.compat.reply import try_later
 from gtl_nb.gateway.compat.routes import compat_refusal
@@ -295,7 +296,7 @@ class _Sessions:
         send: Callable[[StreamEvent], None],
         drain: Callable[[], Awaitable[Any] | None] | None = None,
     ) -> _Running:
-        """Run one session over ``engine.core.run_session`` (exactly one terminal event, whatever happens).
+        """Run one session over ``engine.session.run_session`` (exactly one terminal event, whatever happens).
         ``OverloadedError``, with nothing run, when the principal runs ``max_per_principal`` sessions already
         (a refusal before the session: ``429``); ``GatewayStopping`` once the shutdown began (``503``). The
         caller records either with ``refused`` (``gateway.refusals.REFUSED_BEFORE_START``)."""

@@ -47,7 +47,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, SessionEnd, run_session
+from gtl_nb.engine.core import Engine
+from gtl_nb.engine.session import SessionEnd, run_session
 from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown
 from gtl_nb.gateway.offload import InTurn
 from gtl_nb.gateway.permissions import completion_context, visible_providers

@@ -57,7 +57,8 @@ from typing import Any
 import msgspec
 
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, SessionEnd, run_session
+from gtl_nb.engine.core import Engine
+from gtl_nb.engine.session import SessionEnd, run_session
 from gtl_nb.gateway.listeners import Limits, Shutdown
 from gtl_nb.gateway.permissions import completion_context, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of

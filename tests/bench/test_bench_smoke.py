@@ -197,7 +197,7 @@ def test_engine_lines_counts_every_path_and_the_counts_repeat() -> None:
     first, second = (totals(run_bench("bench.engine_lines", "--sessions", "20", timeout=25)) for _ in range(2))
     assert list(first) == ["parts", "engine", "general", "whole"], first
     assert 0 < first["parts"] < first["engine"] < first["whole"]
-    assert first["engine"] < first["general"]  # the lane (``core._run_lane``) runs fewer lines
+    assert first["engine"] < first["general"]  # the lane (``session._run_lane``) runs fewer lines
     assert all(abs(first[path] - second[path]) <= first[path] * 0.02 for path in first), (first, second)
 
 

@@ -736,7 +736,7 @@ def test_callers_that_differ_in_whether_they_may_use_the_context_fallback_share_
     answer by joining one that may (nor the other the refusal), so their flights are apart."""
     import contextvars
 
-    from gtl_nb.engine import core
+    from gtl_nb.engine import session_parts
     from gtl_nb.engine.context import RequestContext
 
     engine = fallback_engine()
@@ -749,7 +749,7 @@ def test_callers_that_differ_in_whether_they_may_use_the_context_fallback_share_
         context = RequestContext(principal="p", allowed_deployments=frozenset(deployments))
 
         def under() -> str | None:
-            core._REQUEST_CONTEXT.set(context)
+            session_parts.REQUEST_CONTEXT.set(context)
             return engine._coalescing_key(request, target)
 
         return contextvars.copy_context().run(under)

@@ -1,4 +1,4 @@
-"""``run_session``'s lane (``core._run_lane``): the common session — one target, no budget, cache,
+"""``run_session``'s lane (``session._run_lane``): the common session — one target, no budget, cache,
 shared call or hook — runs in one coroutine instead of climbing ``stream_batches``, ``_attempts`` and
 ``_one_attempt``. It must be a shortcut and nothing else: every scenario here runs twice, once down
 the lane and once with the lane refused (the general path), against the same upstream, and the two
@@ -22,12 +22,13 @@ import msgspec
 import pytest
 from engine_kit import make_engine
 
-from gtl_nb.engine import core
+from gtl_nb.engine import session, session_parts
 from gtl_nb.engine.breaker import BreakerConfig
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.engine.core import Engine
 from gtl_nb.engine.http import Timeouts
 from gtl_nb.engine.ledger import FINISH_FIELDS
+from gtl_nb.engine.session import run_session
 from gtl_nb.engine.stores import MemoryBreakerStore, MemoryBudgetCounter, MemoryResponseCache, Stores
 from gtl_nb.engine.stores.memory import MemoryUsageLedger
 from gtl_nb.protocol import CompletionRequest, Done, Error, Message, SessionStateMachine, Token, Usage
@@ -427,7 +428,7 @@ def test_a_cancel_mid_answer_down_the_lane_ends_the_row_cancelled_and_the_sessio
     assert [type(e).__name__ for e in sent][-1] == "Error" and sent[-1].code == "CANCELLED"
     assert sum(type(e) in TERMINAL_EVENTS for e in sent) == 1
     assert [(r["status"], r["error_code"]) for r in rows] == [("cancelled", "CANCELLED")]
-    assert core._REQUEST_CONTEXT.get(None) is None
+    assert session_parts.REQUEST_CONTEXT.get(None) is None
 
 
 def test_a_session_its_front_end_ends_with_an_error_leaves_that_error_in_its_row_down_both_paths():
@@ -443,7 +444,7 @@ def test_a_session_its_front_end_ends_with_an_error_leaves_that_error_in_its_row
     async def main(engine: Engine) -> tuple[list, list]:
         sent: list = []
         ended: list = []
-        ending = core.SessionEnd()
+        ending = session.SessionEnd()
         context = RequestContext(principal="alice")
         task = asyncio.ensure_future(
             run_session(engine, _request(), context, sent.append, finish=ended.append, ending=ending)
@@ -469,7 +470,7 @@ def test_a_session_its_front_end_ends_with_an_error_leaves_that_error_in_its_row
 
 
 def test_an_end_from_outside_changes_nothing_once_the_engine_has_decided_the_end():
-    ending = core.SessionEnd()
+    ending = session.SessionEnd()
     ending.event = Done(session_id="s1", finish_reason="stop")
     ending.end_with(Error(session_id="s1", code="INVALID_REQUEST", message="too late"))
     assert ending.failure is None
@@ -522,7 +523,7 @@ def test_a_cancel_is_told_and_recorded_as_down_the_general_path(where, ledger):
     if _HOOKED["on"]:
         heard = [e[1][0] for e in lane_events if isinstance(e, tuple) and e[0] == "hook"]
         assert heard.count("RequestStarted") == 1 and heard.count("RequestFinished") == 1
-    assert core._REQUEST_CONTEXT.get(None) is None
+    assert session_parts.REQUEST_CONTEXT.get(None) is None
 
 
 def test_a_bug_in_the_lane_itself_ends_the_session_and_its_row_internal(caplog):

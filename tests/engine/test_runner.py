@@ -794,8 +794,8 @@ def test_the_answer_read_with_done_reaches_the_caller_before_the_breaker_and_cac
     is recorded (a shared breaker store that is slow) must not lose the answer, and the row keeps its
     usage."""
     from gtl_nb.engine.context import RequestContext
-    from gtl_nb.engine.core import run_session
     from gtl_nb.engine.hooks import RequestFinished
+    from gtl_nb.engine.session import run_session
 
     engine = make_engine({"e": Deployment(name="e", type="echo", models=("m",))})
     breakers = engine.stores.breakers

@@ -12,9 +12,9 @@ import time
 
 from engine_kit import make_engine
 
-from gtl_nb.engine import core
+from gtl_nb.engine import session_parts
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import run_session
+from gtl_nb.engine.session import run_session
 from gtl_nb.engine.stores import MemoryBreakerStore, MemoryBudgetCounter, MemoryResponseCache, Stores
 from gtl_nb.engine.stores.memory import MemoryUsageLedger
 from gtl_nb.protocol import CompletionRequest, Message, Token
@@ -60,7 +60,7 @@ def test_a_consumer_leaving_while_the_probe_slot_cannot_be_handed_back_still_end
             if any(isinstance(event, Token) for event in batch):
                 break  # the consumer stops mid-answer
         await batches.aclose()
-        return await ledger.rows(), core._REQUEST_CONTEXT.get(None), await _settled(budgets)
+        return await ledger.rows(), session_parts.REQUEST_CONTEXT.get(None), await _settled(budgets)
 
     with caplog.at_level(logging.ERROR, logger="gtl_nb"):
         rows, context, held = asyncio.run(main())

@@ -36,8 +36,9 @@ import gtl_nb
 from gtl_nb import sim
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
-from gtl_nb.engine.core import Engine, run_session
+from gtl_nb.engine.core import Engine
 from gtl_nb.engine.hooks import AttemptStarted, Hooks, Reloaded, RequestFinished, RequestStarted
+from gtl_nb.engine.session import run_session
 from gtl_nb.engine.settings import load_settings
 from gtl_nb.engine.tracing import RequestTraceIds, RequestTracer, build_tracer_provider, server_of
 from gtl_nb.gateway.local import start_gateway
