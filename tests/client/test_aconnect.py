@@ -19,7 +19,7 @@ import pytest
 
 import gtl_nb
 from gtl_nb import sim
-from gtl_nb.engine import core
+from gtl_nb.engine import bookkeeping
 from gtl_nb.engine.hooks import RequestStarted
 from gtl_nb.engine.loop import CallersLoop
 from gtl_nb.engine.stores.memory import MemoryUsageLedger
@@ -233,7 +233,7 @@ def test_a_timeout_around_an_awaited_call_is_the_callers_and_the_row_says_cancel
 @pytest.mark.skipif(not hasattr(asyncio, "timeout"), reason="asyncio.timeout is Python 3.11's")
 def test_a_timeout_is_not_held_for_as_long_as_a_stalled_ledger_takes(monkeypatch):
     # the row's completion is waited for a while (CANCELLED_WRITE_WAIT), then the caller hears its timeout
-    monkeypatch.setattr(core, "CANCELLED_WRITE_WAIT", 0.3)
+    monkeypatch.setattr(bookkeeping, "CANCELLED_WRITE_WAIT", 0.3)
 
     class StalledFinish(MemoryUsageLedger):
         async def finish(self, row_id: int, **fields: object) -> None:

@@ -244,9 +244,9 @@ def test_a_timeout_while_counting_is_not_held_by_a_row_start_that_waits(tmp_path
     queue is full, so the row's start must wait for room: the caller hears its timeout within the bound a
     cancelled write is given (``CANCELLED_WRITE_WAIT``), not when the lock goes; the row still lands,
     ended ``cancelled``."""
-    from gtl_nb.engine import core
+    from gtl_nb.engine import bookkeeping
 
-    monkeypatch.setattr(core, "CANCELLED_WRITE_WAIT", 0.3)
+    monkeypatch.setattr(bookkeeping, "CANCELLED_WRITE_WAIT", 0.3)
     hold = 3.0
     path = tmp_path / "ledger.sqlite3"
 
