@@ -1291,9 +1291,30 @@ def _read_ini(path: Path) -> configparser.ConfigParser:
         parser.read_string(path.read_text(encoding="utf-8"), source=str(path))
     except FileNotFoundError:
         pass
-    except (OSError, configparser.Error) as exc:
-        raise ConfigurationError(f"cannot read AWS file {str(path)!r}: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigurationError(f"cannot read AWS file {str(path)!r}: byte {exc.start} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read AWS file {str(path)!r}: {exc.strerror or type(exc).__name__}") from None
+    except configparser.Error as exc:
+        raise ConfigurationError(f"cannot read AWS file {str(path)!r}: {_ini_problem(exc)}") from None
     return parser
+
+
+def _ini_problem(exc: configparser.Error) -> str:
+    """What is wrong in an AWS file, by line number and kind only: configparser's own message quotes the
+    offending line, and a line of ~/.aws/credentials is likely to hold a secret key."""
+    if isinstance(exc, configparser.MissingSectionHeaderError):
+        return f"line {exc.lineno} comes before any [section] header (a profile's keys go under [profile-name])"
+    if isinstance(exc, configparser.DuplicateSectionError):
+        return f"line {exc.lineno} repeats a [section] header given earlier in the file"
+    if isinstance(exc, configparser.DuplicateOptionError):
+        return f"line {exc.lineno} sets a key its section already sets"
+    if isinstance(exc, configparser.ParsingError):
+        lines = ", ".join(str(lineno) for lineno, _ in exc.errors[:5])
+        more = f" and {len(exc.errors) - 5} more" if len(exc.errors) > 5 else ""
+        plural = "s" if len(exc.errors) > 1 else ""
+        return f"line{plural} {lines}{more} cannot be read: each line must be a [section] header or key = value"
+    return f"it is not a valid INI file ({type(exc).__name__})"
 
 
 def _profile_section(parser: configparser.ConfigParser, profile: str, *, config_file: bool) -> dict[str, str]:

@@ -507,6 +507,33 @@ def test_shared_file_locations_follow_the_aws_variables(home, tmp_path):
     assert (bedrock.aws_access_key_id, bedrock.region) == ("X", "ca-central-1")
 
 
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("[default]\naws_access_key_id = AKIDCANARY\naws_secret_access_key SECRETCANARY/K7MDENG\n", r"line 3 "),
+        ("aws_secret_access_key = SECRETCANARY/K7MDENG\n[default]\n", r"line 1 comes before any \[section\]"),
+        ("[default]\naws_secret_access_key = SECRETCANARY\naws_secret_access_key = SECRETCANARY2\n", r"line 3 sets"),
+        ("[default]\nregion = x\n[default]\naws_secret_access_key = SECRETCANARY\n", r"line 3 repeats"),
+    ],
+)
+def test_a_malformed_aws_file_is_refused_by_line_number_without_quoting_the_line(home, tmp_path, text, where):
+    # configparser's own message quotes the offending line: in ~/.aws/credentials, a secret key
+    write(tmp_path / "creds.ini", text)
+    env = {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "creds.ini"), "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    with pytest.raises(ConfigurationError, match=where) as refused:
+        load(home, env, providers={"bedrock": {"region": "us-east-1"}}).require_credentials("bedrock")
+    assert "creds.ini" in str(refused.value)
+    assert "CANARY" not in str(refused.value)
+
+
+def test_an_aws_file_that_is_not_utf8_is_refused_by_position(home, tmp_path):
+    (tmp_path / "creds.ini").write_bytes(b"[default]\naws_secret_access_key = \xffCANARY\n")
+    env = {"AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "creds.ini"), "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    with pytest.raises(ConfigurationError, match=r"byte 34 is not UTF-8") as refused:
+        load(home, env, providers={"bedrock": {"region": "us-east-1"}}).require_credentials("bedrock")
+    assert "CANARY" not in str(refused.value)
+
+
 def test_bedrock_api_key_is_read_from_the_bearer_token_variable(home):
     config = load(home, {"AWS_BEARER_TOKEN_BEDROCK": "bedrock-key", "AWS_REGION": "us-east-1"})
     assert config.require_credentials("bedrock").api_key == "bedrock-key"
