@@ -36,6 +36,7 @@ import concurrent.futures
 import hashlib
 import logging
 import math
+import re
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -181,15 +182,55 @@ def parse_postgres_url(url: object, *, where: str = "ledger") -> PostgresURL:
         kept.append(("connect_timeout", str(int(CONNECT_TIMEOUT))))
     # (not urlunsplit: it drops the "//" of an empty authority, libpq's ``postgresql:///db?host=/socket``)
     conninfo = f"postgresql://{parts.netloc}{parts.path}?{urlencode(kept, quote_via=quote)}"
+    badly_written = _badly_written_part(parts.netloc, parts.path)
+    if badly_written:
+        raise ConfigurationError(f"{where}: {shown!r} is not a valid PostgreSQL URL: {badly_written}")
     psycopg, _ = require_psycopg()
     try:
         psycopg.conninfo.conninfo_to_dict(conninfo)  # libpq's own check of its parameters
     except psycopg.ProgrammingError as exc:
-        raise ConfigurationError(f"{where}: {shown!r} is not a valid PostgreSQL URL: {_first_line(exc)}") from None
+        reason = _unquoted(_first_line(exc), parts.netloc)
+        raise ConfigurationError(f"{where}: {shown!r} is not a valid PostgreSQL URL: {reason}") from None
     # shown in logs and /readyz as the database it names: our own options (a spool's path…) left out
     named = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if name not in OPTIONS]
     database = f"{scheme}://{parts.netloc}{parts.path}" + (f"?{urlencode(named, quote_via=quote)}" if named else "")
     return PostgresURL(conninfo, shown_url(database), options)
+
+
+_PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+"""A ``%`` that does not begin a percent-escape (two hex digits)."""
+_QUOTED = re.compile(r'"([^"]*)"')
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _badly_written_part(netloc: str, path: str) -> str | None:
+    """What is wrong, in our words, with a part of a URL's authority or path that libpq would refuse
+    by quoting it — its message repeats the part, which may be the password: a ``%`` not followed by
+    two hex digits, or a space."""
+    userinfo, _, hostport = netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    parts = (
+        ("the user name", user),
+        ("the password", password if colon else ""),
+        ("the host", hostport),
+        ("the database name", path.lstrip("/")),
+    )
+    for name, text in parts:
+        if _PERCENT_ESCAPE.search(text):
+            return f"{name} has a % not followed by two hex digits: percent-encode it as %25"
+        if any(character.isspace() for character in text):
+            how = "" if name == "the host" else ": percent-encode it (a space as %20)"
+            return f"{name} has a space (or another blank){how}"
+    return None
+
+
+def _unquoted(reason: str, netloc: str) -> str:
+    """libpq's ``reason`` without what it quotes from the URL, unless that is a plain name (an option's
+    ``"foo"``); nor the URL's password, quoted or not (one of a few characters is left: it would only
+    mangle the message's own words)."""
+    password = netloc.rpartition("@")[0].partition(":")[2]
+    reason = _QUOTED.sub(lambda found: found.group(0) if _NAME.fullmatch(found.group(1)) else '"…"', reason)
+    return reason.replace(password, "***") if len(password) >= 4 else reason
 
 
 def application_name_option(conninfo: str, name: str) -> dict[str, str]:

@@ -1009,6 +1009,34 @@ def test_urls_keep_libpq_options_take_ours_out_and_never_show_a_password():
             parse_postgres_url(bad)
 
 
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgresql://u:PWCANARY9x7z%zz@127.0.0.1:1/db", "the password has a % not followed by two hex digits"),
+        ("postgresql://u:50%off-PWCANARY@127.0.0.1:1/db", "the password has a % not followed by two hex digits"),
+        ("postgresql://u:PWCANARY9x7z x@127.0.0.1:1/db", r"the password has a space .*%20"),
+        ("postgresql://us%r:PWCANARY@127.0.0.1:1/db", "the user name has a %"),
+        ("postgresql://u:PWCANARY@127.0.0.1:1/d%zzb", "the database name has a %"),
+    ],
+)
+def test_a_url_libpq_would_quote_is_refused_in_our_words_without_the_password(url, reason, capsys):
+    # libpq's own message repeats the badly written part: the password, when that is where the % or space is
+    with pytest.raises(ConfigurationError, match=reason) as refused:
+        parse_postgres_url(url)
+    assert "CANARY" not in str(refused.value) and ":***@127.0.0.1:1/" in str(refused.value)
+    from gtl_nb.cli import main
+
+    assert main(["usage", "--ledger", url]) == 2
+    err = capsys.readouterr().err
+    assert "not a valid PostgreSQL URL" in err and "CANARY" not in err
+
+
+def test_libpqs_other_refusals_keep_a_plain_name_and_never_the_password():
+    with pytest.raises(ConfigurationError, match='invalid URI query parameter: "nonsense_option"') as refused:
+        parse_postgres_url("postgresql://u:PWCANARY@h/d?nonsense_option=1")
+    assert "CANARY" not in str(refused.value)
+
+
 def test_readyz_says_the_ledger_is_degraded_while_postgresql_is_away(tmp_path):
     """A gateway whose PostgreSQL ledger cannot be reached still serves (rows go to the local spool),
     and ``/readyz`` says what is degraded and why — without the database's password."""
