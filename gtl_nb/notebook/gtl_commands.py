@@ -24,6 +24,7 @@ from gtl_nb.notebook.errors import cell_error, client_for, gateway_way_out, in_n
 from gtl_nb.notebook.output import show_bundle
 from gtl_nb.notebook.session import GATEWAY_ENV, default_endpoint, is_embedded
 from gtl_nb.safe_markdown import code_span, no_math_markdown
+from gtl_nb.words import looks_like_variable_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from gtl_nb.notebook.session import NotebookSession, Settings
@@ -307,9 +308,16 @@ class GtlCommands:
         if opts.token_env:
             token = os.environ.get(opts.token_env)
             if not token:
+                staying = self.session.settings.endpoint
+                if not looks_like_variable_name(opts.token_env):  # it may be the token itself, pasted there
+                    raise UsageError(
+                        "%gtl connect: --token-env names no variable set in this kernel; its value is not quoted, "
+                        "as it is not capital letters, digits and _ only and may be the token itself (put the token "
+                        f"in a variable and name that, or use --ask-token; the notebook stays on {staying})"
+                    )
                 raise UsageError(
                     f"%gtl connect: ${opts.token_env} is not set in this kernel: set it in the shell that starts "
-                    f"Jupyter, or use --ask-token (the notebook stays on {self.session.settings.endpoint})"
+                    f"Jupyter, or use --ask-token (the notebook stays on {staying})"
                 )
         elif opts.ask_token:
             import getpass

@@ -588,6 +588,15 @@ def test_tokens_come_from_the_environment_or_a_prompt_and_stay_out_of_the_notebo
     assert "NOPE_VAR" in refused and "--ask-token" in refused and "stays on" in refused
 
 
+@pytest.mark.parametrize(
+    "pasted", ["eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJDQU5BUlkifQ.MAGICCANARYSIG0123456789", "magiccanary_plain_token_12345"]
+)
+def test_a_token_pasted_for_its_variables_name_is_not_quoted(ip, pasted):
+    refused = mistake(ip, f"%gtl connect embedded:// --token-env {pasted}")
+    assert "--token-env names no variable" in refused and "--ask-token" in refused and "stays on" in refused
+    assert "CANARY" not in refused.upper()
+
+
 def test_a_connect_that_fails_says_where_the_notebook_stays(ip):
     refused = mistake(ip, "%gtl connect ws://127.0.0.1:1")  # nothing listens on port 1
     assert "cannot reach" in refused and "stays on embedded://" in refused
