@@ -200,7 +200,6 @@ def parse_postgres_url(url: object, *, where: str = "ledger") -> PostgresURL:
 _PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 """A ``%`` that does not begin a percent-escape (two hex digits)."""
 _QUOTED = re.compile(r'"([^"]*)"')
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _badly_written_part(netloc: str, path: str) -> str | None:
@@ -224,12 +223,16 @@ def _badly_written_part(netloc: str, path: str) -> str | None:
     return None
 
 
+def _plain_name(text: str) -> bool:
+    return text.isascii() and text.isidentifier()
+
+
 def _unquoted(reason: str, netloc: str) -> str:
     """libpq's ``reason`` without what it quotes from the URL, unless that is a plain name (an option's
     ``"foo"``); nor the URL's password, quoted or not (one of a few characters is left: it would only
     mangle the message's own words)."""
     password = netloc.rpartition("@")[0].partition(":")[2]
-    reason = _QUOTED.sub(lambda found: found.group(0) if _NAME.fullmatch(found.group(1)) else '"…"', reason)
+    reason = _QUOTED.sub(lambda found: found.group(0) if _plain_name(found.group(1)) else '"…"', reason)
     return reason.replace(password, "***") if len(password) >= 4 else reason
 
 
