@@ -37,6 +37,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 from gtl_nb.engine.http import Timeouts
 from gtl_nb.engine.lingering import GROUP_COMMIT
+from gtl_nb.engine.stores.urls import is_url_shaped, masked_url, refuse_url_for_path
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.protocol.messages import REASONING_EFFORTS
 from gtl_nb.providers.base import Deployment, ProviderNeeds, needs_of
@@ -147,6 +148,16 @@ class Field:
     """Whether the value may be a secret (a key, a token, a header's value): an error names its kind, never it."""
 
 
+def _two_slashes(value: Any, where: str) -> None:
+    """Refuse a URL written with one slash after its scheme (``postgresql:/user:password@host/db``): read
+    as a file's path it would make a folder named after it, the password included."""
+    if is_url_shaped(value) and "://" not in value:
+        scheme = value.partition(":")[0]
+        raise ConfigurationError(
+            f"{where}: {masked_url(value)!r} has one slash after {scheme}:; a URL is written {scheme}://…"
+        )
+
+
 def _str_list(value: Any, where: str) -> None:
     if not all(isinstance(item, str) for item in value):
         raise ConfigurationError(f"{where} must be a list of strings, got {value!r}")
@@ -176,11 +187,18 @@ GROUP_COMMIT_MS = Field(
 SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
     "ledger": {
         "enabled": Field((bool,), True, "record every response's usage and cost"),
-        "path": Field(_OPT_STR, None, "SQLite file (default: gtl_nb.engine.ledger.default_ledger_path())"),
+        "path": Field(
+            _OPT_STR,
+            None,
+            "SQLite file (default: gtl_nb.engine.ledger.default_ledger_path())",
+            check=lambda v, w: refuse_url_for_path(v, w, "a SQLite file's path (a store URL goes in [ledger] url)"),
+            secret=True,  # a URL put here by mistake may hold the database's password
+        ),
         "url": Field(
             _OPT_STR,
             None,
             "store URL: sqlite:///relative/path, sqlite:////absolute/path, memory:// or postgresql://…",
+            check=lambda v, w: _two_slashes(v, w),
             secret=True,  # a postgresql:// URL may hold the database's password
         ),
         "retention_days": Field(
@@ -759,7 +777,7 @@ def _anchored(data: dict[str, Any], folder: Path) -> dict[str, Any]:
 
 
 def _anchored_path(path: str, folder: Path) -> str:
-    if not path or path == ":memory:" or path.startswith("~") or Path(path).is_absolute():
+    if not path or path == ":memory:" or path.startswith("~") or Path(path).is_absolute() or is_url_shaped(path):
         return path
     return str(folder / path)
 

@@ -494,7 +494,7 @@ def _configured(args: argparse.Namespace) -> tuple[Path | str, Any, str | None]:
     from gtl_nb.engine.ledger import default_ledger_path
     from gtl_nb.engine.settings import load_settings
     from gtl_nb.engine.stores.postgres_pool import is_postgres_url
-    from gtl_nb.engine.stores.urls import parse_store_url
+    from gtl_nb.engine.stores.urls import parse_store_url, refuse_url_for_path
 
     config_file = args.ledger_config or getattr(args, "config", None)
     if config_file is not None and not Path(config_file).expanduser().is_file():
@@ -502,6 +502,7 @@ def _configured(args: argparse.Namespace) -> tuple[Path | str, Any, str | None]:
     settings = load_settings(config=config_file)
     if args.ledger_file and is_postgres_url(args.ledger_file):
         return args.ledger_file, settings.ledger.retention, None
+    refuse_url_for_path(args.ledger_file, "--ledger", "the ledger's SQLite file, or a postgresql:// URL")
     path: Path | None = Path(args.ledger_file).expanduser() if args.ledger_file else None
     named_by = None
     if path is None and settings.ledger.url:

@@ -93,6 +93,7 @@ from gtl_nb.engine.lingering import GROUP_COMMIT, LingeringQueue
 from gtl_nb.engine.loop import running_loop
 from gtl_nb.engine.sqlite_files import create_private_file
 from gtl_nb.engine.stores.postgres_pool import is_postgres_url, parse_postgres_url, shown_url
+from gtl_nb.engine.stores.urls import refuse_url_for_path
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
 
@@ -240,6 +241,8 @@ class AuditSettings:
                 raise ConfigurationError(f"{where} {key} must be true or false")
         path = _text(table, "path", where)
         spool = _text(table, "spool_path", where)
+        for key, value in (("path", path), ("spool_path", spool)):  # a URL read as a path: a folder of its name
+            refuse_url_for_path(value, f"{where} {key}", "a file's path (a postgresql:// URL goes in url)")
         max_bytes = _integer(table, "max_bytes", DEFAULT_MAX_BYTES, MIN_MAX_BYTES, where)
         backups = _integer(table, "backups", DEFAULT_BACKUPS, 0, where)
         queue_size = _integer(table, "queue_size", DEFAULT_QUEUE_SIZE, 1, where)

@@ -442,6 +442,9 @@ def _push_revocations(args: argparse.Namespace) -> int:
             "gtl token push-revocations copies revocations into a shared list, and [gateway.jwt] revocations "
             "names no redis:// URL in this configuration: give --config the replicas' configuration"
         )
+    from gtl_nb.engine.stores.urls import refuse_url_for_path
+
+    refuse_url_for_path(args.source, "--from", "the old gateway's token store, a SQLite file")
     source = Path(args.source).expanduser() if args.source else Path(policy.store_path)
     if not source.is_file():
         raise ConfigurationError(

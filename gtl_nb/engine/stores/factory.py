@@ -31,7 +31,7 @@ from gtl_nb.engine.stores.memory import (
 )
 from gtl_nb.engine.stores.postgres_pool import is_postgres_url
 from gtl_nb.engine.stores.sqlite import SqliteBreakerStore, SqliteBudgetCounter, SqliteResponseCache, SqliteUsageLedger
-from gtl_nb.engine.stores.urls import parse_store_url, unknown_scheme
+from gtl_nb.engine.stores.urls import parse_store_url, refuse_url_for_path, unknown_scheme
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
 
@@ -109,6 +109,8 @@ def check_store_urls(
     elif isinstance(ledger, str) and "://" in ledger:
         _check_ledger_scheme(ledger)
         parse_store_url(ledger, where="ledger")
+    else:
+        refuse_url_for_path(ledger, "ledger", f"a SQLite file's path, or a store URL ({LEDGER_ACCEPTED})")
     if budgets is not None and budgets.backend is not None:
         parse_store_url(budgets.backend, where="[budgets] backend")
     if cache is not None:
@@ -162,6 +164,7 @@ def _open_ledger(
             return MemoryUsageLedger(clock=wall_clock)
         return SqliteUsageLedger(url.path, clock=wall_clock, **sqlite_options)
     if isinstance(ledger, (str, os.PathLike)):
+        refuse_url_for_path(ledger, "ledger", f"a SQLite file's path, or a store URL ({LEDGER_ACCEPTED})")
         return SqliteUsageLedger(ledger, clock=wall_clock, **sqlite_options)
     raise ConfigurationError(
         f"ledger must be a path, a store URL ({LEDGER_ACCEPTED}), a UsageLedger, a Ledger, False or None, "

@@ -16,6 +16,7 @@ A Redis URL may carry a password: ``shown_url`` is the form to put in messages a
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
@@ -23,7 +24,17 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.words import a_kind_of
 
-__all__ = ["ACCEPTED", "DEFAULT_KEY_PREFIX", "REDIS_OPTIONS", "StoreURL", "parse_store_url", "shown_url"]
+__all__ = [
+    "ACCEPTED",
+    "DEFAULT_KEY_PREFIX",
+    "REDIS_OPTIONS",
+    "StoreURL",
+    "is_url_shaped",
+    "masked_url",
+    "parse_store_url",
+    "refuse_url_for_path",
+    "shown_url",
+]
 
 ACCEPTED = "memory:// or sqlite:///path (sqlite:////absolute/path), or redis://host:port/db (rediss:// for TLS)"
 _SCALE_OUT = ("postgresql", "postgres")
@@ -85,6 +96,47 @@ def parse_store_url(url: object, *, where: str = "store") -> StoreURL:
             f"{where}: {_quoted(url)} names no file; write sqlite:///relative/path or sqlite:////absolute/path"
         )
     return StoreURL("sqlite", Path(unquote(path)).expanduser())
+
+
+_URL_SHAPE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]+):(/+)")
+"""A scheme (two characters at least: ``C:/…`` is a Windows path) and a colon, then one slash or more:
+what a setting that takes a file's path must not be given — the path would be a folder named after the
+URL, its password included (``postgresql:/user:password@host/db``)."""
+
+
+def is_url_shaped(value: object) -> bool:
+    """Whether ``value`` begins as a URL does (``scheme://`` or ``scheme:/``), not as a file's path."""
+    return isinstance(value, str) and _URL_SHAPE.match(value) is not None
+
+
+def masked_url(value: str) -> str:
+    """A URL-shaped ``value`` as a message may show it: its scheme, slashes, host and path as given, the
+    user name kept and the password replaced by ``***`` (all of the user part when it has no ``:`` —
+    ``redis://TOKEN@host``), and no query or fragment (a ``?password=`` perhaps). Whatever comes before
+    the last ``@`` is the user part."""
+    found = _URL_SHAPE.match(value)
+    if found is None:
+        return "the value given"
+    # the last @ ends the user part: a password may hold a /, ? or @ unencoded (a query's @ masks more)
+    userinfo, at, rest = value[found.end() :].rpartition("@")
+    cut = min((i for i in (rest.find(mark) for mark in "?#") if i >= 0), default=len(rest))
+    shown = rest[:cut] + ("?…" if cut < len(rest) else "")
+    if at:
+        user, colon, _ = userinfo.partition(":")
+        plain = colon and user and not any(mark in user for mark in "/?#")
+        shown = (f"{user}:***@" if plain else "***@") + shown
+    return f"{found.group(1)}:{found.group(2)}{shown}"
+
+
+def refuse_url_for_path(value: object, where: str, takes: str) -> None:
+    """Refuse ``value`` for a setting (``where``) that takes a file's path when it is a URL, saying what
+    to give instead (``takes``), and never quoting the URL's password."""
+    if not is_url_shaped(value):
+        return
+    assert isinstance(value, str)
+    scheme, slashes = _URL_SHAPE.match(value).groups()  # type: ignore[union-attr]
+    one_slash = f" (and a URL has two slashes after {scheme}:)" if len(slashes) == 1 else ""
+    raise ConfigurationError(f"{where}: {masked_url(value)!r} is a URL, not a file's path{one_slash}: give {takes}")
 
 
 def _quoted(text: str) -> str:

@@ -216,6 +216,16 @@ def _revocations(reader: _TableReader) -> tuple[Path | None, str | None]:
 
         parse_store_url(value, where="[gateway.jwt] revocations")  # a typo fails at start-up
         return None, value
+    from gtl_nb.engine.stores.urls import refuse_url_for_path
+
+    # a postgresql:// URL (or redis:/ with one slash) read as a path was a folder named after its password,
+    # and each replica kept its own list while the operator thought it shared
+    refuse_url_for_path(
+        value,
+        "[gateway.jwt] revocations",
+        "the token store's SQLite file, or a redis:// (rediss://) URL for a list the replicas share; "
+        "no other store holds revocations",
+    )
     return reader.path("revocations"), None
 
 
