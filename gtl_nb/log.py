@@ -8,10 +8,14 @@ JWTs) and values of secret-named fields (``api_key=…``, ``"authorization": "�
 
 from __future__ import annotations
 
+import base64
+import functools
 import logging
 import os
 import re
+import string
 from collections.abc import Callable, Iterable
+from urllib.parse import quote, quote_plus
 
 LOGGER_NAME = "gtl_nb"
 
@@ -63,22 +67,122 @@ def _masked_words(text: str, is_key: Callable[[str, str, str], bool]) -> str:
     return _MASKED_TOKEN.sub(replace, text)
 
 
+_ASCII_FOLD = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+"""Letter case folded in ASCII only: one character for one, so a match in the folded text is at the same
+place in the text (``str.lower`` may change a text's length: ``"İ".lower()`` is two characters)."""
+_LEAST_PIECE = 12
+"""The fewest of a secret's first (or last) characters a text must quote for them to be scrubbed: a key's
+first 12 characters are, past a provider's prefix, random — another text holds them only by quoting it."""
+_BASE64_RUN = frozenset(string.ascii_letters + string.digits + "+/-_")
+"""What a base64 rendering is written with, in either alphabet (its ``=`` padding ends it only)."""
+
+
+@functools.lru_cache(maxsize=64)
+def _forms(secret: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The forms of ``secret`` a provider may quote: those read in any letter case (the secret and its
+    percent-encodings, folded), and its base64 renderings, which are read as written — the secret's
+    bytes at each of the three places in a group of three (the key alone, ``user:key`` of Basic
+    authorisation), in the standard and the URL alphabet, the characters that depend on bytes around
+    it left out."""
+    folded = dict.fromkeys(
+        form.translate(_ASCII_FOLD) for form in (secret, quote(secret, safe=""), quote_plus(secret, safe=""))
+    )
+    raw = secret.encode("utf-8", "surrogatepass")
+    exact: dict[str, None] = {}
+    for lead, skip in ((0, 0), (1, 2), (2, 3)):  # the secret after 0, 1 or 2 other bytes of its group
+        whole_groups = (lead + len(raw)) // 3 * 4
+        encoded = base64.b64encode(b"\0" * lead + raw)[skip:whole_groups].decode("ascii")
+        if len(encoded) >= 8:
+            exact[encoded] = None
+            exact[encoded.replace("+", "-").replace("/", "_")] = None
+    return tuple(folded), tuple(exact)
+
+
+def _quoted_spans(text: str, secret: str) -> list[tuple[int, int]]:
+    """Where ``text`` (folded as ``secret`` is) quotes ``secret``: whole, or its first or last
+    ``_LEAST_PIECE`` characters or more. ``str.find`` from where the last match ended, each match grown
+    by at most the secret's length: linear in the text."""
+    spans: list[tuple[int, int]] = []
+    piece = min(_LEAST_PIECE, len(secret))
+    head, tail = secret[:piece], secret[-piece:]
+    found = text.find(head)
+    while found >= 0:
+        end = found + piece
+        while end - found < len(secret) and end < len(text) and text[end] == secret[end - found]:
+            end += 1
+        spans.append((found, end))
+        found = text.find(head, end)
+    found = text.find(tail)
+    while found >= 0:
+        start, end = found, found + piece
+        while end - start < len(secret) and start > 0 and text[start - 1] == secret[-(end - start) - 1]:
+            start -= 1
+        spans.append((start, end))
+        found = text.find(tail, end)
+    return spans
+
+
+def _base64_spans(text: str, form: str) -> list[tuple[int, int]]:
+    """Where ``text`` holds ``form`` (a base64 rendering of a secret), each grown to the whole run of
+    base64 characters around it: the characters at its ends hold bits of the secret too."""
+    spans: list[tuple[int, int]] = []
+    found = text.find(form)
+    while found >= 0:
+        start, end = found, found + len(form)
+        while start > 0 and text[start - 1] in _BASE64_RUN and (not spans or start > spans[-1][1]):
+            start -= 1
+        while end < len(text) and (text[end] in _BASE64_RUN or text[end] == "="):
+            end += 1
+        spans.append((start, end))
+        found = text.find(form, end)
+    return spans
+
+
+def _without(text: str, spans: list[tuple[int, int]]) -> str:
+    """``text`` with each of ``spans`` (overlapping or not) replaced by ``[redacted]``; spans that overlap
+    or touch are one."""
+    merged: list[list[int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([start, end])
+    pieces: list[str] = []
+    kept = 0
+    for start, end in merged:
+        pieces += (text[kept:start], "[redacted]")
+        kept = end
+    pieces.append(text[kept:])
+    return "".join(pieces)
+
+
 def scrub_secret(text: str, secret: str) -> str:
-    """``text`` without ``secret`` (at least 8 characters) or any masked rendering of it — a token holding
-    a mask (``*``, ``•``, ``…``, ``...``) whose part before the mask begins the secret, or whose part
-    after it ends the secret, by four characters or more, as providers quote a refused key
-    (``Incorrect API key provided: sk-proj-****…abcd``)."""
+    """``text`` without ``secret`` (at least 8 characters) in any form a provider has been seen to quote
+    a key in: whole or its first or last 12 characters or more (``_LEAST_PIECE``), in any letter case,
+    percent-encoded, or base64-encoded (``_forms``); or any masked rendering of it — a token holding a
+    mask (``*``, ``•``, ``…``, ``...``) whose part before the mask begins the secret, or whose part after
+    it ends the secret, by four characters or more, in any letter case, as providers quote a refused key
+    (``Incorrect API key provided: sk-proj-****…abcd``). Linear in the text for each secret."""
     if len(secret) < 8:
         return text
-    if secret in text:
-        text = text.replace(secret, "[redacted]")
+    folded_forms, encoded_forms = _forms(secret)
+    folded = text.translate(_ASCII_FOLD)
+    spans: list[tuple[int, int]] = []
+    for form in folded_forms:
+        spans += _quoted_spans(folded, form)
+    for form in encoded_forms:
+        if form in text:
+            spans += _base64_spans(text, form)
+    if spans:
+        text = _without(text, spans)
     if not _might_be_masked(text):
         return text
+    secret = folded_forms[0]
     return _masked_words(
         text,
         lambda _, head, tail: (
-            (len(head) >= _KEEP_AROUND_MASK and secret.startswith(head))
-            or (len(tail) >= _KEEP_AROUND_MASK and secret.endswith(tail))
+            (len(head) >= _KEEP_AROUND_MASK and secret.startswith(head.translate(_ASCII_FOLD)))
+            or (len(tail) >= _KEEP_AROUND_MASK and secret.endswith(tail.translate(_ASCII_FOLD)))
         ),
     )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import logging
+import urllib.parse
 
 import pytest
 
@@ -101,6 +103,52 @@ def test_scrubbing_masked_keys_is_linear_in_the_text():
     hostile = "*" + "sk-" * 50_000 + " a*" * 50_000 + "." * 100_000 + "a." * 50_000 + "\u2022" * 100_000
     assert "[redacted]" in redact(hostile)  # returns at all: no backtracking over the runs
     assert scrub_secret(hostile, "sk-sk-sk-sk") != hostile
+
+
+KEY_CANARY = "Canary+Provider/KEY-7f3A9c1e5b2d4f60"
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    [
+        KEY_CANARY.lower(),
+        KEY_CANARY.upper(),
+        KEY_CANARY.swapcase(),
+        KEY_CANARY[:12],  # the fewest first characters scrubbed
+        KEY_CANARY[:20].lower(),
+        KEY_CANARY[-12:].upper(),
+        urllib.parse.quote(KEY_CANARY, safe=""),
+        urllib.parse.quote(KEY_CANARY, safe="").lower(),
+        urllib.parse.quote_plus(KEY_CANARY),
+        base64.b64encode(KEY_CANARY.encode()).decode(),
+        base64.urlsafe_b64encode(KEY_CANARY.encode()).decode().rstrip("="),
+        base64.b64encode(f"u:{KEY_CANARY}".encode()).decode(),  # Basic authorisation: the key one byte on
+        base64.b64encode(f"user:{KEY_CANARY}".encode()).decode(),  # and two
+        f"{KEY_CANARY.lower()}{KEY_CANARY.upper()}",
+    ],
+)
+def test_a_key_in_another_case_cut_or_encoded_is_scrubbed(quoted):
+    from gtl_nb.log import scrub_secret
+
+    text = f'{{"message": "not available to key {quoted}: see the docs"}}'
+    scrubbed = scrub_secret(text, KEY_CANARY)
+    assert scrubbed == '{"message": "not available to key [redacted]: see the docs"}'
+
+
+def test_what_is_not_the_key_is_left_alone():
+    from gtl_nb.log import scrub_secret
+
+    text = f"canary provider key {KEY_CANARY[:11]} or {KEY_CANARY[-11:]}, base64 Q2FuYXJ5 — ordinary words"
+    assert scrub_secret(text, KEY_CANARY) == text
+    assert scrub_secret("Hello HELLO hello", "hello-world-key") == "Hello HELLO hello"
+
+
+def test_scrubbing_a_key_in_its_forms_is_linear_in_the_text():
+    from gtl_nb.log import scrub_secret
+
+    periodic = "abababababababab"  # a key whose first 12 characters start again at every other one
+    text = "ab" * 200_000 + "x" + base64.b64encode(periodic.encode()).decode() * 50_000
+    assert scrub_secret(text, periodic).startswith("[redacted]")  # returns at all: no quadratic rescans
 
 
 def test_quotes_secret_finds_a_key_whole_in_any_letter_case_or_masked_and_ignores_short_ones():
