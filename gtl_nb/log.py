@@ -240,6 +240,24 @@ def get_logger(name: str | None = None) -> logging.Logger:
     return logger
 
 
+def redact_loggers(*namespaces: str) -> None:
+    """Put the redacting filter on every logger of ``namespaces`` (``"opentelemetry"``, ``"urllib3"``):
+    the namespace's own and each logger under it that exists now. A library whose failures we cause logs
+    through its own loggers, outside ``gtl_nb``'s filter — OpenTelemetry's exporter prints the URL it
+    could not reach, query and all. (A logger's filter sees only records made on it, so each gets one;
+    call this after importing the library, whose modules make their loggers as they are imported.)"""
+    manager = logging.Logger.manager
+    names = [
+        name
+        for name in list(manager.loggerDict)
+        if any(name == namespace or name.startswith(namespace + ".") for namespace in namespaces)
+    ]
+    for name in dict.fromkeys([*namespaces, *names]):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+            logger.addFilter(RedactingFilter())
+
+
 _root = logging.getLogger(LOGGER_NAME)
 _root.addFilter(RedactingFilter())
 _root.addHandler(logging.NullHandler())

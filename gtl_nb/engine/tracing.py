@@ -36,7 +36,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.hooks import (
@@ -50,7 +50,7 @@ from gtl_nb.engine.hooks import (
     RequestStarted,
     RetryScheduled,
 )
-from gtl_nb.log import get_logger, redact
+from gtl_nb.log import get_logger, redact, redact_loggers
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.words import install_extra
 
@@ -210,6 +210,24 @@ def _module(name: str) -> Any:
         ) from None
 
 
+_CREDENTIAL_WORDS = ("key", "token", "secret", "pass", "pwd", "auth", "sig", "cred", "bearer", "session")
+ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+
+
+def refuse_credential_in_query(url: str, where: str) -> None:
+    """Refuse a collector ``url`` whose query has a parameter named as a credential is (``api_key``,
+    ``X-Api-Key``, ``access_token``, ``sig``, ``password`` …): the SDK's own log quotes the URL, query and
+    all, whenever an export fails. The value is never quoted; the name only when it reads as a name."""
+    for name, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True):
+        if any(word in name.lower() for word in _CREDENTIAL_WORDS):
+            plain = len(name) <= 24 and all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in name)
+            shown = f"{name}=…" if plain else "a parameter named like one"  # (a name may be the secret pasted)
+            raise ConfigurationError(
+                f"{where} must not carry a credential in its query ({shown}): put it in "
+                "OTEL_EXPORTER_OTLP_HEADERS (key=value pairs, sent as headers and never logged)"
+            )
+
+
 def traces_url(endpoint: str) -> str:
     """The OTLP/HTTP traces URL of ``endpoint``: a bare collector address gets ``/v1/traces``."""
     parts = urlsplit(endpoint)
@@ -248,6 +266,10 @@ def build_tracer_provider(
     if exporter == "otlp":
         otlp = _module("opentelemetry.exporter.otlp.proto.http.trace_exporter")
     environ = os.environ if environ is None else environ
+    if exporter == "otlp" and not endpoint:  # the SDK reads the endpoint from these: the same check
+        for variable in ENDPOINT_VARIABLES:
+            if environ.get(variable):
+                refuse_credential_in_query(environ[variable], f"${variable}")
     name = service_name or environ.get("OTEL_SERVICE_NAME") or "gtl_nb"
     provider = sdk_trace.TracerProvider(
         resource=resources.Resource.create({"service.name": name}), id_generator=RequestTraceIds()
@@ -258,6 +280,8 @@ def build_tracer_provider(
     else:
         span_exporter = otlp.OTLPSpanExporter(endpoint=traces_url(endpoint) if endpoint else None)
     provider.add_span_processor(sdk_export.BatchSpanProcessor(span_exporter))
+    # the exporter's failures are logged by the SDK and by urllib3, the collector's URL in them
+    redact_loggers("opentelemetry", "urllib3", "requests")
     return provider
 
 

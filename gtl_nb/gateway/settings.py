@@ -28,7 +28,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gtl_nb.engine.settings import Settings
-from gtl_nb.engine.tracing import EXPORTERS  # a module that imports OpenTelemetry only when a tracer is built
+from gtl_nb.engine.tracing import EXPORTERS, refuse_credential_in_query  # (imports OpenTelemetry lazily)
 from gtl_nb.gateway.listeners import DEFAULT_MAX_UNFINISHED_BYTES, TRANSPORTS, Limits, ListenerSettings, TlsFiles
 from gtl_nb.gateway.proxies import TrustedProxies
 from gtl_nb.protocol.codec import DEFAULT_MAX_FRAME_BYTES
@@ -202,3 +202,4 @@ def _check_endpoint(endpoint: str, exporter: str, where: str) -> None:
     if parts.username or parts.password:
         # a collector's token belongs in OTEL_EXPORTER_OTLP_HEADERS, never in this file
         raise ConfigurationError(f"{where} endpoint must not hold a user or password: use OTEL_EXPORTER_OTLP_HEADERS")
+    refuse_credential_in_query(endpoint, f"{where} endpoint")

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import gzip
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -579,6 +580,35 @@ def test_tracing_settings_from_the_table():
         with pytest.raises(ConfigurationError, match=message) as caught:
             TracingSettings.from_table(table)
         assert KEY_CANARY not in str(caught.value)
+
+
+QUERY_CANARY = "OTLPQCANARY-9f1e"
+
+
+@pytest.mark.parametrize("name", ["api_key", "X-Api-Key", "access_token", "sig", "password", "Authorization"])
+def test_a_collector_credential_in_the_endpoints_query_is_refused_pointing_at_the_headers(name):
+    # the OpenTelemetry SDK's own log quotes the endpoint, query and all, whenever an export fails
+    endpoint = f"http://127.0.0.1:4318/v1/traces?tenant=a&{name}={QUERY_CANARY}"
+    with pytest.raises(ConfigurationError, match="OTEL_EXPORTER_OTLP_HEADERS") as caught:
+        TracingSettings.from_table({"enabled": True, "exporter": "otlp", "endpoint": endpoint})
+    assert f"({name}=…)" in str(caught.value) and QUERY_CANARY not in str(caught.value)
+    for variable in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        with pytest.raises(ConfigurationError, match=f"\\${variable} must not carry a credential") as caught:
+            build_tracer_provider("otlp", environ={variable: endpoint})
+        assert QUERY_CANARY not in str(caught.value)
+    plain = "http://127.0.0.1:4318/v1/traces?tenant=a"
+    assert TracingSettings.from_table({"enabled": True, "endpoint": plain}).endpoint == plain
+
+
+@pytest.mark.parametrize("logger", ["opentelemetry.exporter.otlp.proto.http.trace_exporter", "urllib3.connectionpool"])
+def test_what_the_exporter_and_its_http_client_log_is_redacted(logger, caplog):
+    build_tracer_provider("otlp", endpoint="http://127.0.0.1:1").shutdown()
+    with caplog.at_level(logging.WARNING, logger=logger):
+        logging.getLogger(logger).warning(
+            "Transient error %s encountered while exporting span batch",
+            f"Max retries exceeded with url: /v1/traces?api_key={QUERY_CANARY} (Bearer {QUERY_CANARY}xyz)",
+        )
+    assert "encountered while exporting span batch" in caplog.text and QUERY_CANARY not in caplog.text
 
 
 def test_without_the_extra_the_error_says_what_to_install(monkeypatch):
