@@ -50,7 +50,7 @@ class Completion:
     @classmethod
     def from_transcript(cls, transcript: Transcript, provider_type: str | None = None) -> Completion:
         done: Done | None = transcript.done
-        return cls(
+        return cls._of_fields(
             text=transcript.text,
             session_id=transcript.session_id,
             provider=(done.provider if done else None) or (transcript.error.provider if transcript.error else None),
@@ -68,7 +68,19 @@ class Completion:
             error=transcript.error,
             created_at=time.time(),
             stop_sequence=done.stop_sequence if done else None,
+            steps=[],
         )
+
+    @classmethod
+    def _of_fields(cls, **fields: Any) -> Completion:
+        """The ``Completion`` holding ``fields`` — every one of its fields, by name — as ``cls(**fields)``
+        makes it, without running that ``__init__``: a frozen dataclass's sets each field through
+        ``object.__setattr__``, ~1.5 k instructions a field — for eighteen, 4 % of an awaited ``acomplete``
+        (docs/benchmarks.md, "twenty-third session"). Nothing else happens in that ``__init__`` (no
+        ``__post_init__``); a test checks that ``from_transcript`` gives every field, as ``__init__`` would."""
+        completion = object.__new__(cls)
+        completion.__dict__.update(fields)
+        return completion
 
     @classmethod
     def over_steps(cls, steps: Sequence[Completion]) -> Completion:
