@@ -242,6 +242,9 @@ class GatewayConnection:
         self._answers_after_end = answers_after_end
         """The channel still carries what is written after the client's end of stream (stdio's pipes)."""
         self._client_ended = False  # the client ended the connection (its end of stream, or its error frame)
+        # sessions whose end the connection itself told the client (a bad frame of theirs): their task's own
+        # end is not written after the connection ended (``_told_after_end``), so each has one terminal event
+        self._told_by_connection: set[str] = set()
 
     @property
     def live_sessions(self) -> int:
@@ -323,6 +326,7 @@ class GatewayConnection:
             if task is not None:
                 if type(event) is Error and event.code != "CANCELLED":  # the client was told this error:
                     self._endings[event.session_id].end_with(event)  # the row ends with it too
+                    self._told_by_connection.add(event.session_id)
                 self._cancel(task)
         elif isinstance(event, ProtocolViolation):
             log.warning("client %s broke the protocol: %s", self.framed.channel.peer, event.error.message)
@@ -353,6 +357,7 @@ class GatewayConnection:
     def _start(self, request: CompletionRequest) -> Awaitable[None] | None:
         """Start the session of ``request``; a refusal at a cap is returned, for the reader to await."""
         sid = request.session_id
+        self._told_by_connection.discard(sid)  # (an id used again names a new session)
         if self.context is None:  # a refused client's connection is closed, and its sessions ended with it
             # (a client that sent no hello has its first request read after the refusal: nothing runs it)
             self._end(AuthenticationError("the client is not authenticated").to_event(sid))
@@ -449,6 +454,9 @@ class GatewayConnection:
         """Write a session's terminal event after the client ended the connection, where the channel still
         carries it (stdio: a client that closed the gateway's input may still read its output)."""
         if not (self._answers_after_end and self._client_ended and type(event) in TERMINAL_EVENTS):
+            return
+        if event.session_id in self._told_by_connection:  # the connection told the client this session's end
+            self._told_by_connection.discard(event.session_id)
             return
         try:
             self.framed.channel.write(frames_within(event, self.framed.connection.send_limit))

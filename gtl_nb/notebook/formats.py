@@ -9,6 +9,7 @@ code``'s next cell — or says there is none (prose inserted as a cell is a Synt
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 from typing import Any
@@ -104,7 +105,20 @@ def code_to_insert(text: str) -> str | None:
     if not code.strip():
         return None
     try:
-        compile(code, "<answer>", "exec", dont_inherit=True)
-    except (SyntaxError, ValueError):  # (ValueError: a NUL in the text)
-        return None
+        tree = ast.parse(code, "<answer>")
+        if _a_word_or_a_value(tree):  # "Yes", "Paris", "42": an answer, not code
+            return None
+        compile(tree, "<answer>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # (ValueError: a NUL; the others: a
+        return None  # text nested or long enough to exhaust the parser, which is no code to insert either)
     return code
+
+
+def _a_word_or_a_value(tree: ast.Module) -> bool:
+    """Whether a parsed answer is one bare name or one literal: prose that happens to parse as Python."""
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Expr):
+        return False
+    value = tree.body[0].value
+    return isinstance(value, (ast.Name, ast.Constant)) or (
+        isinstance(value, ast.UnaryOp) and isinstance(value.operand, ast.Constant)
+    )

@@ -37,6 +37,7 @@ too. Whatever the input, ``decode``, ``encode`` and ``FrameDecoder`` raise only 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -311,6 +312,9 @@ def known_code(obj: dict[str, Any]) -> dict[str, Any]:
     return {**obj, "code": "INTERNAL", "peer_code": code[:_PEER_CODE_CHARACTERS]}
 
 
+_EVENT_CALLS = itertools.count()  # numbers the tool_call events read without an id (``normalise_aliases``)
+
+
 def normalise_aliases(obj: dict[str, Any]) -> dict[str, Any]:
     """Rename alias fields to canonical ones and unwrap OpenAI-style tool definitions."""
     out = {
@@ -324,9 +328,10 @@ def normalise_aliases(obj: dict[str, Any]) -> dict[str, Any]:
     sid = out.get("session_id")
     where = sid if isinstance(sid, str) else ""
     if out.get("type") == "tool_call" and isinstance(out.get("function"), dict):
-        # OpenAI keeps a call's id beside its function object, not in it
+        # OpenAI keeps a call's id beside its function object, not in it. An event's made-up id is numbered
+        # too: an answer may make the same call twice, and each result must answer its own call
         outer_id = out.get("id") if isinstance(out.get("id"), str) else None
-        out["function"] = normalise_tool_call(out["function"], where, outer_id)
+        out["function"] = normalise_tool_call(out["function"], f"{where}#{next(_EVENT_CALLS)}", outer_id)
     messages = out.get("messages")
     if out.get("type") == "completion_request" and isinstance(messages, list):
         out["messages"] = normalise_message_calls(messages, where)
@@ -336,10 +341,11 @@ def normalise_aliases(obj: dict[str, Any]) -> dict[str, Any]:
 def normalise_message_calls(messages: list[Any], where: str = "") -> list[Any]:
     """``messages`` with each assistant message's tool calls read by ``normalise_tool_call`` (``where``
     and the positions of the message and the call make each made-up id). A ``tool`` message without a
-    ``tool_call_id`` answers the earliest call before it whose id was made up and not yet answered: a
-    sender that gave its calls no ids cannot name them either, and pairs calls and results by order."""
+    ``tool_call_id`` answers the earliest call before it whose id was made up and not yet answered — of the
+    tool its ``name`` says, when it says one: a sender that gave its calls no ids cannot name them either,
+    and pairs calls and results by order (``_answered_call``)."""
     out: list[Any] = []
-    unanswered: list[str] = []  # the made-up ids no tool message has answered yet, in order
+    unanswered: list[tuple[str, Any]] = []  # (made-up id, name) of the calls no tool message answered yet
     for at, message in enumerate(messages):
         if not isinstance(message, dict):
             out.append(message)
@@ -352,13 +358,21 @@ def normalise_message_calls(messages: list[Any], where: str = "") -> list[Any]:
             for place, call in enumerate(calls):
                 read = normalise_tool_call(call, f"{where}/{at}/{place}") if isinstance(call, dict) else call
                 if isinstance(call, dict) and call.get("id") is None and isinstance(read, dict) and "id" in read:
-                    unanswered.append(read["id"])
+                    unanswered.append((read["id"], read.get("name")))
                 flat.append(read)
             message = {**message, "tool_calls": flat}
         elif message.get("role") == "tool" and message.get("tool_call_id") is None and unanswered:
-            message = {**message, "tool_call_id": unanswered.pop(0)}
+            message = {**message, "tool_call_id": _answered_call(unanswered, message.get("name"))}
         out.append(message)
     return out
+
+
+def _answered_call(unanswered: list[tuple[str, Any]], name: Any) -> str:
+    """The made-up id a tool result without ``tool_call_id`` answers, taken off ``unanswered``: the earliest
+    call of the tool it names (a ``name`` field, as OpenAI's legacy results and many peers send), else the
+    earliest call — results that say which tool they come from are never paired across tools by order."""
+    at = next((index for index, (_, called) in enumerate(unanswered) if called == name), 0) if name else 0
+    return unanswered.pop(at)[0]
 
 
 def normalise_tool_call(call: dict[str, Any], where: str = "", outer_id: str | None = None) -> dict[str, Any]:
@@ -367,9 +381,10 @@ def normalise_tool_call(call: dict[str, Any], where: str = "", outer_id: str | N
     * OpenAI's tool call ``{"id", "type": "function", "function": {"name", "arguments"}}`` is unwrapped;
       a bare function object ``{"name", "arguments"}`` takes ``outer_id`` (the id OpenAI keeps beside it).
     * ``arguments`` given as a JSON object is written as its canonical JSON text (keys sorted, no spaces).
-    * A call with a name and no id gets ``made_up_call_id(where, name, arguments)``: the same call at the
-      same place always gets the same id (``where`` is the session, and in a request the message's and
-      the call's positions), so a request decoded twice is the same request.
+    * A call with a name and no id gets ``made_up_call_id(where, name, arguments)``: in a request, the same
+      call at the same place always gets the same id (``where`` is the session and the message's and the
+      call's positions), so a request decoded twice is the same request; a ``tool_call`` event's ``where``
+      also numbers the event, so two alike calls of one answer get two ids.
 
     Anything else is returned as it is, for the strict decoder to refuse in its own words."""
     flat = call
@@ -398,8 +413,7 @@ def canonical_json(value: Any) -> str:
 
 def made_up_call_id(where: str, name: str, arguments: str) -> str:
     """The id a tool call sent without one gets: ``call_`` and 24 hex digits of a SHA-256 over where it
-    stands, its name and its arguments (deterministic; two identical calls at the same place get the
-    same id, so a sender whose answer makes one call twice gives ids)."""
+    stands, its name and its arguments (deterministic: the same call at the same place, the same id)."""
     digest = hashlib.sha256(msgspec.json.encode([where, name, arguments])).hexdigest()
     return f"call_{digest[:24]}"
 

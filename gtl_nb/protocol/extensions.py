@@ -159,7 +159,7 @@ def check_request(request: CompletionRequest, missing: frozenset[str]) -> None:
 
 _LOST = {
     "metadata": "the ledger keeps no metadata",
-    "cache": "the gateway's response cache may answer",
+    "cache": "an answer the gateway's response cache kept may come back in place of a new one",
     "cache_point": "the provider is not asked to cache the prompt",
     "cache_ttl": "the provider is not asked to cache the prompt",
 }
@@ -199,7 +199,7 @@ def degraded(request: CompletionRequest, missing: frozenset[str]) -> CompletionR
     lost = "; ".join(dict.fromkeys(_LOST[feature] for feature in features))
     warnings.warn(
         f"the gateway does not support the GTL extension{'s' if len(features) > 1 else ''} {', '.join(features)}, "
-        f"so the request was sent without {', '.join(where for where, _ in dropped)}: the answer is the same, "
+        f"so the request was sent without {', '.join(where for where, _ in dropped)}: it asks the same, "
         f"but {lost} (upgrade the gateway to keep them)",
         DroppedExtensionWarning,
         stacklevel=2,

@@ -88,7 +88,7 @@ def test_an_older_gateway_is_sent_the_request_without_what_changes_no_answer(con
         assert "hello there" in answer.text
         said = " ".join(str(warning.message) for warning in caught)
         assert "messages[0].cache_point" in said and "metadata" in said and "cache" in said
-        assert "the answer is the same" in said
+        assert "it asks the same" in said
 
 
 @pytest.mark.parametrize("transport", ["stdio", "ws", "http", "grpc"])

@@ -240,3 +240,23 @@ def test_the_end_of_standard_input_cancels_what_runs_and_every_request_read_hear
     assert {frames.ending(sid)["code"] for sid in asked} == {"CANCELLED"}
     rows = _one_row_each(ledger, asked)
     assert {rows[sid] for sid in asked} == {("cancelled", "CANCELLED")}
+
+
+@pytest.mark.parametrize("second", ["malformed", "duplicate"])
+def test_a_session_the_connection_ended_is_not_ended_twice_at_the_end_of_standard_input(gateway, second):
+    """A request, then a frame the connection answers for that session itself — a malformed request of the
+    same id, or another request under the running id — and the end of standard input at once: the client
+    was told that session's end by the connection, so the end of the input writes it no second one."""
+    frames, ledger = gateway
+    frames.write(_request("a", "slowecho:echo", LONG))
+    frames.until(lambda frame: frame.get("type") == "token" and frame["session_id"] == "a")
+    if second == "malformed":
+        frames.write({"type": "completion_request", "session_id": "a"})
+    else:
+        frames.write(_request("a", "slowecho:echo", "again"))
+    assert frames.process.stdin is not None
+    frames.process.stdin.close()
+    frames.rest()
+    assert frames.terminals()["a"] == 1, frames.seen[-4:]
+    assert frames.ending("a")["code"] == "INVALID_REQUEST"
+    _one_row_each(ledger, ["a"])

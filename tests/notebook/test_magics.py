@@ -243,6 +243,12 @@ def test_format_code_on_a_prose_answer_inserts_nothing_and_says_so(ip, monkeypat
         ("def rev(s):\n    return s[::-1]\n", "def rev(s):\n    return s[::-1]"),  # unfenced, Python as written
         ("Reverse it with a slice: s[::-1].", None),  # a sentence
         ("```python\n```", None),  # an empty block
+        ("Yes", None),  # one word or one value parses as Python, and is an answer, not code
+        ("Paris\n", None),
+        ("42", None),
+        ("-1", None),
+        ("print(s[::-1])", "print(s[::-1])"),  # one call is code
+        ("-" * 200_000 + "1", None),  # nested past the parser's limits: no code, and no MemoryError
     ],
 )
 def test_code_to_insert_takes_code_and_nothing_else(answer, inserted):

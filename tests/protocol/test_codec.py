@@ -241,21 +241,20 @@ def test_arguments_given_as_an_object_become_canonical_json_text():
     assert spaced.function.arguments == '{"a":"é","b":[1,2]}' and spaced.arguments == {"a": "é", "b": [1, 2]}
 
 
-def test_a_tool_call_without_an_id_gets_the_same_made_up_id_each_time():
-    """The spec's ``tool_call`` shows ``function: {...}`` only: a call with no id gets one derived from its
-    session, name and arguments — the same frame, the same id; another call, another id."""
+def test_each_tool_call_event_without_an_id_gets_an_id_of_its_own():
+    """The spec's ``tool_call`` shows ``function: {...}`` only: a call with no id gets one made up — and an
+    answer that makes the same call twice (two alike events of one session) gets two ids, so that each
+    result can answer its own call (providers refuse a turn that repeats an id)."""
 
     def frame(session: str = "sess_abc123", **function: object) -> str:
         return json.dumps({"type": "tool_call", "session_id": session, "function": {**SPEC_CALL, **function}})
 
     first, again = decode(frame()), decode(frame())
-    assert first.function.id.startswith("call_") and first.function.id == again.function.id
-    assert first.function.name == "get_weather" and first.arguments == {"city": "Paris"}
+    assert first.function.id.startswith("call_") and again.function.id.startswith("call_")
+    assert first.function.id != again.function.id
+    assert first.function.name == again.function.name == "get_weather" and first.arguments == again.arguments
     as_object = decode(frame(arguments={"city": "Paris"}))
-    assert as_object.function.id == first.function.id  # the same call, however its arguments were written
-    elsewhere = decode(frame("sess_other"))
-    other = decode(frame(arguments='{"city":"Lyon"}'))
-    assert len({first.function.id, elsewhere.function.id, other.function.id}) == 3
+    assert as_object.arguments == {"city": "Paris"} and as_object.function.arguments == '{"city":"Paris"}'
 
 
 def test_an_assistant_messages_tool_calls_in_openais_shapes_are_read():
@@ -283,6 +282,27 @@ def test_an_assistant_messages_tool_calls_in_openais_shapes_are_read():
     assert (second.name, second.arguments, third.name, third.arguments) == ("g", "{}", "h", "{}")
     assert second.id.startswith("call_") and third.id.startswith("call_") and second.id != third.id
     assert decode(json.dumps(frame)) == request  # made up the same way each time
+
+
+def test_tool_results_that_name_their_tool_answer_that_tools_call_whatever_their_order():
+    calls = [{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_time", "arguments": {}}]
+    frame = {
+        "type": "completion_request",
+        "session_id": "s",
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "weather and time?"},
+            {"role": "assistant", "content": None, "tool_calls": calls},
+            {"role": "tool", "name": "get_time", "content": "12:00"},  # the second call's result, first
+            {"role": "tool", "name": "get_weather", "content": "sunny"},
+        ],
+    }
+    request = decode(json.dumps(frame))
+    weather, time_of_day = request.messages[1].tool_calls
+    assert [message.tool_call_id for message in request.messages[2:]] == [time_of_day.id, weather.id]
+    unnamed = {**frame, "messages": [{k: v for k, v in m.items() if k != "name"} for m in frame["messages"]]}
+    by_order = decode(json.dumps(unnamed))  # results that say nothing of their tool: by order, as before
+    assert [message.tool_call_id for message in by_order.messages[2:]] == [weather.id, time_of_day.id]
 
 
 @pytest.mark.parametrize(

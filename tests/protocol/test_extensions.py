@@ -102,7 +102,7 @@ def test_what_changes_no_answer_is_left_out_with_a_warning_and_the_rest_kept():
     said = str(warning.message)
     for where in ("metadata", "cache", "messages[1].cache_point", "messages[1].cache_ttl"):
         assert where in said
-    assert "the answer is the same" in said and "response cache may answer" in said
+    assert "it asks the same" in said and "response cache kept may come back" in said
     assert sent.stop == ["x"] and sent.temperature == 0.5 and sent.messages[1].images == ["https://x/y.png"]
     assert sent == msgspec.structs.replace(
         request,
