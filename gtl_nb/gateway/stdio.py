@@ -5,6 +5,9 @@ it ends — the client closed its end of the pipe, or went away — every sessio
 ledger row completed, and the process exits. The end of standard input is the client leaving (the GTL
 spec says nothing of it): what runs is cancelled, not finished as after gRPC's half-close, but each
 session's ``CANCELLED`` is still written to standard output, for a client that closed only its side.
+A regular file as standard input (``gtl serve --stdio < requests.jsonl > answers.jsonl``) is a batch:
+its end is the end of the requests, which run to their end before the process exits (``file_relay``
+carries files the event loop's pipes cannot take).
 
 It opens what ``gtl serve`` opens beside its listeners (``server.open_parts``): the audit log of
 ``[gateway.audit]`` — one record per finished request, as on every other transport; a log file another
@@ -25,7 +28,7 @@ from gtl_nb.gateway.server import open_parts
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
 from gtl_nb.gateway.settings import GatewaySettings
 from gtl_nb.protocol.connection import GTLConnection
-from gtl_nb.transports.stdio import open_server_channel
+from gtl_nb.transports.stdio import input_is_a_file, open_server_channel
 
 __all__ = ["serve_stdio"]
 
@@ -49,6 +52,7 @@ async def serve_stdio(
     connection = GTLConnection("server", max_frame_bytes=options.max_frame_bytes, features=limits.features)
     parts = await open_parts(settings, options, credentials=credentials)
     try:
+        from_a_file = input_is_a_file(in_fd)
         channel = await open_server_channel(frames_fd, in_fd=in_fd)
         try:
             framed = OffloadedFrames(connection, channel)  # a large frame decoded in a worker thread
@@ -61,6 +65,8 @@ async def serve_stdio(
                 transport="stdio",
                 answers_after_end=True,  # a client that closed our input may still read our output
             )
+            if from_a_file:  # the file's end is the end of the requests: they run to their end, then we exit
+                channel.on_half_close = gateway.client_done_sending
             await gateway.run()
         finally:
             await channel.aclose()

@@ -3,7 +3,7 @@
 Reading uses asyncio's ``StreamReader`` (which stops reading the pipe while its buffer is full);
 writing uses the pipe transport directly with a small flow-control protocol, so ``drain()`` waits
 while the transport's buffer is above its high-water mark and returns at once when the reader went
-away. Unix pipes, sockets and terminals only (``loop.connect_read_pipe`` refuses regular files).
+away. Pipes, sockets and terminals only (``loop.connect_read_pipe`` refuses regular files: ``file_relay``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 from collections import deque
+from collections.abc import Callable
 
 from gtl_nb.transports.channel import CLOSE_WAIT, READ_SIZE
 
@@ -62,12 +63,22 @@ class PipeChannel:
         self._reader = reader
         self._transport = transport
         self._outflow = outflow
+        self.on_half_close: Callable[[], object] | None = None
+        """Called once at the end of the input when set: the peer sends no more but still reads (a
+        regular file as standard input), so ``read`` then waits for the channel's close instead of
+        answering the end at once."""
+        self._closed = asyncio.Event()
 
     async def read(self) -> bytes:
         try:
-            return await self._reader.read(READ_SIZE)
+            data = await self._reader.read(READ_SIZE)
         except (ConnectionError, OSError):
             return b""
+        if not data and self.on_half_close is not None:
+            hook, self.on_half_close = self.on_half_close, None
+            hook()
+            await self._closed.wait()
+        return data
 
     def write(self, data: bytes) -> None:
         if data and not self._outflow.lost and not self._transport.is_closing():
@@ -81,6 +92,7 @@ class PipeChannel:
         await self._outflow.wait_for_room()
 
     async def aclose(self) -> None:
+        self._closed.set()
         if not self._transport.is_closing():
             self._transport.close()  # flushes what is buffered, then closes the pipe (the peer reads EOF)
         with contextlib.suppress(asyncio.TimeoutError):

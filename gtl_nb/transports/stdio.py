@@ -32,6 +32,7 @@ from urllib.parse import parse_qsl, unquote
 from gtl_nb.engine.loop import LoopThread
 from gtl_nb.engine.settings import RequestDefaults, load_settings
 from gtl_nb.protocol.errors import ConfigurationError
+from gtl_nb.transports import file_relay
 from gtl_nb.transports.channel import Channel
 from gtl_nb.transports.pipes import PipeChannel, open_pipe_channel
 from gtl_nb.transports.process import spawn
@@ -41,6 +42,7 @@ __all__ = [
     "SCHEME",
     "StdioEndpoint",
     "gateway_command",
+    "input_is_a_file",
     "open_server_channel",
     "parse_stdio",
     "stdio_backend",
@@ -67,8 +69,15 @@ def take_stdout() -> int:
 
 
 async def open_server_channel(frames_fd: int, *, in_fd: int = 0) -> PipeChannel:
-    """The gateway's channel: frames read from ``in_fd`` (standard input) and written to ``frames_fd``."""
-    return await open_pipe_channel(in_fd, frames_fd, peer="stdio")
+    """The gateway's channel: frames read from ``in_fd`` (standard input) and written to ``frames_fd`` —
+    each a pipe, a socket or a terminal, or a regular file relayed through a pipe (``file_relay``)."""
+    return await open_pipe_channel(file_relay.readable(in_fd), file_relay.writable(frames_fd), peer="stdio")
+
+
+def input_is_a_file(in_fd: int = 0) -> bool:
+    """Whether standard input is a regular file: its end is then the end of the requests, not the client
+    leaving (``gtl serve --stdio < requests.jsonl``)."""
+    return file_relay.is_regular_file(in_fd)
 
 
 # -- client half ------------------------------------------------------------------------------------------

@@ -260,3 +260,32 @@ def test_a_session_the_connection_ended_is_not_ended_twice_at_the_end_of_standar
     assert frames.terminals()["a"] == 1, frames.seen[-4:]
     assert frames.ending("a")["code"] == "INVALID_REQUEST"
     _one_row_each(ledger, ["a"])
+
+
+def test_a_file_of_requests_on_standard_input_is_a_batch_answered_into_a_file(tmp_path):
+    """``gtl serve --stdio < requests.jsonl > answers.jsonl``: the event loop's pipes take no regular file
+    (uvloop aborted the process, no message, nothing written), and a file's end is the end of the
+    requests, not a client leaving — each request runs to its ``done`` and the process exits 0."""
+    ledger = tmp_path / "ledger.sqlite"
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {"providers.slowecho": {"type": "echo", "options": {"pace": 0.02}}, "ledger": {"path": str(ledger)}},
+    )
+    requests, answers = tmp_path / "requests.jsonl", tmp_path / "answers.jsonl"
+    asked = ["slow", "quick"]
+    requests.write_text(
+        json.dumps(_request("slow", "slowecho:echo", "a few words to stream"))
+        + "\n"
+        + json.dumps(_request("quick"))
+        + "\n"
+    )
+    with requests.open("rb") as stdin, answers.open("wb") as stdout:
+        finished = subprocess.run(
+            gateway_command(config), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=120, check=False
+        )
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    frames = [json.loads(line) for line in answers.read_text().splitlines() if line.strip()]
+    ends = {frame["session_id"]: frame["type"] for frame in frames if frame["type"] in ("done", "error")}
+    assert ends == dict.fromkeys(asked, "done"), frames[-4:]
+    assert any(frame["type"] == "token" and frame["session_id"] == "slow" for frame in frames)
+    assert set(_one_row_each(ledger, asked).values()) == {("ok", None)}
