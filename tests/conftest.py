@@ -4,11 +4,14 @@ PostgreSQL kit's fixtures (``postgres_server``, ``postgres_url``) serve every te
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 
@@ -47,3 +50,16 @@ def pytest_configure(config):
     os.environ["XDG_CONFIG_HOME"] = str(home / "config")
     for name in ("GTL_NB_CONFIG", "GTL_NB_GATEWAY", "GTL_NB_TOKEN", "GTL_TOKEN"):  # the developer's own, not the tests'
         os.environ.pop(name, None)
+
+
+@pytest.fixture(autouse=True)
+def _gtl_nb_logger_as_it_was() -> Iterator[None]:
+    """The ``gtl_nb`` logger's level and handlers put back after each test: a CLI run in this process
+    (``configure_logging``: ``WARNING`` by default) would otherwise silence the ``INFO`` lines a later test
+    of the same worker reads with ``caplog`` — which test runs after which depends on the workers' share."""
+    logger = logging.getLogger("gtl_nb")
+    level, handlers = logger.level, list(logger.handlers)
+    yield
+    logger.setLevel(level)
+    for handler in [handler for handler in logger.handlers if handler not in handlers]:
+        logger.removeHandler(handler)
