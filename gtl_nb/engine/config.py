@@ -534,8 +534,7 @@ class Config:
             variables.append(spec["api_key_env"])
         files: tuple[Path, ...] = ()
         if kind == "bedrock":
-            variables += ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"]
-            variables += ["AWS_DEFAULT_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"]
+            variables += _AWS_CHAIN_VARIABLES
             files = (self.home / ".aws" / "credentials", self.home / ".aws" / "config")
         return tuple(variables), files
 
