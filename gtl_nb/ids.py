@@ -33,19 +33,18 @@ _POOL_BYTES = 4096  # one system call per 512 draws of 64 bits
 
 _prefix: str  # 64 random bits of this process, before ``unique_hex``'s counter
 _counter: itertools.count[int]
-_pool: str  # hex digits of OS randomness; those before ``_drawn`` are spent
-_drawn: int
-_lock: threading.Lock  # held for a draw: a few integer steps and a slice (and, once in 512, a refill)
+_lock: threading.Lock  # held for ``unique_hex``'s step of the counter
+_draws: list[str]  # 16 hex digits (64 bits) of OS randomness each, not yet handed out
 
 
 def _reseed() -> None:
     """This process's id state, fresh: at import, and in a forked child, which must not repeat its
     parent's ids nor draw the random bits its parent will draw (nor inherit a lock held mid-draw)."""
-    global _prefix, _counter, _pool, _drawn, _lock
+    global _prefix, _counter, _lock, _draws
     _prefix = secrets.token_hex(8)
     _counter = itertools.count()
-    _pool, _drawn = "", 0
     _lock = threading.Lock()
+    _draws = []
 
 
 _reseed()
@@ -70,20 +69,33 @@ def random_hex(words: int = 1) -> str:
     twice, CRIU) hands out the same remaining draws in each copy, where ``os.urandom`` per id would
     not; and the pool sits in the process's memory (ids are names, never secrets: see above).
     """
-    global _pool, _drawn
+    if words == 1:
+        return _draw()
     if words < 0:
         raise ValueError(f"random_hex: words must not be negative, not {words}")
-    size = 16 * words
-    with _lock:  # (without it two threads of a free-threaded build could draw the same digits)
-        start = _drawn
-        if start + size > len(_pool):
-            _pool, start = os.urandom(max(_POOL_BYTES, 8 * words)).hex(), 0
-        _drawn = start + size
-        return _pool[start : start + size]
+    return "".join([_draw() for _ in range(words)])
+
+
+def _draw() -> str:
+    """One draw of 64 bits. ``list.pop`` hands each draw to exactly one caller, whatever the threads
+    (it is atomic, with or without the interpreter lock), so no lock is taken per id."""
+    try:
+        return _draws.pop()
+    except IndexError:  # (empty: once in 512 draws)
+        return _refill()
+
+
+def _refill() -> str:
+    """A draw, the pool filled again from one system call. Two threads that find it empty at once
+    both refill: each adds fresh bits, none are handed out twice."""
+    digits = os.urandom(_POOL_BYTES).hex()
+    fresh = [digits[start : start + 16] for start in range(16, len(digits), 16)]
+    _draws.extend(fresh)
+    return digits[:16]
 
 
 def time_ordered_hex() -> str:
     """28 lower-case hex digits: the wall clock's milliseconds (12), then 64 random bits (16) —
     unguessable, unique, and sorted by time, so an index takes each new id beside the last (random
     ids land anywhere in it: one page rewritten per row)."""
-    return f"{time.time_ns() // 1_000_000:012x}{random_hex()}"
+    return f"{time.time_ns() // 1_000_000:012x}{_draw()}"
