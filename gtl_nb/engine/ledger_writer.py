@@ -66,6 +66,7 @@ from gtl_nb.engine.ledger import (
 from gtl_nb.engine.ledger_batch import Finish, Start, write_batch
 from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention, prune
 from gtl_nb.engine.ledger_spool import SpoolWriter, spool_path
+from gtl_nb.engine.ledger_watermark import Watermark
 from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
 from gtl_nb.engine.loop import stop_shared_loop
 from gtl_nb.log import get_logger
@@ -131,7 +132,8 @@ class LedgerWriter:
         self._rowids: dict[int, int] = {}  # the writer thread's own: handle -> row id of rows left started
         self._next_handle = -1
         self._seq = 0  # changes queued so far
-        self._committed = 0  # every change numbered up to this one is written (or reported lost)
+        # every change numbered up to this one is written (or reported lost), and the calls waiting for it
+        self._committed = Watermark(f"ledger {ledger.path}", log, lock=lock)
         self._idle = False
         self._last_work = -float("inf")  # monotonic time of the last commit: the writer starts idle
         self._closing = False
@@ -140,7 +142,6 @@ class LedgerWriter:
         self._spool: SpoolWriter | None = None  # made when first needed (ledger_spool)
         self._urgent = False  # a start waiting for room: the thread writes now, whoever commits
         self._flush_target = 0  # a flush waits for this change: the thread writes until it is written
-        self._watchers: deque[tuple[int, Callable[[], None]]] = deque()  # (change, call once it is written)
         # commits on the loop (see "the loop's commits" below)
         self._commit_lock = threading.Lock()  # held by whoever writes to the file: the thread or the loop
         self._loop: asyncio.AbstractEventLoop | None = None  # the event loop that commits while it runs
@@ -238,12 +239,12 @@ class LedgerWriter:
             return
         with self._lock:
             target = self._seq
-            if self._committed >= target:
+            if self._committed.value >= target:
                 return
             self._wake.notify()  # a lingering writer looks now: a reader is waiting
             limit = self.wait_for if timeout is None else timeout
             self._flush_target = max(self._flush_target, target)  # the thread writes until it is reached
-            if not self._done.wait_for(lambda: self._committed >= target, limit):
+            if not self._done.wait_for(lambda: self._committed.value >= target, limit):
                 behind = len(self._queue) + len(self._inflight)
                 raise LedgerBusyError(
                     f"the ledger {self.ledger.path} has not taken {behind} queued write(s) for {limit:g} s; see the log"
@@ -259,10 +260,7 @@ class LedgerWriter:
         lost."""
         with self._lock:
             target = self._seq
-            if self._committed < target:
-                self._watchers.append((target, callback))
-                return
-        callback()
+        self._committed.call_when(target, callback)
 
     def flush_user(self, user: str | None) -> None:
         """``flush``, if any write still queued or being written is a row of ``user``."""
@@ -371,7 +369,7 @@ class LedgerWriter:
         """Whether the thread should write now (caller holds the lock): a batch handed back, a reader
         waiting, or work queued that no loop is committing — none adopted, or its commit overdue
         (a stopped, closed or blocked loop)."""
-        if self._handed_back is not None or self._urgent or self._committed < self._flush_target:
+        if self._handed_back is not None or self._urgent or self._committed.value < self._flush_target:
             return True
         if not self._queue:
             return False
@@ -403,19 +401,11 @@ class LedgerWriter:
         idle thread after a loop's commit (it owes the log a checkpoint)."""
         with self._lock:
             self._inflight = []
-            self._committed = max(self._committed, bound)
+            ready = self._committed.raise_locked(bound)
             self._done.notify_all()
             if self._idle:
                 self._wake.notify()
-            ready = []
-            watchers = self._watchers
-            while watchers and watchers[0][0] <= self._committed:  # queued in the order of their changes
-                ready.append(watchers.popleft()[1])
-        for callback in ready:
-            try:
-                callback()
-            except Exception:  # a watcher's defect must not stop the writer
-                log.exception("ledger %s: a call after a commit failed", self.ledger.path)
+        self._committed.run(ready)  # in the order of their changes; one that fails never stops the writer
 
     def _commit(self, batch: list[Start | Finish]) -> None:
         """Write ``batch`` in one transaction, retrying (and saying so) while the file fails. When the

@@ -104,6 +104,7 @@ from gtl_nb.engine.ledger_interrupted import COLUMNS as INTERRUPTED_COLUMNS
 from gtl_nb.engine.ledger_interrupted import InterruptedRows
 from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention
 from gtl_nb.engine.ledger_schema import COLUMN_NAMES, COLUMNS, FINAL_STATUSES, TABLE
+from gtl_nb.engine.ledger_watermark import Watermark
 from gtl_nb.engine.ledger_writer import IDLE_AFTER
 from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
 from gtl_nb.engine.loop import stop_shared_loop
@@ -394,8 +395,8 @@ class PostgresUsageLedger:
         self._open: set[int] = set()  # numbers of started, unfinished requests
         self._next_number = 1  # replica_seq of the next row; its handle is -number
         self._seq = 0  # writes queued so far
-        self._written = 0  # every write numbered up to this one is in PostgreSQL or the spool (``when_written``)
-        self._watchers: deque[tuple[int, Callable[[], None]]] = deque()  # (write, call once it is written)
+        # every write numbered up to this one is in PostgreSQL or the spool, and the calls waiting for it
+        self._written = Watermark(f"ledger {self._url.shown}", log)  # (``when_written``)
         self._idle = False
         self._closing = False
         self._closed = False
@@ -500,10 +501,7 @@ class PostgresUsageLedger:
         gateway's audit log writes its records anyway when it closes, and says so)."""
         with self._lock:
             target = self._seq
-            if self._written < target:
-                self._watchers.append((target, callback))
-                return
-        callback()
+        self._written.call_when(target, callback)
 
     async def rows(self, *, offset: int = 0, limit: int | None = None, **filters: Any) -> list[dict[str, Any]]:
         """Matching rows as dicts of every documented column, in id order (queued writes included);
@@ -900,17 +898,7 @@ class PostgresUsageLedger:
     def _written_up_to(self, bound: int) -> None:
         """Every write numbered up to ``bound`` is in PostgreSQL or the spool: call the ``when_written``
         callbacks waiting for it (in the order of their writes)."""
-        with self._lock:
-            self._written = max(self._written, bound)
-            ready = []
-            watchers = self._watchers
-            while watchers and watchers[0][0] <= self._written:
-                ready.append(watchers.popleft()[1])
-        for callback in ready:
-            try:
-                callback()
-            except Exception:  # a watcher's defect must not stop the writer
-                log.exception("ledger %s: a call after a commit failed", self._url.shown)
+        self._written.raise_to(bound)  # a watcher's defect is logged and never stops the writer
 
     def _entry(self, op: _Start | _Finish) -> _Entry:
         """``(seq, kind, SQL parameters)`` of one write, as it is committed or spooled."""
