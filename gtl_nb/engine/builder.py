@@ -78,6 +78,7 @@ def build_engine(
             wall_clock=wall_clock,
             ledger_retention=settings.ledger.retention,
             ledger_group_commit=settings.ledger.group_commit,
+            ledger_strict_durability=settings.ledger.strict_durability,
             # The loop commits when it is the one busy thread besides the writer's (the caller's own,
             # aconnect): there the writer's lock hand-overs cost more than the writing. An engine with a
             # loop thread of its own (connect) or a gateway's loop serving every client keeps the thread:

@@ -214,6 +214,12 @@ SECTION_SCHEMAS: dict[str, dict[str, Field]] = {
             check=lambda v, w: _at_least(v, w, 1),
         ),
         "group_commit_ms": GROUP_COMMIT_MS,
+        "strict_durability": Field(
+            (bool,),
+            False,
+            "PostgreSQL ledgers: a row counts as written (what the gateway's audit log waits for) only once "
+            "PostgreSQL committed it, never when it is in the local spool during an outage",
+        ),
         "commits": Field(
             _OPT_STR,
             None,

@@ -163,13 +163,15 @@ class LedgerSettings:
     many seconds a busy writer gathers rows into one commit (``group_commit``; ``None``: not configured,
     ``GROUP_COMMIT`` — so a second user of the file does not undo another's setting), and who commits
     them (``commits``: ``"loop"``, ``"thread"``, or ``None``: the loop for an engine on its caller's loop,
-    ``gtl_nb.aconnect``; else the thread — ``engine.builder``)."""
+    ``gtl_nb.aconnect``; else the thread — ``engine.builder``); and whether a PostgreSQL ledger's row counts
+    as written only once PostgreSQL committed it (``strict_durability``), not when it is in the spool."""
 
     enabled: bool = True
     url: str | None = None
     retention: Retention | None = None
     group_commit: float | None = None
     commits: str | None = None
+    strict_durability: bool = False
 
     @classmethod
     def from_table(cls, table: Mapping[str, Any]) -> LedgerSettings:
@@ -185,6 +187,7 @@ class LedgerSettings:
             retention=retention,
             group_commit=None if window is None else window / 1000,
             commits=table.get("commits"),
+            strict_durability=bool(table.get("strict_durability", False)),
         )
 
 

@@ -694,6 +694,49 @@ def ledger_commits(tmp_path):
             assert committed and not all(by_writer), committed
 
 
+def ledger_strict_durability(tmp_path):
+    """A PostgreSQL ledger whose server is away spools its rows: by default a spooled row counts as written
+    (``when_written``, what the audit log waits for); with ``strict_durability`` it does not."""
+    import socket
+    import threading
+
+    pytest.importorskip("psycopg")
+    from gtl_nb.engine.builder import build_engine
+    from gtl_nb.engine.stores.postgres_pool import PostgresUnavailableError
+
+    for strict in (False, True):
+        with socket.socket() as probe:  # a loopback port nothing listens on: PostgreSQL is away
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        spool = tmp_path / f"spool-{strict}.sqlite3"
+        url = f"postgresql://gtl@127.0.0.1:{port}/gtl?spool_path={spool}"
+        settings = load_settings(environ={}, ledger={"url": url, "strict_durability": strict})
+        engine = build_engine(settings)
+        ledger = engine.stores.ledger
+        called = threading.Event()
+
+        async def answered(engine=engine, session_id=f"s-{strict}") -> None:
+            request = CompletionRequest(session_id=session_id, model="echo", messages=[Message("user", "hi")])
+            async for _ in engine.stream(request):
+                pass
+
+        try:
+            asyncio.run(answered())
+            ledger.when_written(called.set)
+            deadline = time.monotonic() + 30
+            while ledger.spooled < 1:
+                assert time.monotonic() < deadline, "the row was never spooled"
+                time.sleep(0.02)
+            with pytest.raises(PostgresUnavailableError):  # a call on the ledger's loop, after the spooling
+                asyncio.run(ledger.flush())
+            if strict:
+                assert not called.is_set()
+            else:
+                assert called.wait(30)
+        finally:
+            asyncio.run(engine.aclose())
+
+
 # -- [defaults] --------------------------------------------------------------------------------------
 
 

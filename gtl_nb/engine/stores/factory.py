@@ -56,6 +56,7 @@ def open_stores(
     ledger_retention: Retention | None = None,
     ledger_group_commit: float | None = None,
     ledger_loop_commits: bool = False,
+    ledger_strict_durability: bool = False,
 ) -> Stores:
     """The ``Stores`` the settings select (opening SQLite files: blocking, call it before the loop runs).
 
@@ -71,13 +72,21 @@ def open_stores(
     drives the SQLite cache and breakers, whose times other processes must read alike.
     ``ledger_group_commit``: the seconds the ledger's writer gathers rows into one commit (``None``: the
     default, ``GROUP_COMMIT``); ``ledger_loop_commits``: the SQLite ledger's commits on the event loop
-    that queued the rows (else on its writer's thread; ``engine.ledger_writer``).
+    that queued the rows (else on its writer's thread; ``engine.ledger_writer``);
+    ``ledger_strict_durability``: a PostgreSQL ledger's row counts as written (``when_written``) only once
+    PostgreSQL committed it, not when it is in the local spool.
     """
     cache = cache or CacheConfig()
     breaker = breaker or BreakerConfig()
     with ExitStack() as opened:  # a store that fails to open closes the ones opened before it
         usage = _open_ledger(
-            ledger, default_ledger, wall_clock, ledger_retention, ledger_group_commit, ledger_loop_commits
+            ledger,
+            default_ledger,
+            wall_clock,
+            ledger_retention,
+            ledger_group_commit,
+            ledger_loop_commits,
+            ledger_strict_durability,
         )
         if usage is not None and usage is not ledger:  # never close what the caller passed in
             opened.callback(_close_quietly, usage)
@@ -139,6 +148,7 @@ def _open_ledger(
     retention: Retention | None,
     group_commit: float | None,
     loop_commits: bool,
+    strict_durability: bool = False,
 ) -> UsageLedger | None:
     sqlite_options: dict[str, Any] = {
         "retention": retention,
@@ -156,7 +166,13 @@ def _open_ledger(
     if isinstance(ledger, str) and is_postgres_url(ledger):
         from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
 
-        return PostgresUsageLedger(ledger, clock=wall_clock, group_commit=group_commit, retention=retention)
+        return PostgresUsageLedger(
+            ledger,
+            clock=wall_clock,
+            group_commit=group_commit,
+            retention=retention,
+            strict_durability=strict_durability,
+        )
     if isinstance(ledger, str) and "://" in ledger:
         _check_ledger_scheme(ledger)
         url = parse_store_url(ledger, where="ledger")

@@ -21,7 +21,9 @@ the request path as the SQLite writer does them:
   ledger queued before them is committed in PostgreSQL.
 * **When a row is safe.** ``when_written`` calls back once the writes queued before it are committed in
   PostgreSQL or in the spool (both survive a crash of this process), as the SQLite ledger's does after
-  its commit: the gateway's audit log holds a request's record until then.
+  its commit: the gateway's audit log holds a request's record until then. With ``strict_durability``
+  (``[ledger] strict_durability``) only PostgreSQL's commit counts: a spooled write's callback waits
+  for the drain that writes it there.
 * **Idempotent rows.** Every row carries its writer's ``replica`` id and its number there
   (``replica_seq``), unique together; inserts do nothing on conflict and a finish updates only a row
   still ``started``. A write replayed (from the spool, after a crash) changes nothing.
@@ -329,7 +331,8 @@ class PostgresUsageLedger:
     server that does not answer leaves the ledger ``degraded``, spooling, not failed. ``group_commit``:
     the seconds a busy writer gathers rows into one transaction. ``forget_after``: the seconds a dead
     replica's lease is kept once it ran out (its rows judged). ``retention``: which finished rows to
-    delete (``None``: keep them all), every ``prune_every`` seconds.
+    delete (``None``: keep them all), every ``prune_every`` seconds. ``strict_durability``: ``when_written``
+    waits for PostgreSQL's commit of the writes, never counting the local spool as safe.
     """
 
     def __init__(
@@ -350,6 +353,7 @@ class PostgresUsageLedger:
         forget_after: float = FORGET_AFTER,
         retention: Retention | None = None,
         prune_every: float = PRUNE_EVERY,
+        strict_durability: bool = False,
     ) -> None:
         self.group_commit = GROUP_COMMIT if group_commit is None else checked_window(group_commit)
         self._url = parse_postgres_url(url, where="ledger")
@@ -376,6 +380,8 @@ class PostgresUsageLedger:
         self._swept = -math.inf  # monotonic time of the last sweep of dead leases
         self._retention = retention if retention is not None and retention.enabled else None
         self._prune_every = float(prune_every)
+        #: Whether only PostgreSQL's commit makes a write safe for ``when_written`` (not the spool).
+        self.strict_durability = bool(strict_durability)
         self._pruner: asyncio.Future[None] | None = None
         chosen = spool_path or options["spool_path"]
         self.spool_path = (
@@ -395,8 +401,9 @@ class PostgresUsageLedger:
         self._open: set[int] = set()  # numbers of started, unfinished requests
         self._next_number = 1  # replica_seq of the next row; its handle is -number
         self._seq = 0  # writes queued so far
-        # every write numbered up to this one is in PostgreSQL or the spool, and the calls waiting for it
-        self._written = Watermark(f"ledger {self._url.shown}", log)  # (``when_written``)
+        # every write numbered up to this one is in PostgreSQL or the spool (only PostgreSQL with
+        # strict_durability), and the calls waiting for it (``when_written``)
+        self._written = Watermark(f"ledger {self._url.shown}", log)
         self._idle = False
         self._closing = False
         self._closed = False
@@ -494,11 +501,13 @@ class PostgresUsageLedger:
     def when_written(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` once every write queued so far is safe from a crash of this process —
         committed in PostgreSQL, or (while PostgreSQL cannot be used, and until this replica's spooled
-        writes are drained) in the local spool, which the next drain writes to PostgreSQL: at once when
-        none waits, else from the ledger's loop thread right after that commit, so it must be quick and
-        thread-safe. What must not be known before its row is (the gateway's audit record) waits here,
-        the request not. Never called for writes a ``close`` could neither write nor spool (the
-        gateway's audit log writes its records anyway when it closes, and says so)."""
+        writes are drained) in the local spool, which the next drain writes to PostgreSQL; with
+        ``strict_durability``, committed in PostgreSQL only (a spooled write waits for its drain): at
+        once when none waits, else from the ledger's loop thread right after that commit, so it must be
+        quick and thread-safe. What must not be known before its row is (the gateway's audit record)
+        waits here, the request not. Never called for writes a ``close`` could neither write nor spool,
+        nor, with ``strict_durability``, for those a ``close`` left in the spool (the gateway's audit log
+        writes its records anyway when it closes, and says so)."""
         with self._lock:
             target = self._seq
         self._written.call_when(target, callback)
@@ -889,7 +898,7 @@ class PostgresUsageLedger:
             await self._spool_entries(entries)
             self._mine_spooled = self._backlog = True
         elif not self._mine_spooled:
-            self._durable = max(self._durable, bound)  # everything up to here is in PostgreSQL
+            self._durable_up_to(bound)  # everything up to here is in PostgreSQL
         self._inflight = []
         self._processed = bound
         self._settle_waiters()
@@ -897,8 +906,16 @@ class PostgresUsageLedger:
 
     def _written_up_to(self, bound: int) -> None:
         """Every write numbered up to ``bound`` is in PostgreSQL or the spool: call the ``when_written``
-        callbacks waiting for it (in the order of their writes)."""
-        self._written.raise_to(bound)  # a watcher's defect is logged and never stops the writer
+        callbacks waiting for it (in the order of their writes) — unless only PostgreSQL counts."""
+        if not self.strict_durability:
+            self._written.raise_to(bound)  # a watcher's defect is logged and never stops the writer
+
+    def _durable_up_to(self, bound: int) -> None:
+        """Every write numbered up to ``bound`` is in PostgreSQL (read-your-writes: ``_settle_waiters``);
+        with ``strict_durability``, call the ``when_written`` callbacks waiting for it."""
+        self._durable = max(self._durable, bound)
+        if self.strict_durability:
+            self._written.raise_to(self._durable)
 
     def _entry(self, op: _Start | _Finish) -> _Entry:
         """``(seq, kind, SQL parameters)`` of one write, as it is committed or spooled."""
@@ -1062,7 +1079,7 @@ class PostgresUsageLedger:
         chunk: list[SpoolEntry] = self._spool.head(SPOOL_CHUNK)
         if not chunk:
             self._backlog = self._mine_spooled = False
-            self._durable = max(self._durable, self._processed)
+            self._durable_up_to(self._processed)
             self._settle_waiters()
             log.info("ledger %s: the spool is drained", self._url.shown)
             return
@@ -1080,7 +1097,7 @@ class PostgresUsageLedger:
         self._spool.remove(chunk)
         first = self._spool.first_of(self.replica)
         self._mine_spooled = first is not None
-        self._durable = max(self._durable, self._processed if first is None else first - 1)
+        self._durable_up_to(self._processed if first is None else first - 1)
         self._settle_waiters()
 
     # -- the ledger's loop: readers ---------------------------------------------------------------
