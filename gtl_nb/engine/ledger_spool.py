@@ -8,7 +8,17 @@ writer appends them here — ``<ledger file>-spool.jsonl`` — and the next open
 **The format cannot be half-read.** One line per write: the SHA-256 of the JSON that follows (64 hex
 digits), a space, the JSON, a newline. A line without its newline (a write cut short) or whose digest
 does not match is reported and skipped — copied to ``<spool>.damaged`` for whoever wants to look — and
-never stops the ledger from opening. Each line holds the statement's parameters as the stopping
+never stops the ledger from opening.
+
+**Nothing is dropped.** A line the file refuses for its own values (a constraint, a value SQLite cannot
+bind, even with its text escaped) — or an outcome whose row was never written — is not applied and is
+moved, as it was, to ``<ledger file>-spool-rejected.jsonl`` (``rejected_path``), with one error naming
+how many and why; its id is taken out of ``ledger_spool_replayed``, so appending that file to the spool
+once the cause is fixed applies it then. The spool is emptied only once its damaged and rejected lines
+are safe in their files (written and synced): if they cannot be written there, the spool is left as it
+is and the next opening tries again (the lines applied meanwhile are found applied). The file's own
+trouble — locked, full, an I/O error, a corrupt database — is no line's fault: the whole replay is
+undone and waits for the next opening. Each line holds the statement's parameters as the stopping
 process computed them (its pid and process identity, so recovery judges a replayed ``started`` row by
 its real writer):
 
@@ -62,11 +72,24 @@ try:
 except ImportError:  # pragma: no cover - Windows: no flock; a spool is written and read by one process at a time there
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["SPOOL_SUFFIX", "SpoolWriter", "read_spool", "replay_spool", "spool_path"]
+__all__ = [
+    "REJECTED_SUFFIX",
+    "SPOOL_SUFFIX",
+    "SpoolWriter",
+    "read_spool",
+    "rejected_path",
+    "replay_spool",
+    "spool_path",
+]
 
 log = get_logger("engine.ledger")
 
 SPOOL_SUFFIX = "-spool.jsonl"
+REJECTED_SUFFIX = "-spool-rejected.jsonl"
+_SHOWN_DAMAGED = 10  # damaged lines named one by one in the log; the rest are counted
+# SQLite's primary result codes that say the statement or its values are wrong, not the file: a generic SQL
+# error, a constraint, a type mismatch, misuse, a bad parameter index (as ``ledger_writer`` tells them apart)
+_NOT_THE_FILE = frozenset({1, 19, 20, 21, 25})
 KEEP_REPLAYED = 30 * 86400.0  # seconds the ids of replayed lines are kept (a copy of an old spool replays as nothing)
 _REPLAYED = "CREATE TABLE IF NOT EXISTS ledger_spool_replayed (id TEXT PRIMARY KEY, row_id INTEGER, time REAL NOT NULL)"
 _INSERT_COLUMNS = INSERT_FINISHED.count("?")
@@ -78,6 +101,13 @@ def spool_path(ledger_path: str | os.PathLike[str]) -> Path:
     """The spool of the ledger file at ``ledger_path``: beside it, its name plus ``-spool.jsonl``."""
     path = Path(ledger_path)
     return path.with_name(path.name + SPOOL_SUFFIX)
+
+
+def rejected_path(ledger_path: str | os.PathLike[str]) -> Path:
+    """Where a replay moves the spool lines the file refused (``<ledger file>-spool-rejected.jsonl``), in the
+    spool's own format: appended to the spool, they are tried again at the next opening."""
+    path = Path(ledger_path)
+    return path.with_name(path.name + REJECTED_SUFFIX)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -238,9 +268,11 @@ def _parsed(raw: bytes) -> tuple[str | None, dict[str, Any] | None]:
 
 def replay_spool(ledger: Ledger) -> int:
     """Write what the spool beside ``ledger``'s file holds into it, once, then empty the spool; how many
-    lines were applied. Damaged lines are reported and skipped; a replay that fails (the file locked
-    for longer than ``retry_for``, a full disk) leaves the spool for the next opening. Never raises
-    for the spool's sake: the ledger opens whatever the spool holds."""
+    lines were applied. Damaged lines are reported and kept aside (``<spool>.damaged``), lines the file
+    refuses are moved to ``rejected_path`` (one error with their count); a replay that fails for the
+    file's sake (locked for longer than ``retry_for``, a full disk) leaves the spool for the next opening,
+    and so does one whose damaged or refused lines could not be kept. Never raises for the spool's sake:
+    the ledger opens whatever the spool holds."""
     path = spool_path(ledger.path)
     try:
         if path.stat().st_size == 0:
@@ -255,16 +287,14 @@ def replay_spool(ledger: Ledger) -> int:
     except OSError as exc:
         log.error("ledger spool %s cannot be opened (%s); its writes wait for the next opening", path, exc)
         return 0
+    rejected: list[tuple[dict[str, Any], str]] = []
     try:
         with _locked(fd):
             data = _read_all(fd)
             contents = read_spool(data)
-            for number, problem, _ in contents.damaged:
-                log.error(
-                    "ledger spool %s: line %d is damaged (%s) and skipped; its write is lost", path, number, problem
-                )
+            _report_damaged(path, contents.damaged)
             try:
-                applied = ledger._write(lambda conn: _apply(conn, contents.lines, ledger.path))
+                applied = ledger._write(lambda conn: _apply(conn, contents.lines, ledger.path, rejected))
             except Exception as exc:
                 log.error(
                     "ledger %s: the %d write(s) its spool %s holds could not be written now (%s); they stay there "
@@ -275,8 +305,9 @@ def replay_spool(ledger: Ledger) -> int:
                     exc,
                 )
                 return 0
-            if contents.damaged:
-                _keep_damaged(path, contents.damaged)
+            kept = _keep_damaged(path, contents.damaged) and _keep_rejected(ledger.path, path, rejected)
+            if not kept:  # the only copy of those lines is the spool: it stays, and the next opening tries again
+                return applied - len(rejected)
             os.ftruncate(fd, 0)
             os.fsync(fd)
     except OSError as exc:
@@ -286,13 +317,14 @@ def replay_spool(ledger: Ledger) -> int:
         os.close(fd)
     if contents.lines:
         log.warning(
-            "ledger %s: %d write(s) a stop left in the spool %s are in the ledger now (%d found there already)",
+            "ledger %s: %d write(s) a stop left in the spool %s are in the ledger now (%d found there already%s)",
             ledger.path,
-            applied,
+            applied - len(rejected),
             path,
             len(contents.lines) - applied,
+            f", {len(rejected)} refused" if rejected else "",
         )
-    return applied
+    return applied - len(rejected)
 
 
 def _read_all(fd: int) -> bytes:
@@ -303,24 +335,85 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _keep_damaged(path: Path, damaged: list[tuple[int, str, bytes]]) -> None:
-    """Copy the damaged lines to ``<spool>.damaged`` (the evidence outlives the spool's emptying)."""
+def _report_damaged(path: Path, damaged: list[tuple[int, str, bytes]]) -> None:
+    """Say which lines are damaged: the first ``_SHOWN_DAMAGED`` one by one, the others counted."""
     target = path.with_name(path.name + ".damaged")
+    for number, problem, _ in damaged[:_SHOWN_DAMAGED]:
+        log.error(
+            "ledger spool %s: line %d is damaged (%s) and not applied; it is kept in %s", path, number, problem, target
+        )
+    if len(damaged) > _SHOWN_DAMAGED:
+        log.error(
+            "ledger spool %s: %d more damaged line(s) not applied, kept in %s",
+            path,
+            len(damaged) - _SHOWN_DAMAGED,
+            target,
+        )
+
+
+def _keep_damaged(path: Path, damaged: list[tuple[int, str, bytes]]) -> bool:
+    """Copy the damaged lines to ``<spool>.damaged`` (the evidence outlives the spool's emptying); whether
+    they are there (or there were none)."""
+    if not damaged:
+        return True
+    target = path.with_name(path.name + ".damaged")
+    return _append_synced(target, b"".join(raw if raw.endswith(b"\n") else raw + b"\n" for _, _, raw in damaged), path)
+
+
+def _keep_rejected(ledger_path: Any, path: Path, rejected: list[tuple[dict[str, Any], str]]) -> bool:
+    """Move the lines the file refused to ``rejected_path`` (as spool lines: appended to the spool, they are
+    tried again), saying once how many and why; whether they are there (or there were none)."""
+    if not rejected:
+        return True
+    target = rejected_path(ledger_path)
+    if not _append_synced(target, b"".join(_line(body) for body, _ in rejected), path):
+        return False
+    reasons = list(dict.fromkeys(reason for _, reason in rejected))
+    log.error(
+        "ledger %s: %d write(s) of the spool %s were refused and not applied (%s%s); they are kept in %s — append "
+        "it to the spool once the cause is fixed, and the next opening writes them",
+        ledger_path,
+        len(rejected),
+        path,
+        "; ".join(reasons[:3]),
+        f"; and {len(reasons) - 3} other reason(s)" if len(reasons) > 3 else "",
+        target,
+    )
+    return True
+
+
+def _append_synced(target: Path, data: bytes, spool: Path) -> bool:
+    """Append ``data`` to ``target`` (made mode 600) and sync it; whether that worked (else logged: the
+    spool is then kept whole)."""
     try:
         fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            os.write(fd, b"".join(raw if raw.endswith(b"\n") else raw + b"\n" for _, _, raw in damaged))
+            os.write(fd, data)
+            os.fsync(fd)
         finally:
             os.close(fd)
     except OSError as exc:
-        log.warning("ledger spool %s: its damaged lines could not be kept in %s (%s)", path, target, exc)
+        log.error(
+            "ledger spool %s: lines it could not apply cannot be kept in %s (%s); the spool is left as it is, for "
+            "the next opening",
+            spool,
+            target,
+            exc,
+        )
+        return False
+    return True
 
 
-def _apply(conn: sqlite3.Connection, lines: list[dict[str, Any]], where: Any) -> int:
-    """Apply each line not applied before, inside the caller's transaction; how many were."""
+def _apply(
+    conn: sqlite3.Connection, lines: list[dict[str, Any]], where: Any, rejected: list[tuple[dict[str, Any], str]]
+) -> int:
+    """Apply each line not applied before, inside the caller's transaction; how many were taken (applied,
+    or refused: those are added to ``rejected`` with why, and their ids forgotten so a later replay of them
+    applies them)."""
     conn.execute(_REPLAYED)
     now = time.time()
     conn.execute("DELETE FROM ledger_spool_replayed WHERE time < ?", (now - KEEP_REPLAYED,))
+    rejected.clear()  # (a replay retried whole starts over)
     applied = 0
     for body in lines:
         line_id = body["id"]
@@ -330,46 +423,67 @@ def _apply(conn: sqlite3.Connection, lines: list[dict[str, Any]], where: Any) ->
         if not taken:
             continue  # applied by an earlier replay
         applied += 1
-        values = body["values"]
-        if body["kind"] == "row":
-            cursor = _execute(conn, INSERT_FINISHED, values, where)
-            if cursor is not None:
-                conn.execute("UPDATE ledger_spool_replayed SET row_id = ? WHERE id = ?", (cursor.lastrowid, line_id))
-            continue
-        row_id = body.get("row")
-        if row_id is None:
-            found = conn.execute("SELECT row_id FROM ledger_spool_replayed WHERE id = ?", (body.get("of"),)).fetchone()
-            row_id = None if found is None else found[0]
-        if row_id is None:
-            log.error(
-                "ledger %s: a spooled outcome %s names a row that was never written; it is lost", where, values[0]
-            )
-            continue
-        statement = FINISH_UPDATE if body.get("full") else FINISH_STATUS_ONLY
-        cursor = _execute(conn, statement, [*values, row_id], where)
-        if cursor is not None and cursor.rowcount != 1:
-            log.warning(
-                "ledger %s: row %s was no longer started; its spooled outcome %s was not recorded",
-                where,
-                row_id,
-                values[0],
-            )
+        refused = _apply_line(conn, body, where)
+        if refused is not None:
+            conn.execute("DELETE FROM ledger_spool_replayed WHERE id = ?", (line_id,))
+            rejected.append((body, refused))
     return applied
 
 
-def _execute(conn: sqlite3.Connection, statement: str, values: list[Any], where: Any) -> sqlite3.Cursor | None:
-    """Run one spooled statement; text SQLite cannot store is escaped; ``None`` (logged) when refused."""
+def _apply_line(conn: sqlite3.Connection, body: dict[str, Any], where: Any) -> str | None:
+    """Apply one spool line; ``None``, or why the file refused it."""
+    values = body["values"]
+    if body["kind"] == "row":
+        cursor, refused = _execute(conn, INSERT_FINISHED, values, where)
+        if cursor is not None:
+            conn.execute("UPDATE ledger_spool_replayed SET row_id = ? WHERE id = ?", (cursor.lastrowid, body["id"]))
+        return refused
+    row_id = body.get("row")
+    if row_id is None:
+        found = conn.execute("SELECT row_id FROM ledger_spool_replayed WHERE id = ?", (body.get("of"),)).fetchone()
+        row_id = None if found is None else found[0]
+    if row_id is None:
+        return "an outcome of a row that was never written"
+    statement = FINISH_UPDATE if body.get("full") else FINISH_STATUS_ONLY
+    cursor, refused = _execute(conn, statement, [*values, row_id], where)
+    if cursor is not None and cursor.rowcount != 1:
+        log.warning(
+            "ledger %s: row %s was no longer started; its spooled outcome %s was not recorded",
+            where,
+            row_id,
+            values[0],
+        )
+    return refused
+
+
+def _execute(
+    conn: sqlite3.Connection, statement: str, values: list[Any], where: Any
+) -> tuple[sqlite3.Cursor | None, str | None]:
+    """Run one spooled statement; text SQLite cannot store is escaped. ``(cursor, None)``, or ``(None, why)``
+    when the statement's values are refused; the file's own trouble is raised (the whole replay waits)."""
     try:
-        return conn.execute(statement, values)
-    except sqlite3.OperationalError:
-        raise  # the file's trouble: the whole replay waits for the next opening
-    except Exception:
-        pass
+        return conn.execute(statement, values), None
+    except Exception as exc:
+        if _the_files_trouble(exc):
+            raise
     storable = [v.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(v, str) else v for v in values]
     try:
-        return conn.execute(statement, storable)
-    except sqlite3.OperationalError:
-        raise
+        return conn.execute(statement, storable), None
     except Exception as exc:
-        log.error("ledger %s: a spooled write could not be written (%s); it is lost", where, exc)
-        return None
+        if _the_files_trouble(exc):
+            raise
+        return None, f"{type(exc).__name__}: {exc}"
+
+
+def _the_files_trouble(exc: BaseException) -> bool:
+    """Whether a failed statement is the file's trouble (locked, full, read-only, an I/O error, a corrupt
+    database, out of memory) rather than its values' (a constraint, a value that cannot be bound): by
+    SQLite's result code where Python gives it, else by the exception's class."""
+    if isinstance(exc, MemoryError):
+        return True
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False  # a value Python could not bind (too large an integer, a type SQLite has no place for)
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return code & 0xFF not in _NOT_THE_FILE
+    return not isinstance(exc, (sqlite3.IntegrityError, sqlite3.ProgrammingError, sqlite3.DataError))

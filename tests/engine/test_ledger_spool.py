@@ -307,3 +307,138 @@ def test_a_spooled_row_of_a_process_gone_is_recovered_as_interrupted_by_its_own_
         assert [[row["session_id"] for row in batch] for batch in handed] == [["running"]]
     finally:
         ledger.close()
+
+
+def _edited_spool(spool: Path, session_id: str, edit: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Rewrite the spool's row line of ``session_id`` with ``edit(values)`` applied, its checksum made
+    good again (a line as a stopping process could have written it); (the line as it was, as it is now)."""
+    contents = read_spool(spool.read_bytes())
+    out = []
+    found: tuple[dict[str, Any], dict[str, Any]] | None = None
+    for body in contents.lines:
+        if body["kind"] == "row" and session_id in body["values"]:
+            changed = {**body, "values": edit(list(body["values"]))}
+            found = (body, changed)
+            body = changed
+        out.append(ledger_spool._line(body))
+    assert found is not None
+    spool.write_bytes(b"".join(out))
+    return found
+
+
+def _without_time(values: list[Any]) -> list[Any]:
+    values[0] = None  # the start time: the table refuses a row without one (NOT NULL)
+    return values
+
+
+def _with_an_object(values: list[Any]) -> list[Any]:
+    values[3] = {"session": values[3]}  # a JSON object where a text goes: no value SQLite can bind
+    return values
+
+
+@pytest.mark.parametrize(
+    ("edit", "why"),
+    [(_without_time, "NOT NULL constraint failed: requests.time"), (_with_an_object, "not supported")],
+    ids=["refused-by-the-table", "unbindable"],
+)
+def test_a_spooled_row_the_file_refuses_is_moved_to_the_rejected_file_never_dropped(
+    path: Path, stopped_while_locked: tuple[Holder, int], caplog: pytest.LogCaptureFixture, edit: Any, why: str
+):
+    holder, _ = stopped_while_locked
+    holder.release()
+    spool = spool_path(path)
+    original, refused = _edited_spool(spool, "s1", edit)
+    with caplog.at_level(logging.WARNING, logger="gtl_nb"):
+        Ledger(path).close()  # opens all the same
+    assert [row[0] for row in rows_of(path)] == ["early", "s0", "s2", "running"]
+    rejected = ledger_spool.rejected_path(path)
+    assert rejected.name == "ledger.sqlite3-spool-rejected.jsonl"
+    kept = read_spool(rejected.read_bytes())
+    assert kept.damaged == [] and kept.lines == [refused]  # the line as it was, checksum and all
+    assert oct(rejected.stat().st_mode & 0o777) == "0o600"
+    said = [record.getMessage() for record in caplog.records if "refused and not applied" in record.getMessage()]
+    assert len(said) == 1  # once, with the count
+    assert f"1 write(s) of the spool {spool} were refused" in said[0] and why in said[0] and str(rejected) in said[0]
+    assert "it is lost" not in caplog.text
+    assert spool.read_bytes() == b""
+    # the cause fixed (here, the line itself) and appended to the spool: the next opening writes it, once
+    spool.write_bytes(ledger_spool._line(original))
+    Ledger(path).close()
+    assert [row[:2] for row in rows_of(path)] == [
+        ("early", "ok"),
+        ("s0", "ok"),
+        ("s2", "ok"),
+        ("running", "started"),
+        ("s1", "ok"),
+    ]
+    spool.write_bytes(ledger_spool._line(original))  # a second copy changes nothing
+    Ledger(path).close()
+    assert len(rows_of(path)) == 5
+
+
+def test_damaged_lines_that_cannot_be_kept_aside_leave_the_spool_as_it_is(
+    path: Path, stopped_while_locked: tuple[Holder, int], caplog: pytest.LogCaptureFixture
+):
+    holder, _ = stopped_while_locked
+    holder.release()
+    spool = spool_path(path)
+    lines = spool.read_bytes().splitlines(keepends=True)
+    corrupt = lines[2].replace(b'"ok"', b'"error"')  # s1's row: its checksum no longer matches
+    spool.write_bytes(lines[0] + lines[1] + corrupt + lines[3] + lines[4])
+    damaged = spool.with_name(spool.name + ".damaged")
+    damaged.mkdir()  # where the damaged lines go cannot be written
+    with caplog.at_level(logging.ERROR, logger="gtl_nb"):
+        Ledger(path).close()
+    assert f"cannot be kept in {damaged}" in caplog.text
+    assert spool.read_bytes() == lines[0] + lines[1] + corrupt + lines[3] + lines[4]  # the only copy stays
+    applied = rows_of(path)
+    assert [row[0] for row in applied] == ["early", "s0", "s2", "running"]
+    damaged.rmdir()
+    Ledger(path).close()  # the lines applied are found applied, the damaged one is kept aside now
+    assert rows_of(path) == applied
+    assert damaged.read_bytes() == corrupt
+    assert spool.read_bytes() == b""
+
+
+class _FailingConnection:
+    """A connection whose ``nth`` statement fails with ``error``, as a corrupt file fails one."""
+
+    def __init__(self, conn: sqlite3.Connection, nth: int, error: BaseException) -> None:
+        self.conn, self.nth, self.error, self.calls = conn, nth, error, 0
+
+    def execute(self, statement: str, values: Any = ()) -> Any:
+        self.calls += 1
+        if self.calls == self.nth:
+            raise self.error
+        return self.conn.execute(statement, values)
+
+
+def test_a_corrupt_file_is_no_rows_fault_the_replay_waits_whole(
+    path: Path,
+    stopped_while_locked: tuple[Holder, int],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+):
+    holder, _ = stopped_while_locked
+    holder.release()
+    spool = spool_path(path)
+    before = spool.read_bytes()
+    real = ledger_spool._execute
+    failing: dict[int, _FailingConnection] = {}
+
+    def on_a_corrupt_file(conn: sqlite3.Connection, statement: str, values: list[Any], where: Any) -> Any:
+        proxy = failing.setdefault(
+            id(conn), _FailingConnection(conn, 3, sqlite3.DatabaseError("database disk image is malformed"))
+        )
+        return real(proxy, statement, values, where)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ledger_spool, "_execute", on_a_corrupt_file)
+    with caplog.at_level(logging.ERROR, logger="gtl_nb"):
+        Ledger(path).close()
+    assert "stay there for the next opening" in caplog.text and "it is lost" not in caplog.text
+    assert rows_of(path) == [("early", "started", None, None)]  # nothing of the replay happened
+    assert spool.read_bytes() == before
+    assert not ledger_spool.rejected_path(path).exists()
+    monkeypatch.setattr(ledger_spool, "_execute", real)
+    Ledger(path).close()
+    assert [row[0] for row in rows_of(path)] == ["early", "s0", "s1", "s2", "running"]
