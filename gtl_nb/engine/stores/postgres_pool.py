@@ -45,6 +45,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from gtl_nb.engine.loop import LoopThread
 from gtl_nb.engine.stores.sqlite_db import StoreError
+from gtl_nb.engine.stores.urls import hide_passwords, is_url_shaped, looks_like_keyword_dsn, masked_url
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.words import install_extra
@@ -148,8 +149,15 @@ def is_postgres_url(url: object) -> bool:
 def parse_postgres_url(url: object, *, where: str = "ledger") -> PostgresURL:
     """Check ``url`` and split our options from libpq's; a ``ConfigurationError`` prefixed with
     ``where`` says what is wrong (never quoting the password)."""
+    if looks_like_keyword_dsn(url):  # libpq takes one; we take URLs (our options ride in the query)
+        raise ConfigurationError(
+            f"{where}: expected a postgresql://user@host:5432/database URL, got a libpq keyword/value "
+            "connection string (not shown: it may hold a password); write it as a URL"
+        )
     if not is_postgres_url(url):
-        raise ConfigurationError(f"{where}: expected a postgresql://user@host:5432/database URL, got {url!r:.60}")
+        # another scheme's URL without its password and query; other text without a password option
+        shown = (masked_url(url) if is_url_shaped(url) else hide_passwords(url)) if isinstance(url, str) else url
+        raise ConfigurationError(f"{where}: expected a postgresql://user@host:5432/database URL, got {shown!r:.60}")
     assert isinstance(url, str)
     shown = shown_url(url)
     scheme, _, rest = url.partition("://")
@@ -233,6 +241,7 @@ def _unquoted(reason: str, netloc: str) -> str:
     mangle the message's own words)."""
     password = netloc.rpartition("@")[0].partition(":")[2]
     reason = _QUOTED.sub(lambda found: found.group(0) if _plain_name(found.group(1)) else '"…"', reason)
+    reason = hide_passwords(reason)  # a password option libpq repeats, quoted its way (``password='a b'``)
     return reason.replace(password, "***") if len(password) >= 4 else reason
 
 
@@ -248,14 +257,17 @@ def application_name_option(conninfo: str, name: str) -> dict[str, str]:
 
 
 def shown_url(url: str) -> str:
-    """``url`` with its password (in the authority or as a ``password=`` option) replaced by ``***``."""
+    """``url`` with its password (in the authority or as a ``password=`` option) replaced by ``***``: the
+    value of every option whose name holds ``pass`` in any letter case (``password``, ``sslpassword``,
+    ``passfile``, a mistyped ``Password=`` or ``passwd=`` that libpq refuses by name), and a password
+    option written inside another's value (``dbname=host=db password='a b'``, quoted or not)."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError:
         return f"{url.partition('://')[0]}://…"
     query = "&".join(
-        f"{name}={'***' if name in _LIBPQ_SECRETS else value}"
+        f"{name}={'***' if name in _LIBPQ_SECRETS or 'pass' in name.lower() else hide_passwords(value)}"
         for name, value in parse_qsl(parts.query, keep_blank_values=True)
     )
     netloc = parts.netloc
@@ -294,8 +306,9 @@ def lost_connection(exc: BaseException, conn: Any) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """A one-line reason for logs and ``/readyz`` (libpq's messages span lines and never hold a password)."""
-    return _first_line(exc) or type(exc).__name__
+    """A one-line reason for logs and ``/readyz`` (libpq's messages span lines; a password option one
+    repeats is hidden, ``hide_passwords``)."""
+    return hide_passwords(_first_line(exc)) or type(exc).__name__
 
 
 class ConnectErrors:

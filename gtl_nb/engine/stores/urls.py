@@ -29,7 +29,9 @@ __all__ = [
     "DEFAULT_KEY_PREFIX",
     "REDIS_OPTIONS",
     "StoreURL",
+    "hide_passwords",
     "is_url_shaped",
+    "looks_like_keyword_dsn",
     "masked_url",
     "parse_store_url",
     "refuse_url_for_path",
@@ -104,6 +106,36 @@ what a setting that takes a file's path must not be given — the path would be 
 URL, its password included (``postgresql:/user:password@host/db``)."""
 
 
+_KEYWORD_DSN = re.compile(
+    r"\s*(?:host|hostaddr|port|dbname|user|password|passfile|service|sslmode|options|application_name|"
+    r"connect_timeout)\s*=",
+    re.IGNORECASE,
+)
+"""How a libpq keyword/value connection string begins (``host=db user=gtl password='a b'``)."""
+_PASSWORD_OPTION = re.compile(
+    r"(?<![A-Za-z0-9_])(sslpassword|pgpassword|password|passfile|passwd|pass)(\s*=\s*)"
+    r"('(?:[^'\\]|\\.)*'?|(?:\\.|[^\s\\'&])*)",
+    re.IGNORECASE,
+)
+"""A password-like option and its value, as libpq writes them — quoted (``'a b'``, ``'it\\'s'``, to the
+closing quote, or to the end when it has none) or not (to a blank or ``&``, a backslash escaping the
+next character): one pass, each character read once."""
+
+
+def looks_like_keyword_dsn(value: object) -> bool:
+    """Whether ``value`` begins as a libpq keyword/value connection string does (``host=… password=…``):
+    not a file's path, and perhaps holding a password."""
+    return isinstance(value, str) and _KEYWORD_DSN.match(value) is not None
+
+
+def hide_passwords(text: str) -> str:
+    """``text`` with the value of every password-like option (``password``, ``sslpassword``, ``passfile``,
+    ``passwd``, …, in any letter case) replaced by ``***``, however it is written: quoted with spaces and
+    escaped quotes inside (``password='a \\'b'``), or bare — a keyword/value connection string, a URL's
+    query, or a message quoting either."""
+    return _PASSWORD_OPTION.sub(lambda found: found.group(1) + found.group(2) + "***", text)
+
+
 def is_url_shaped(value: object) -> bool:
     """Whether ``value`` begins as a URL does (``scheme://`` or ``scheme:/``), not as a file's path."""
     return isinstance(value, str) and _URL_SHAPE.match(value) is not None
@@ -130,7 +162,14 @@ def masked_url(value: str) -> str:
 
 def refuse_url_for_path(value: object, where: str, takes: str) -> None:
     """Refuse ``value`` for a setting (``where``) that takes a file's path when it is a URL, saying what
-    to give instead (``takes``), and never quoting the URL's password."""
+    to give instead (``takes``), and never quoting the URL's password. A libpq keyword/value connection
+    string (``host=db password='…'``) is refused too, unquoted: read as a path, it would name a file after
+    the password."""
+    if looks_like_keyword_dsn(value):
+        raise ConfigurationError(
+            f"{where}: a libpq keyword/value connection string (not shown: it may hold a password) is not a "
+            f"file's path; a database is given as a postgresql://user@host:5432/database URL: give {takes}"
+        )
     if not is_url_shaped(value):
         return
     assert isinstance(value, str)
