@@ -8,9 +8,10 @@
   limit (``gtl-max-frame-bytes``). The client's half-close (the end of its requests) lets the sessions
   and queries under way finish, then the call ends ``OK`` (``GatewayConnection.client_done_sending``).
 * ``Complete`` (unary) — one session through ``engine.session.run_session``; the ``CompletionResult``
-  holds every event, the last one its ``done`` or ``error``. One beyond the principal's
-  ``max_sessions_per_principal`` is ``RESOURCE_EXHAUSTED`` / ``OVERLOADED``, once its ledger row and
-  audit record are written (``gateway.refusals``).
+  holds every event, the last one its ``done`` or ``error``. Its ``gtl-version`` metadata is negotiated
+  as ``Session``'s (none spoken: ``INVALID_ARGUMENT``), and its initial metadata names the version
+  agreed. One beyond the principal's ``max_sessions_per_principal`` is ``RESOURCE_EXHAUSTED`` /
+  ``OVERLOADED``, once its ledger row and audit record are written (``gateway.refusals``).
 * ``ListProviders`` (unary) — ``engine.provider_info()``.
 
 **Tokens** travel in the call metadata, ``authorization: Bearer <token>``; on ``Session`` hello's
@@ -247,13 +248,7 @@ class GTLServicer(pb_grpc.GTLServicer):
 
     async def _session(self, context: grpc.aio.ServicerContext, peer: str) -> None:
         bearer = _bearer(context)
-        offered = _metadata(context, VERSION_HEADER)  # the spec's negotiation, for a client that sends no hello
-        agreed = None
-        if offered is not None and offered.strip(" ,"):
-            try:
-                agreed = negotiate_header(offered)
-            except VersionMismatchError as exc:
-                await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc)
+        agreed = await _agreed_version(context)  # the spec's negotiation, for a client that sends no hello
         batches = _metadata(context, BATCH_KEY) == BATCH_VALUE  # several frames per message (ServerFrame.more)
         initial = [(MAX_FRAME_KEY, str(self.limits.max_frame_bytes)), (VERSION_HEADER, agreed or SPOKEN)]
         initial += [(BATCH_KEY, BATCH_VALUE)] if batches else []
@@ -299,9 +294,11 @@ class GTLServicer(pb_grpc.GTLServicer):
 
     async def Complete(self, requests: Any, context: grpc.aio.ServicerContext) -> bytes:
         """One session; every event in one ``CompletionResult``."""
-        async with self._call(context, read_when_stopping=True) as compressing:
-            if compressing:  # grpc.aio compresses a unary answer only when the headers went out first
-                await context.send_initial_metadata(())
+        async with self._call(context, read_when_stopping=True):
+            agreed = await _agreed_version(context)  # the spec's negotiation, as Session's: no hello here either
+            # the version agreed (else those spoken), as Session says it; sent first, also because grpc.aio
+            # compresses a unary answer only when the headers went out before it
+            await context.send_initial_metadata(((VERSION_HEADER, agreed or SPOKEN),))
             who = await self._context_of(context)
             message = await self._request_of(await self._request_bytes(context), context)
             if self.stopping.is_stopping:  # read, so that its refusal has its row (gateway.refusals)
@@ -579,6 +576,25 @@ def _result(events: list[StreamEvent]) -> pb.CompletionResult:
 
 
 SPOKEN = header_value(SUPPORTED_VERSIONS)
+
+
+async def _agreed_version(context: grpc.aio.ServicerContext) -> str | None:
+    """The version a call's ``gtl-version`` metadata agrees on (every value of the key, read as one list,
+    as HTTP reads its ``GTL-Version`` lines), ``None`` without one; a call naming no version this gateway
+    speaks ends ``INVALID_ARGUMENT`` / ``INVALID_REQUEST``, the message naming those it speaks."""
+    values = [
+        value.decode("latin-1") if isinstance(value, bytes) else str(value)
+        for key, value in (context.invocation_metadata() or ())
+        if key == VERSION_HEADER
+    ]
+    offered = ", ".join(values)
+    if not offered.strip(" ,"):
+        return None
+    try:
+        return negotiate_header(offered)
+    except VersionMismatchError as exc:
+        await _abort(context, grpc.StatusCode.INVALID_ARGUMENT, exc)
+    return None  # (not reached: the abort raises)
 
 
 def _metadata(context: grpc.aio.ServicerContext, key: str) -> str | None:

@@ -344,3 +344,33 @@ def test_grpc_session_naming_no_version_the_gateway_speaks_is_refused(gateway: L
             list(call)
     assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "no common GTL version" in refused.value.details()
+
+
+def complete_request() -> pb.CompletionRequest:
+    """The spec's request as ``Complete`` takes it (a ``CompletionRequest``, no frame around it)."""
+    return spec_request_frame().completion_request
+
+
+def test_grpc_complete_negotiates_its_gtl_version_metadata_as_session_does(gateway: LocalGateway) -> None:
+    """``Complete`` has no hello either: the call's ``gtl-version`` is the spec's negotiation. A version the
+    gateway speaks is answered, the one agreed named in the initial metadata (as ``Session`` names it);
+    one it does not is refused before anything runs, naming the versions it speaks."""
+    address = gateway.url("grpc").split("://", 1)[1]
+    before = rows_before(gateway)
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.GTLStub(channel)
+        result, call = stub.Complete.with_call(complete_request(), metadata=[("gtl-version", "1.0.2")], timeout=WAIT)
+        said = dict(call.initial_metadata())
+        assert said["gtl-version"] == "1.0"  # MAJOR.MINOR agrees, answered as the gateway spells it
+        assert result.events[-1].WhichOneof("message") == "done"
+        assert_one_new_row(gateway, before)
+        _, unnamed = stub.Complete.with_call(complete_request(), timeout=WAIT)
+        assert dict(unnamed.initial_metadata())["gtl-version"] == "1.0"  # none asked: the versions it speaks
+        for offered, words in [("2.0", "no common GTL version"), ("1", "malformed GTL version '1'")]:
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.Complete(complete_request(), metadata=[("gtl-version", offered)], timeout=WAIT)
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            details = refused.value.details()
+            assert details.startswith("INVALID_REQUEST: ") and words in details
+            assert "1.0" in details.partition(words)[2]  # the versions it speaks are named
+    assert len(rows_when(ledger_of(gateway), before + 2, session_id=SESSION)) == before + 2  # refused: ran nothing
