@@ -404,11 +404,13 @@ class GTLConnection:
                 if self._offer is None and item.message_type not in (None, "hello"):
                     # a spec peer's first message, refused: hello is implied, and the frame is one bad frame
                     if self._implied_hello():
-                        self._violation(item.error, item.session_id, kind=item.message_type, unreadable=True)
+                        self._violation(
+                            item.error, item.session_id, kind=item.message_type, fault=item.session_id_fault
+                        )
                 else:
                     self._fail(item.error)
             else:
-                self._violation(item.error, item.session_id, kind=item.message_type, unreadable=True)
+                self._violation(item.error, item.session_id, kind=item.message_type, fault=item.session_id_fault)
         elif isinstance(item, Error) and not item.session_id:
             if self.role == "server":  # the client going away, whatever it calls it
                 gave_up = client_gave_up(item)
@@ -479,8 +481,10 @@ class GTLConnection:
         if isinstance(message, CompletionRequest):
             sid = message.session_id
             if not sid:  # "" is the connection's own id: no session's error could answer it
-                error = ProtocolError('its session_id is ""; give each request a non-empty id of its own')
-                self._violation(error, None, kind="completion_request", unreadable=True)
+                fault = 'has an empty session_id ("")'
+                self._violation(
+                    ProtocolError(f"a completion_request {fault}"), None, kind="completion_request", fault=fault
+                )
             elif sid in self._live:
                 self._violation(SessionStateError(f"a second completion_request for live session {sid!r}"), sid)
             elif sid in self._abandoned:
@@ -547,22 +551,17 @@ class GTLConnection:
     # -- bad frames and the end --------------------------------------------------------------------
 
     def _violation(
-        self, error: ProtocolError, sid: str | None, *, kind: str | None = None, unreadable: bool = False
+        self, error: ProtocolError, sid: str | None, *, kind: str | None = None, fault: str | None = None
     ) -> None:
         """One bad frame: report it, end its session, and end the connection at the limit (or at once:
-        a request whose session cannot be told, which could be answered no other way)."""
+        a request whose session cannot be told, which could be answered no other way). ``fault``: what is
+        wrong with the session_id of a frame whose id could not be read (``frames.session_id_fault``)."""
         self.bad_frames += 1
         self._events.append(ProtocolViolation(error, sid or None, self.bad_frames))
-        if unreadable and not sid and self.role == "server" and kind == "completion_request":
+        if fault is not None and not sid and self.role == "server" and kind == "completion_request":
             # a request whose session cannot be read cannot be answered on its own: the client would wait
             # for ever. Ending the connection is the one answer it gets (its sessions end with this error)
-            self._fail(
-                ProtocolError(
-                    "a completion_request whose session_id cannot be read; closing the connection, the one answer "
-                    'it can get (every event names its session, and session_id "" names the connection itself, '
-                    f"not a session): {error.message}"
-                )
-            )
+            self._fail(ProtocolError(_nameless_request(fault, error)))
             return
         if sid:
             if self.role == "client":
@@ -649,6 +648,21 @@ class GTLConnection:
 
     def _describe(self, sid: str) -> str:
         return "ended" if sid in self._ended else "unknown"
+
+
+def _nameless_request(fault: str, error: ProtocolError) -> str:
+    """The words that end a connection for a ``completion_request`` whose session cannot be told: what was
+    wrong with its id (``fault``), why that ends the connection, what to do; and the frame's other fault,
+    when the decoder refused it for something else too (a temperature out of range beside an empty id)."""
+    words = (
+        f"closing the connection: a completion_request {fault}. Every answer names its session, and "
+        'session_id "" names the connection itself, so no error could answer that request alone; '
+        "give each request a non-empty session_id of its own"
+    )
+    said = error.message
+    if fault not in said and "`session_id`" not in said and "$.session_id`" not in said:  # (the id's own words)
+        words += f" (the frame was refused for this too: {said})"
+    return words
 
 
 def _still_ending(sid: str) -> Error:

@@ -33,13 +33,15 @@ _BLANK = b" \t\r\n"
 class BadFrame:
     """A frame that did not decode: the decoder's error and what its first bytes reveal.
 
-    ``session_id`` and ``message_type`` are ``None`` when they could not be read from the head.
+    ``session_id`` and ``message_type`` are ``None`` when they could not be read from the head; then
+    ``session_id_fault`` says what was wrong with the id (``session_id_fault()``), for an error to say it.
     """
 
     error: ProtocolError
     frame: int
     session_id: str | None = None
     message_type: str | None = None
+    session_id_fault: str | None = None
 
 
 ReadFrame = WireMessage | BadFrame
@@ -70,11 +72,11 @@ class FrameReader:
         items = decoder.feed(data)
         if decoder.frames_refused == refused:  # every frame decoded: the list as it is
             return items  # type: ignore[return-value]
-        return [_bad(item) if type(item) is FrameError else item for item in items]
+        return [_bad(item, decoder.head_bytes) if type(item) is FrameError else item for item in items]
 
     def close(self) -> list[BadFrame]:
         """End of stream: a ``BadFrame`` for a partial frame left over, else nothing."""
-        return [_bad(item) for item in self._decoder.close()]
+        return [_bad(item, self._decoder.head_bytes) for item in self._decoder.close()]
 
     @property
     def pending_bytes(self) -> int:
@@ -82,18 +84,46 @@ class FrameReader:
         return self._decoder.pending_bytes
 
 
-def _bad(item: FrameError) -> BadFrame:
+def _bad(item: FrameError, head_bytes: int) -> BadFrame:
     head = item.head
     session_id = string_field(head, b"session_id") or string_field(head, b"sid")
-    return BadFrame(item.error, item.frame, session_id, string_field(head, b"type"))
+    fault = None if session_id else session_id_fault(head, cut=len(head) >= head_bytes)
+    return BadFrame(item.error, item.frame, session_id, string_field(head, b"type"), fault)
 
 
-def string_field(data: bytes, key: bytes) -> str | None:
-    """The string value of the first ``"key": "..."`` pair in ``data`` (JSON text, perhaps broken).
+_JSON_KINDS = {
+    ord("{"): "an object",
+    ord("["): "an array",
+    ord("n"): "null",
+    ord("t"): "a boolean",
+    ord("f"): "a boolean",
+}
 
-    ``None`` when the key is missing, its value is not a complete string, or the string is empty.
-    Linear in ``len(data)``.
-    """
+
+def session_id_fault(head: bytes, *, cut: bool = False) -> str:
+    """What is wrong with the ``session_id`` of a frame whose id ``string_field`` could not read, as an
+    error says it after "a completion_request ": ``has no session_id``, ``has an empty session_id ("")``,
+    ``has a session_id that is not a string (a number)``, ``has a session_id that is not valid text (…)``.
+    ``cut``: ``head`` is only the frame's first bytes (an id missing from them may come later)."""
+    at = _value_at(head, b"session_id")
+    if at is None:
+        at = _value_at(head, b"sid")
+    if at is None:
+        return f"has no session_id in its first {len(head)} bytes" if cut else "has no session_id"
+    first = head[at] if at < len(head) else None
+    if first == 0x22:  # a string: empty, or not one msgspec reads (a lone surrogate, a broken escape, cut)
+        if head[at : at + 2] == b'""':
+            return 'has an empty session_id ("")'
+        return "has a session_id that is not valid text (a lone surrogate, a broken escape, or a string not closed)"
+    if first is None:
+        return "has a session_id with no value"
+    kind = _JSON_KINDS.get(first, "a number" if first in b"-0123456789" else "not JSON")
+    return f"has a session_id that is not a string ({kind})"
+
+
+def _value_at(data: bytes, key: bytes) -> int | None:
+    """Where the value of the first ``"key":`` pair in ``data`` begins (blanks skipped), as ``string_field``
+    finds it; ``None`` when there is none."""
     quoted = b'"' + key + b'"'
     start = 0
     while (at := data.find(quoted, start)) >= 0:
@@ -103,18 +133,27 @@ def string_field(data: bytes, key: bytes) -> str | None:
         colon = _skip_blank(data, start)
         if data[colon : colon + 1] != b":":
             continue  # a string value that happens to equal the key
-        opening = _skip_blank(data, colon + 1)
-        if data[opening : opening + 1] != b'"':
-            return None
-        closing = _string_end(data, opening)
-        if closing < 0:
-            return None
-        try:
-            value = msgspec.json.decode(data[opening : closing + 1], type=str)
-        except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
-        return value or None
+        return _skip_blank(data, colon + 1)
     return None
+
+
+def string_field(data: bytes, key: bytes) -> str | None:
+    """The string value of the first ``"key": "..."`` pair in ``data`` (JSON text, perhaps broken).
+
+    ``None`` when the key is missing, its value is not a complete string, or the string is empty.
+    Linear in ``len(data)``.
+    """
+    opening = _value_at(data, key)
+    if opening is None or data[opening : opening + 1] != b'"':
+        return None
+    closing = _string_end(data, opening)
+    if closing < 0:
+        return None
+    try:
+        value = msgspec.json.decode(data[opening : closing + 1], type=str)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    return value or None
 
 
 def _skip_blank(data: bytes, at: int) -> int:

@@ -374,3 +374,41 @@ def test_grpc_complete_negotiates_its_gtl_version_metadata_as_session_does(gatew
             assert details.startswith("INVALID_REQUEST: ") and words in details
             assert "1.0" in details.partition(words)[2]  # the versions it speaks are named
     assert len(rows_when(ledger_of(gateway), before + 2, session_id=SESSION)) == before + 2  # refused: ran nothing
+
+
+# -- a request whose session cannot be told ----------------------------------------------------------------
+
+
+def test_a_request_without_a_usable_session_id_ends_the_connection_saying_exactly_what_was_wrong(
+    gateway: LocalGateway,
+) -> None:
+    """On a connection, ``session_id`` ``""`` is the connection's own (its error ends it): a request with an
+    empty or missing id cannot be answered alone, so the connection ends — its error says what was wrong
+    with that request's id, why the connection ends, and what to do."""
+    spec = json.loads(SPEC_REQUEST)
+    missing = {key: value for key, value in spec.items() if key != "session_id"}
+    for frame, fault in [
+        ({**spec, "session_id": ""}, 'a completion_request has an empty session_id ("")'),
+        (missing, "a completion_request has no session_id"),
+        ({**spec, "session_id": 42}, "a completion_request has a session_id that is not a string (a number)"),
+    ]:
+        _, events = asyncio.run(websocket_exchange(ws_url(gateway), {}, json.dumps(frame)))
+        assert [(event["type"], event["session_id"], event["code"]) for event in events] == [
+            ("error", "", "INVALID_REQUEST")
+        ]
+        said = events[0]["message"]
+        assert said.startswith(f"closing the connection: {fault}. "), said
+        assert 'session_id "" names the connection itself' in said
+        assert said.endswith("give each request a non-empty session_id of its own")
+
+
+def test_a_grpc_session_request_with_an_empty_session_id_is_told_what_was_wrong(gateway: LocalGateway) -> None:
+    frame = spec_request_frame()
+    frame.completion_request.session_id = ""  # (proto3: the field's default, as if unset)
+    address = gateway.url("grpc").split("://", 1)[1]
+    with grpc.insecure_channel(address) as channel:
+        events = server_frames(pb_grpc.GTLStub(channel).Session(iter([frame]), timeout=WAIT))
+    assert [(event["type"], event.get("session_id", ""), event["code"]) for event in events] == [
+        ("error", "", "ERROR_CODE_INVALID_REQUEST")
+    ]
+    assert events[0]["message"].startswith('closing the connection: a completion_request has an empty session_id ("")')

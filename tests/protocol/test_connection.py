@@ -40,7 +40,7 @@ from gtl_nb.protocol import (
     encode,
 )
 from gtl_nb.protocol.codec import frames_within
-from gtl_nb.protocol.frames import string_field
+from gtl_nb.protocol.frames import HEAD_BYTES, string_field
 
 PROTOCOL_DIR = Path(__file__).resolve().parents[2] / "gtl_nb" / "protocol"
 
@@ -704,18 +704,45 @@ def test_a_subclass_of_provider_info_is_sent_like_provider_info():
 
 
 @pytest.mark.parametrize(
-    "frame",
+    ("frame", "fault"),
     [
-        b'{"type":"completion_request","session_id":"\\ud800","model":"echo","messages":[]}\n',  # a lone surrogate
-        b'{"type":"completion_request","session_id":7,"model":"echo","messages":[]}\n',
+        (
+            b'{"type":"completion_request","session_id":"\\ud800","model":"echo","messages":[]}\n',  # a lone surrogate
+            "has a session_id that is not valid text",
+        ),
+        (
+            b'{"type":"completion_request","session_id":7,"model":"echo","messages":[]}\n',
+            "has a session_id that is not a string (a number)",
+        ),
+        (
+            b'{"type":"completion_request","session_id":null,"model":"echo","messages":[]}\n',
+            "has a session_id that is not a string (null)",
+        ),
+        (b'{"type":"completion_request","model":"echo","messages":[]}\n', "has no session_id"),
         # an empty id is the connection's own: no session's error can carry the answer either (it was
         # counted as a bad frame and never answered, so a client waited for it)
-        b'{"type":"completion_request","session_id":"","model":"echo","messages":[]}\n',
+        (
+            b'{"type":"completion_request","session_id":"","model":"echo","messages":[]}\n',
+            'has an empty session_id ("")',
+        ),
+        # an id the reader could not reach: a frame refused (its temperature) whose id comes after its first bytes
+        (
+            b'{"type":"completion_request","model":"echo","messages":[{"role":"user","content":"'
+            + b"x" * HEAD_BYTES
+            + b'"}],"temperature":9,"session_id":"late"}\n',
+            f"has no session_id in its first {HEAD_BYTES} bytes",
+        ),
+        # the same, in a frame the decoder refuses for another field too: the id is what ends the connection
+        (
+            b'{"type":"completion_request","session_id":"","model":"echo","messages":[],"temperature":9}\n',
+            'has an empty session_id ("")',
+        ),
     ],
 )
-def test_a_request_whose_session_cannot_be_read_is_answered_by_ending_the_connection(frame):
+def test_a_request_whose_session_cannot_be_read_is_answered_by_ending_the_connection(frame, fault):
     """Its session cannot be told, so no session's error can answer it; left alone, the client would
-    wait for it until two more bad frames. Ending the connection answers it (and every other session)."""
+    wait for it until two more bad frames. Ending the connection answers it (and every other session),
+    and its error says exactly what was wrong with the id, why that ends the connection, and what to do."""
     pair = opened()
     pair.client_send(request("s1"))
     pair.pump()
@@ -723,9 +750,17 @@ def test_a_request_whose_session_cannot_be_read_is_answered_by_ending_the_connec
     client_events, server_events = pair.pump()
     assert [type(e) for e in server_events][-1] is ConnectionTerminated
     said = str(server_events[-1].error)
-    assert "session_id cannot be read" in said and 'session_id "" names the connection itself' in said  # why
-    if b'"session_id":""' in frame:
-        assert "give each request a non-empty id of its own" in said
+    assert f"closing the connection: a completion_request {fault}" in said  # what was wrong
+    assert 'session_id "" names the connection itself' in said  # why the connection ends
+    assert "give each request a non-empty session_id of its own" in said  # what to do
+    told = [e for e in client_events if isinstance(e, ConnectionTerminated)]
+    assert told and f"a completion_request {fault}" in str(told[0].error)  # the client reads the same words
+    if b"temperature" in frame:  # the decoder's other reason is kept
+        assert "the frame was refused for this too" in said and "temperature" in said
+    elif b"\\ud800" in frame:  # not JSON the decoder reads: its own words say where
+        assert "the frame was refused for this too: malformed frame (not JSON" in said
+    else:
+        assert "refused for this too" not in said  # the decoder's words about the id itself are not repeated
     assert any(isinstance(e, Error) and e.session_id == "s1" and e.code == "INVALID_REQUEST" for e in client_events)
     assert pair.server.closed
 
