@@ -219,6 +219,9 @@ class _Connection:
             "server", max_frame_bytes=self.limits.max_frame_bytes, features=self.limits.features
         )
         self.context: RequestContext | None = None
+        self.refused_unasked: GTLError | None = None
+        """A client that sent no hello, refused: each request it sent with its implied hello gets this as its
+        own error on the control stream, then the connection ends with it (``welcome``, ``_ControlStream``)."""
         self.host: str | None = None
         self.where = "?"
         self.counted = False  # in the gateway's count of connections per address
@@ -392,10 +395,12 @@ class _Connection:
         try:
             context = authenticated_or_logged(self.gateway.authenticate, event.token, self.where)
         except AuthenticationError as exc:
-            # a client that sent no hello (so no token: QUIC has no header) is told where one goes
-            self.close(
-                without_a_token(exc, "quic") if event.implicit and not isinstance(exc, TokenUncheckable) else exc
-            )
+            # a client that sent no hello (so no token: QUIC has no header) is told where one goes — first as
+            # the answer to each request that came with its implied hello (``_ControlStream._apply``)
+            if not event.implicit:
+                self.close(exc)
+            else:
+                self.refused_unasked = exc if isinstance(exc, TokenUncheckable) else without_a_token(exc, "quic")
             return
         except Exception:  # a bug in the hook must not leave the connection half-open
             log.exception("authenticating client %s failed", self.where)
@@ -411,7 +416,11 @@ class _Connection:
     def start(self, session: _Session, request: CompletionRequest) -> None:
         sid = request.session_id
         if self.context is None:
-            error = InvalidRequestError("a session stream opened before the hello exchange on the control stream")
+            error = InvalidRequestError(
+                "a session stream opened before the hello exchange on the control stream (the connection's first "
+                'stream: send {"type":"hello","versions":["1.0"],"token":"..."} there first, the token where the '
+                "gateway needs one)"
+            )
             session.refuse(error.to_event(sid))
             self.bad(error)
         elif self.gateway.stopping:  # recorded too (gateway.refusals); the stop waits for its row
@@ -502,6 +511,10 @@ class _ControlStream:
                 connection.welcome(event)
             elif isinstance(event, Query):
                 connection.ask(event)
+            elif isinstance(event, CompletionRequest) and connection.refused_unasked is not None:
+                # a client that sent no hello, refused: its request is told why (not where requests go)
+                refusal = connection.refused_unasked.to_event(event.session_id)
+                connection.peer.write(CONTROL_STREAM_ID, control.send(refusal))
             elif isinstance(event, CompletionRequest):  # sessions have streams of their own
                 error = InvalidRequestError("a completion_request goes on a stream of its own, not the control stream")
                 connection.peer.write(CONTROL_STREAM_ID, control.send(error.to_event(event.session_id)))
@@ -512,6 +525,8 @@ class _ControlStream:
                 connection.close(None if event.by_peer else event.error)
         if not control.closed:
             connection.peer.write(CONTROL_STREAM_ID, control.data_to_send())
+        if connection.refused_unasked is not None:  # each request read with the implied hello was answered
+            connection.close(connection.refused_unasked)
 
     def reset_received(self, code: int) -> None:
         self.reads.cancel()

@@ -7,8 +7,10 @@ whatever the transport under ``framed``:
   ``RequestContext`` every session of the connection runs under (the transport's ``peer`` added) or
   raises ``AuthenticationError``, which ends the connection with ``AUTH_FAILED``. An accepted client
   then gets the provider list (``transports.conventions``) — unless it sent no hello (the spec's peer:
-  ``HandshakeComplete.implicit``), which asked for nothing; refused for want of any token, such a
-  client is told where a token goes on its transport.
+  ``HandshakeComplete.implicit``), which asked for nothing. Such a client refused is answered as it
+  asked: each request it sent with its implied hello (the frames of that read) gets the refusal as its
+  own ``error`` — for want of any token, saying where a token goes on its transport — and then the
+  connection ends with the same connection-level error.
 * **Sessions.** Each ``completion_request`` runs as its own task over ``engine.stream``; its events
   go back through the connection in order. The task awaits the channel's drain after every event, so
   a slow reader stops the engine from pulling more from the provider: per session, at most one event
@@ -245,6 +247,9 @@ class GatewayConnection:
         # sessions whose end the connection itself told the client (a bad frame of theirs): their task's own
         # end is not written after the connection ended (``_told_after_end``), so each has one terminal event
         self._told_by_connection: set[str] = set()
+        # a client that sent no hello, refused: each request read with its implied hello gets this as its own
+        # error, then the connection ends with it (``_welcome``, ``_read``)
+        self._refused_unasked: AuthenticationError | None = None
 
     @property
     def live_sessions(self) -> int:
@@ -285,6 +290,9 @@ class GatewayConnection:
                         self._refusing = False
                     if self._stopped_and_idle():  # its error went out: the connection's last word in a stop,
                         framed.read_no_more = True  # once every other request read with it is refused too
+            if self._refused_unasked is not None:  # every request read with the implied hello was answered
+                self._close(self._refused_unasked)
+                return
             if not framed.read_no_more or framed.closed:
                 return  # the connection ended
             if self._stopped_and_idle():  # every request read has its answer
@@ -345,6 +353,10 @@ class GatewayConnection:
             no_token = getattr(self._authenticate, "bearer", None) is None and not isinstance(exc, TokenUncheckable)
             if event.implicit and no_token:
                 exc = without_a_token(exc, self.transport)
+            if event.implicit:  # its first request came with it: answer that first (``_start``), then close
+                self._refused_unasked = exc
+                self.framed.read_no_more = True  # ``_read`` closes once the frames of this read are handled
+                return
             self.framed.close_nowait(exc)
             return
         self.context = dataclasses.replace(context, peer=self.framed.channel.peer, transport=self.transport)
@@ -359,8 +371,9 @@ class GatewayConnection:
         sid = request.session_id
         self._told_by_connection.discard(sid)  # (an id used again names a new session)
         if self.context is None:  # a refused client's connection is closed, and its sessions ended with it
-            # (a client that sent no hello has its first request read after the refusal: nothing runs it)
-            self._end(AuthenticationError("the client is not authenticated").to_event(sid))
+            # (a client that sent no hello, refused: each request read with it is told why, and nothing runs it)
+            refusal = self._refused_unasked or AuthenticationError("the client is not authenticated")
+            self._end(refusal.to_event(sid))
             return None
         context = self.context
         if self.shutdown is not None and self.shutdown.is_stopping:

@@ -13,6 +13,7 @@ name), so the spec's ``"provider": "openai"`` and ``"model": "gpt-4"`` run as wr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import subprocess
@@ -67,8 +68,10 @@ def spec_sim() -> Iterator[sim.Simulator]:
     simulator.close()
 
 
-def spec_config(directory: Path, simulator: sim.Simulator, **gateway: Any) -> Path:
-    """A gateway whose deployment is named as the spec's example names it: ``openai``."""
+def spec_config(
+    directory: Path, simulator: sim.Simulator, more: dict[str, dict[str, Any]] | None = None, **gateway: Any
+) -> Path:
+    """A gateway whose deployment is named as the spec's example names it: ``openai`` (``more``: tables added)."""
     tables: dict[str, dict[str, Any]] = {
         "providers.openai": {"type": "openai_compatible", "base_url": simulator.base_url, "api_key": SIM_KEY},
         "routing.retry": {"max_attempts": 1},
@@ -76,8 +79,39 @@ def spec_config(directory: Path, simulator: sim.Simulator, **gateway: Any) -> Pa
         "gateway": dict(gateway),
         "gateway.http": {"port": 0},
         "gateway.grpc": {"port": 0},
+        **(more or {}),
     }
     return write_toml(directory / "gtl.toml", tables)
+
+
+JWT_SECRET_ENV = "GTL_TEST_SPEC_PEER_SECRET"
+JWT_SECRET = "a-ghost-token-secret-for-the-spec-peer-tests"
+
+
+def jwt_spec_config(directory: Path, simulator: sim.Simulator) -> Path:
+    """The spec gateway with ``auth = "jwt"``: every request needs a GhostToken."""
+    jwt = {"issuer": "gtl-test", "secret_env": JWT_SECRET_ENV, "default_deployments": ["*"]}
+    return spec_config(directory, simulator, {"gateway.jwt": jwt}, auth="jwt")
+
+
+@pytest.fixture(scope="module")
+def jwt_gateway(tmp_path_factory: pytest.TempPathFactory, spec_sim: sim.Simulator) -> Iterator[LocalGateway]:
+    served = start_gateway(
+        jwt_spec_config(tmp_path_factory.mktemp("spec-peer-jwt"), spec_sim), env={JWT_SECRET_ENV: JWT_SECRET}
+    )
+    yield served
+    served.stop()
+
+
+def assert_the_request_is_refused_then_the_connection(events: list[dict[str, Any]], where: str) -> None:
+    """A hello-less peer without a token: its request gets its own ``AUTH_FAILED`` error saying where a token
+    goes on this transport (``where``), then the connection ends with the same connection-level error."""
+    ends = [(event["type"], event["session_id"], event["code"]) for event in events]
+    assert ends == [("error", SESSION, "AUTH_FAILED"), ("error", "", "AUTH_FAILED")], ends
+    for event in events:
+        assert "needs a token and the connection carried none" in event["message"]
+        assert where in event["message"]
+    assert events[0]["message"] == events[1]["message"]
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +163,17 @@ async def websocket_exchange(url: str, headers: dict[str, str], frame: str) -> t
         return socket_.response, events
 
 
+async def websocket_until_closed(url: str, headers: dict[str, str], frame: str) -> list[dict[str, Any]]:
+    """Send ``frame`` as the connection's first message; every message until the gateway closes."""
+    async with websockets.connect(url, additional_headers=headers) as socket_:
+        await socket_.send(frame)
+        events: list[dict[str, Any]] = []
+        with contextlib.suppress(websockets.ConnectionClosed):
+            while True:
+                events.append(json.loads(await asyncio.wait_for(socket_.recv(), WAIT)))
+        return events
+
+
 def ws_url(gateway: LocalGateway) -> str:
     return gateway.url("ws") + "/v1/gtl/ws"
 
@@ -178,13 +223,19 @@ def test_websocket_without_hello_is_authenticated_by_its_header_or_told_where_a_
         _, events = asyncio.run(websocket_exchange(ws_url(served), {"Authorization": f"Bearer {token}"}, SPEC_REQUEST))
         assert_the_spec_stream(events)
         assert_one_new_row(served, before)
-        _, refused = asyncio.run(websocket_exchange(ws_url(served), {}, SPEC_REQUEST))
+        refused = asyncio.run(websocket_until_closed(ws_url(served), {}, SPEC_REQUEST))
     finally:
         served.stop()
-    assert refused[-1]["type"] == "error" and refused[-1]["code"] == "AUTH_FAILED"
-    assert "needs a token and the connection carried none" in refused[-1]["message"]
-    assert "Authorization: Bearer header" in refused[-1]["message"]
+    assert_the_request_is_refused_then_the_connection(refused, "Authorization: Bearer header")
     assert token not in json.dumps(refused)
+
+
+def test_websocket_without_hello_or_token_to_a_jwt_gateway_gets_its_request_answered(
+    jwt_gateway: LocalGateway,
+) -> None:
+    refused = asyncio.run(websocket_until_closed(ws_url(jwt_gateway), {}, SPEC_REQUEST))
+    assert_the_request_is_refused_then_the_connection(refused, "the upgrade request's Authorization: Bearer header")
+    assert len(rows_when(ledger_of(jwt_gateway), 0, session_id=SESSION)) == 0  # refused before it ran
 
 
 # -- stdio --------------------------------------------------------------------------------------------
@@ -227,6 +278,13 @@ class StdioPeer:
             if events[-1]["type"] in ("done", "error") and events[-1]["session_id"] in (session_id, ""):
                 return events
 
+    def until_closed(self) -> list[dict[str, Any]]:
+        """Every frame until the gateway ends its output."""
+        events: list[dict[str, Any]] = []
+        while line := self.lines.get(timeout=WAIT):
+            events.append(json.loads(line))
+        return events
+
     def close(self) -> None:
         assert self.process.stdin is not None
         self.process.stdin.close()
@@ -255,14 +313,25 @@ def test_stdio_without_hello_is_told_where_the_token_goes(tmp_path: Path, spec_s
     peer = StdioPeer(config, env={"GTL_NB_DEV_TOKEN": "the-dev-token"})
     try:
         peer.send(one_line(SPEC_REQUEST))
-        events = peer.until_end(SESSION)
+        events = peer.until_closed()
     finally:
         peer.close()
-    ends = [event for event in events if event["type"] in ("done", "error")]
-    assert ends and all(event["code"] == "AUTH_FAILED" for event in ends)
-    assert "needs a token and the connection carried none" in ends[-1]["message"]
-    assert '{"type":"hello","versions":["1.0"],"token":"..."}' in ends[-1]["message"]
+    assert_the_request_is_refused_then_the_connection(events, '{"type":"hello","versions":["1.0"],"token":"..."}')
     assert "the-dev-token" not in json.dumps(events)
+
+
+def test_stdio_without_hello_or_token_to_a_jwt_gateway_gets_its_request_answered(
+    tmp_path: Path, spec_sim: sim.Simulator
+) -> None:
+    peer = StdioPeer(jwt_spec_config(tmp_path, spec_sim), env={JWT_SECRET_ENV: JWT_SECRET})
+    try:
+        peer.send(one_line(SPEC_REQUEST))
+        events = peer.until_closed()
+    finally:
+        peer.close()
+    hello = 'send it as token in a {"type":"hello","versions":["1.0"],"token":"..."} frame before any request'
+    assert_the_request_is_refused_then_the_connection(events, hello)
+    assert JWT_SECRET not in json.dumps(events)
 
 
 # -- HTTP and SSE ----------------------------------------------------------------------------------------
@@ -412,3 +481,22 @@ def test_a_grpc_session_request_with_an_empty_session_id_is_told_what_was_wrong(
         ("error", "", "ERROR_CODE_INVALID_REQUEST")
     ]
     assert events[0]["message"].startswith('closing the connection: a completion_request has an empty session_id ("")')
+
+
+def test_grpc_session_without_hello_or_token_to_a_jwt_gateway_gets_its_request_answered(
+    jwt_gateway: LocalGateway,
+) -> None:
+    """Its request gets its own ``AUTH_FAILED`` error, then the connection-level one, then the call ends
+    ``UNAUTHENTICATED`` (the status a gRPC client reads without the frames)."""
+    address = jwt_gateway.url("grpc").split("://", 1)[1]
+    events: list[dict[str, Any]] = []
+    with grpc.insecure_channel(address) as channel:
+        call = pb_grpc.GTLStub(channel).Session(iter([spec_request_frame()]), timeout=WAIT)
+        with pytest.raises(grpc.RpcError) as ended:
+            for frame in call:
+                events.extend(server_frames([frame]))
+    assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
+    for event in events:  # proto3: the enum's name, and an empty session_id left out
+        event["code"] = event["code"].removeprefix("ERROR_CODE_")
+        event.setdefault("session_id", "")
+    assert_the_request_is_refused_then_the_connection(events, "authorization: Bearer metadata on the call")

@@ -532,9 +532,28 @@ def test_a_hello_less_client_of_a_gateway_that_needs_a_token_is_told_where_it_go
 
         said, terminated = asyncio.run(main())
     assert terminated is not None and terminated.error_code == CLOSE_CODES["AUTH_FAILED"]
-    refusals = [f for f in said if isinstance(f, Error)]
-    assert refusals and refusals[0].session_id == "" and refusals[0].code == "AUTH_FAILED"
-    assert 'send it as token in a {"type":"hello","versions":["1.0"],"token":"..."} frame' in refusals[0].message
+    # its request is answered first, with the refusal (not "goes on a stream of its own"), then the connection
+    assert [(type(f), f.session_id, f.code) for f in said] == [(Error, "s1", "AUTH_FAILED"), (Error, "", "AUTH_FAILED")]
+    for refusal in said:
+        assert 'send it as token in a {"type":"hello","versions":["1.0"],"token":"..."} frame' in refusal.message
+        assert "right-token" not in refusal.message
+
+
+def test_a_session_stream_before_hello_is_told_where_hello_and_its_token_go(quic_config, certs):
+    """A hello-less client that opens a session stream first (the control stream never written) is told,
+    on that stream, where hello — and the token — goes."""
+    with quic_gateway(quic_config, certs, token="right-token") as gateway:
+
+        async def main() -> list[Any]:
+            async with hello_less_peer(gateway.url, certs) as (peer, _, _):
+                session = open_raw(peer, frame(request("echo", "no hello", "s1")), end=True)
+                await asyncio.wait_for(session.ended.wait(), 10)
+                return session.frames()
+
+        said = asyncio.run(main())
+    assert [(type(f), f.session_id, f.code) for f in said] == [(Error, "s1", "INVALID_REQUEST")]
+    assert "before the hello exchange on the control stream (the connection's first stream" in said[0].message
+    assert '{"type":"hello","versions":["1.0"],"token":"..."} there first' in said[0].message
 
 
 # -- the gateway stops ----------------------------------------------------------------------------------------
