@@ -478,7 +478,7 @@ class Status(msgspec.Struct, frozen=True, tag="status", omit_defaults=True):
     state: StatusState
     """One of ``StatusState`` from this project; a peer's other state is kept as it wrote it (forward
     compatibility, ``codec.known_state``: it ends nothing and is no bad frame). Over gRPC, whose enum
-    has no number for it, such a status cannot be sent on."""
+    has no number for it, it travels as text in ``Status.peer_state``."""
     from_provider: str | None = None
     to_provider: str | None = None
     reason: str | None = None

@@ -35,7 +35,6 @@ def request(**fields) -> m.CompletionRequest:
         (m.Token(session_id="s", text="a\ud800"), "text: a lone surrogate"),
         (m.Token(session_id="s", text=None), "text: must not be None"),  # type: ignore[arg-type]
         (m.Token(session_id="s", text=5), "text: expected str, got int"),  # type: ignore[arg-type]
-        (m.Status(session_id="s", state="bogus"), "state: not one of the StatusState values"),  # type: ignore[arg-type]
         (request(temperature=10**400), "temperature: an integer too large for a double"),
         (request(metadata=[1]), "metadata: expected a JSON object"),  # type: ignore[arg-type]
         (request(metadata={"a": object()}), "metadata: not representable as JSON"),
@@ -92,7 +91,7 @@ def test_a_credential_is_never_quoted():
         (pb.Frame(), "a Frame without a message"),
         (pb.ClientFrame(), "a ClientFrame without a message"),
         (pb.Status(session_id="s"), "state: is required but not set"),
-        (pb.Status(session_id="s", state=99), "state: unknown StatusState value 99"),
+        (pb.Done(session_id="s", finish_reason=99), "finish_reason: unknown FinishReason value 99"),  # a closed enum
         (pb.Error(session_id="s", message="m"), "code: is required but not set"),
         (pb.ToolCallEvent(session_id="s"), "function: is required but not set"),
         (pb.CompletionRequest(messages=[pb.ChatMessage(role=1), pb.ChatMessage()]), "messages[1].role: is required"),

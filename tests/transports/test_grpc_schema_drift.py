@@ -60,6 +60,15 @@ def test_a_matching_proto_is_accepted():
             ),
             "Status.state: E lacks",
         ),
+        (  # an open enum (the spec closes no set of states) needs the text field beside it
+            m.Status,
+            proto_class(
+                "Status",
+                [("session_id", F.TYPE_STRING, False), ("state", F.TYPE_ENUM, False)],
+                ("STATUS_STATE_UNSPECIFIED", *(f"STATUS_STATE_{state.upper()}" for state in m.StatusState.__args__)),
+            ),
+            "Status.state: the proto has no field peer_state for the values E lacks",
+        ),
         (
             m.Usage,
             proto_class("Usage", [("session_id", F.TYPE_STRING, False), ("tokens_in", F.TYPE_INT32, True)]),

@@ -183,6 +183,85 @@ class Enum(Converter):
         return value
 
 
+class OpenEnum(Enum):
+    """An enum whose GTL values are open — the spec closes neither a status's states nor the error codes,
+    and a newer peer may send one this side's ``gtl.proto`` has no number for — in both directions.
+
+    A value the enum lacks goes as its text in the string field ``name_field``, the enum itself left unset
+    (a status: ``Status.peer_state``) or set to ``fallback`` (an error: ``INTERNAL``, the code kept in
+    ``Error.peer_code``, as the JSON codec reads an unknown code). Reading, a number this side names wins;
+    else the text in ``name_field``; else — a newer peer's number with no text beside it — ``fallback``,
+    or the number's digits (``"6"``): never a refusal. The peer's ``Error.peer_code`` reads as those
+    digits when it is unset (``NamedBy``)."""
+
+    def __init__(
+        self,
+        fd: FieldDescriptor,
+        values: tuple[str, ...],
+        where: str,
+        *,
+        name_field: FieldDescriptor | None,
+        fallback: str | None = None,
+        name: str = "",
+    ) -> None:
+        super().__init__(fd, values, where)
+        require(name_field is not None, where, f"the proto has no field {name} for the values {self.enum} lacks")
+        assert name_field is not None
+        require(
+            name_field.type == FieldDescriptor.TYPE_STRING and name_field.has_presence and not name_field.is_repeated,
+            where,
+            f"{name_field.name} must be an optional string",
+        )
+        require(fallback is None or fallback in self.numbers, where, f"{fallback!r} is not one of its values")
+        self.name_field = name_field.name
+        self.fallback = fallback
+        if fallback is None:  # the text field carries this field alone (with a fallback, a GTL field of its own)
+            self.proto_fields = (fd.name, name_field.name)
+
+    def put(self, proto: ProtoMessage, value: Any, limits: Limits) -> None:
+        number = self.numbers.get(value) if isinstance(value, str) else None
+        if number is not None:
+            setattr(proto, self.name, number)
+            return
+        text = check_scalar(value, str)
+        if self.fallback is not None:
+            setattr(proto, self.name, self.numbers[self.fallback])
+        setattr(proto, self.name_field, text)
+
+    def get(self, proto: ProtoMessage, limits: Limits) -> Any:
+        number = getattr(proto, self.name)
+        value = self.values.get(number)
+        if value is not None:
+            return value
+        named = proto.HasField(self.name_field)
+        if number == 0 and not named:
+            return MISSING
+        if self.fallback is not None:
+            return self.fallback
+        return getattr(proto, self.name_field) if named else str(number)
+
+    def unnamed(self, proto: ProtoMessage) -> str | None:
+        """The digits of a number this side's enum does not name (``None`` for a named one, or 0)."""
+        number = getattr(proto, self.name)
+        return str(number) if number and number not in self.values else None
+
+
+class NamedBy(Scalar):
+    """The string field that names an ``OpenEnum``'s value this side lacks (``Error.peer_code``): as a
+    ``Scalar``, and when unset while the enum holds a number this side does not name, that number's digits."""
+
+    def __init__(self, fd: FieldDescriptor, kind: type, enum: OpenEnum, **kwargs: Any) -> None:
+        super().__init__(fd, kind, **kwargs)
+        self.enum = enum
+
+    def get(self, proto: ProtoMessage, limits: Limits) -> Any:
+        value = super().get(proto, limits)
+        if value is MISSING:
+            digits = self.enum.unnamed(proto)
+            return MISSING if digits is None else digits
+        return value
+
+
 class Json(Converter):
     """A free-form ``dict[str, Any]`` as the JSON text of an object in ``<name>_json``."""
 

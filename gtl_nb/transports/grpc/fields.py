@@ -21,6 +21,11 @@ a Struct                        a message of the same name
 A field that is optional in GTL (nullable, or with a default) has presence in the proto; unset
 reads as the GTL default, exactly as an omitted JSON field does. An enum's value 0 also reads as
 unset.
+
+Two enums are open (``OPEN_ENUMS``): the spec closes neither a status's states nor the error codes,
+so a value this side's enum lacks crosses as text in a string field beside it (``converters.OpenEnum``)
+— ``Status.peer_state``, ``Error.peer_code`` (the code then ``INTERNAL``) — and a newer peer's number
+this side does not name reads as that text, else as ``INTERNAL`` / its digits: never a refusal.
 """
 
 from __future__ import annotations
@@ -41,13 +46,22 @@ from gtl_nb.transports.grpc.converters import (
     Enum,
     Json,
     Limits,
+    NamedBy,
     Nested,
+    OpenEnum,
     Repeated,
     Scalar,
     TextOrObject,
     Wrapped,
     require,
 )
+
+OPEN_ENUMS: dict[str, tuple[str, str | None]] = {
+    "Status.state": ("peer_state", None),  # a state StatusState lacks: its text, the enum unset
+    "Error.code": ("peer_code", "INTERNAL"),  # a code ErrorCode lacks: INTERNAL, the code in peer_code
+}
+"""``Message.field`` of each open enum: the string field that carries a value the enum lacks, and the enum
+value set beside it (``None``: left unset). A value the spec may extend, unlike a role or a finish reason."""
 
 
 @dataclass(frozen=True)
@@ -76,7 +90,8 @@ class CodecTable:
         self.by_struct = {cls: StructCodec(cls, proto_cls) for cls, proto_cls in pairs.items()}
         self.by_descriptor = {codec.proto_cls.DESCRIPTOR: codec for codec in self.by_struct.values()}
         for codec in self.by_struct.values():
-            codec.fields = [self._plan(codec, f) for f in mi.type_info(codec.cls).fields]  # type: ignore[union-attr]
+            for info in mi.type_info(codec.cls).fields:  # type: ignore[union-attr]
+                codec.fields.append(self._plan(codec, info))  # (in order: a field's plan may read an earlier one's)
 
     def descriptor_of(self, cls: type) -> Descriptor | None:
         """The proto descriptor that carries the Struct ``cls`` (None when it has none)."""
@@ -94,7 +109,14 @@ class CodecTable:
         fd = descriptor.fields_by_name.get(info.name + JSON_SUFFIX if _is_object(kind) else info.name)
         require(fd is not None, where, "the proto has no field for it")
         assert fd is not None
-        return FieldPlan(info.name, nullable, info.required, self._converter(fd, kind, nullable, info.required, where))
+        converter = self._converter(fd, kind, nullable, info.required, where)
+        for enum_where, (name, _) in OPEN_ENUMS.items():
+            if enum_where.startswith(f"{descriptor.name}.") and name == info.name:  # the text of an open enum
+                enum = next(plan.converter for plan in codec.fields if f"{descriptor.name}.{plan.name}" == enum_where)
+                require(isinstance(converter, Scalar) and isinstance(enum, OpenEnum), where, "names an open enum")
+                assert isinstance(converter, Scalar) and isinstance(enum, OpenEnum)
+                converter = NamedBy(fd, str, enum, bounds=(converter.least, converter.greatest, converter.longest))
+        return FieldPlan(info.name, nullable, info.required, converter)
 
     def _converter(self, fd: FieldDescriptor, kind: mi.Type, nullable: bool, required: bool, where: str) -> Converter:
         if isinstance(kind, mi.ListType):
@@ -105,6 +127,10 @@ class CodecTable:
         if _is_object(kind):
             return Json(fd, where)
         if isinstance(kind, mi.LiteralType):
+            if where in OPEN_ENUMS:
+                name, fallback = OPEN_ENUMS[where]
+                text = fd.containing_type.fields_by_name.get(name)
+                return OpenEnum(fd, tuple(kind.values), where, name_field=text, fallback=fallback, name=name)
             return Enum(fd, tuple(kind.values), where)
         require(type(kind) in SCALARS, where, f"no rule for {kind}")
         python_type, proto_type = SCALARS[type(kind)]

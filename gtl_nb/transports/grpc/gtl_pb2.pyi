@@ -352,7 +352,7 @@ class CompletionRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., provider: _Optional[str] = ..., stream: _Optional[bool] = ..., max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., stop: _Optional[_Union[StringList, _Mapping]] = ..., tools: _Optional[_Union[ToolList, _Mapping]] = ..., tool_choice_mode: _Optional[str] = ..., tool_choice_json: _Optional[str] = ..., response_format_json: _Optional[str] = ..., providers: _Optional[_Union[StringList, _Mapping]] = ..., metadata_json: _Optional[str] = ..., reasoning: _Optional[bool] = ..., cache: _Optional[bool] = ..., reasoning_effort: _Optional[_Union[ReasoningEffort, str]] = ..., reasoning_budget: _Optional[int] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("session_id", "state", "from_provider", "to_provider", "reason", "attempt", "tokens_in", "cached_tokens_in", "cache_write_tokens_in", "cache_write_1h_tokens_in")
+    __slots__ = ("session_id", "state", "from_provider", "to_provider", "reason", "attempt", "tokens_in", "cached_tokens_in", "cache_write_tokens_in", "cache_write_1h_tokens_in", "peer_state")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     FROM_PROVIDER_FIELD_NUMBER: _ClassVar[int]
@@ -363,6 +363,7 @@ class Status(_message.Message):
     CACHED_TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
     CACHE_WRITE_TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
     CACHE_WRITE_1H_TOKENS_IN_FIELD_NUMBER: _ClassVar[int]
+    PEER_STATE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: StatusState
     from_provider: str
@@ -373,7 +374,8 @@ class Status(_message.Message):
     cached_tokens_in: int
     cache_write_tokens_in: int
     cache_write_1h_tokens_in: int
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[StatusState, str]] = ..., from_provider: _Optional[str] = ..., to_provider: _Optional[str] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., tokens_in: _Optional[int] = ..., cached_tokens_in: _Optional[int] = ..., cache_write_tokens_in: _Optional[int] = ..., cache_write_1h_tokens_in: _Optional[int] = ...) -> None: ...
+    peer_state: str
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[StatusState, str]] = ..., from_provider: _Optional[str] = ..., to_provider: _Optional[str] = ..., reason: _Optional[str] = ..., attempt: _Optional[int] = ..., tokens_in: _Optional[int] = ..., cached_tokens_in: _Optional[int] = ..., cache_write_tokens_in: _Optional[int] = ..., cache_write_1h_tokens_in: _Optional[int] = ..., peer_state: _Optional[str] = ...) -> None: ...
 
 class Token(_message.Message):
     __slots__ = ("session_id", "text")

@@ -15,7 +15,9 @@ Whatever it is given, each function here raises only ``ProtocolError`` (``FrameT
 bytes over ``max_bytes``): for a value the proto cannot carry (an integer outside int64, a lone
 surrogate, a free-form value that is not a JSON object or is nested deeper than ``max_depth`` or
 larger than ``max_json_bytes``), for a proto that is not a valid GTL message (a required field or
-the frame's message unset, an unknown enum value, bad JSON text) and for bytes that do not parse.
+the frame's message unset, an unknown value of a closed enum — a role, a finish reason —, bad JSON
+text) and for bytes that do not parse. A status's state and an error's code are open (the spec closes
+neither set): a value or number this side's enum lacks crosses as text (``fields.OPEN_ENUMS``).
 The error names the field (``messages[0].role``), never its value: a value may be a credential.
 """
 
