@@ -242,7 +242,24 @@ def json_problem(exc: msgspec.DecodeError, data: bytes) -> str:
     said = str(exc)
     if "truncated" in said and _has_lone_high_surrogate(data):
         return "a \\u escape of a lone UTF-16 surrogate (\\ud800-\\udbff without its pair), which is no character"
-    return said
+    return _encoding_problem(data) or said
+
+
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _encoding_problem(data: bytes) -> str | None:
+    """What is wrong with ``data``'s encoding when it is not UTF-8 text as JSON needs — a byte-order mark
+    ("UTF-8 with BOM", as some editors save) or UTF-16/32, which the parser calls an invalid character —
+    else ``None``. Looks at the first bytes only."""
+    if data.startswith(UTF8_BOM):
+        return (
+            "it starts with a UTF-8 byte-order mark (U+FEFF, as 'UTF-8 with BOM' is saved), which is no JSON; "
+            "save the text as UTF-8 without a BOM"
+        )
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in data[:4]:
+        return "the text is UTF-16 or UTF-32 (it holds zero bytes), and GTL frames are UTF-8: save or send it as UTF-8"
+    return None
 
 
 def _has_lone_high_surrogate(data: bytes) -> bool:
@@ -454,8 +471,9 @@ class FrameDecoder:
     message, or a ``FrameError`` for a frame that is not a valid GTL message. A frame longer than
     ``max_frame_bytes`` becomes a ``FrameError`` carrying ``FrameTooLargeError`` as soon as that is
     known; the rest of it is skipped, not buffered, up to the next newline. Blank lines (keep-alives)
-    are skipped. ``feed`` takes ``bytes``, ``bytearray`` or ``memoryview``; any other value (``str``
-    included: a stream is bytes) is a ``ProtocolError``, the only thing ``feed`` raises.
+    are skipped, and so is a UTF-8 byte-order mark that starts the stream. ``feed`` takes ``bytes``,
+    ``bytearray`` or ``memoryview``; any other value (``str`` included: a stream is bytes) is a
+    ``ProtocolError``, the only thing ``feed`` raises.
 
     ``close()`` ends the stream and returns a ``FrameError`` for a partial frame left over (or
     nothing); the decoder is then empty and may be reused. ``head_bytes``: how many of a refused
@@ -486,6 +504,7 @@ class FrameDecoder:
         self.given_up = False  # ``max_refused`` frames were refused: nothing more is decoded
         self.frames_decoded = 0
         self.frames_refused = 0
+        self._at_start = True  # nothing fed yet: a UTF-8 byte-order mark there is skipped
 
     def feed(self, chunk: bytes | bytearray | memoryview) -> list[DecodedFrame]:
         """The messages (and ``FrameError`` items) of the frames that ``chunk`` completes."""
@@ -493,6 +512,12 @@ class FrameDecoder:
         out: list[DecodedFrame] = []
         if self.given_up:
             return out
+        if self._at_start and data:
+            # RFC 8259 (8.1) lets a parser ignore a byte-order mark: a file saved as "UTF-8 with BOM"
+            # (Windows' editors) is read, its mark skipped once, at the stream's start only
+            self._at_start = False
+            if data.startswith(UTF8_BOM):
+                data = data[len(UTF8_BOM) :]
         start = 0
         if self._buffer or self._skipping:  # first the end of a frame begun in an earlier chunk
             newline = data.find(b"\n")
@@ -569,6 +594,7 @@ class FrameDecoder:
         leftover = bytes(self._buffer)
         self._buffer.clear()
         self._skipping = False
+        self._at_start = True
         if self.given_up or not leftover.strip():
             return []
         error = ProtocolError(f"stream ended inside a frame: {_snippet(leftover)!r}")

@@ -215,6 +215,30 @@ def test_blank_lines_between_frames_are_keepalives():
     assert frames == [Token(session_id="s", text="a")]
 
 
+def test_a_byte_order_mark_that_starts_the_stream_is_skipped_once():
+    """A file saved as "UTF-8 with BOM" is read (RFC 8259 lets a parser ignore the mark); a mark anywhere
+    else is refused in words that name it, and a decoder reused after close skips one again."""
+    token = encode_frame(Token(session_id="s", text="a"))
+    decoder = FrameDecoder()
+    assert decoder.feed(b"\xef\xbb\xbf" + token) == [Token(session_id="s", text="a")]
+    [refused] = decoder.feed(b"\xef\xbb\xbf" + token)
+    assert isinstance(refused, FrameError) and "byte-order mark" in str(refused.error)
+    assert "invalid character" not in str(refused.error)
+    decoder.close()
+    assert decoder.feed(b"\xef\xbb\xbf" + token) == [Token(session_id="s", text="a")]
+
+
+def test_utf16_frames_are_refused_in_words_that_name_the_encoding():
+    decoder = FrameDecoder()
+    text = '{"type": "token", "session_id": "s", "text": "a"}'
+    for data in (text.encode("utf-16"), text.encode("utf-16-le"), text.encode("utf-32-be")):
+        with pytest.raises(ProtocolError, match="UTF-16 or UTF-32") as refused:
+            decode(data)
+        assert "invalid character" not in str(refused.value)
+    [refused_frame] = decoder.feed(text.encode("utf-16") + b"\n")
+    assert isinstance(refused_frame, FrameError) and "UTF-8" in str(refused_frame.error)
+
+
 SPEC_CALL = {"name": "get_weather", "arguments": '{"city":"Paris"}'}
 
 
