@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 
 from gtl_nb.analysis.frames import Table
-from gtl_nb.engine.ledger_schema import USAGE_GROUPINGS
+from gtl_nb.engine.ledger_schema import USAGE_GROUPINGS, USAGE_OUTCOMES, cost_unknown, usage_outcome
 
 __all__ = [
     "GROUP_KEYS",
@@ -48,7 +48,6 @@ _PLAIN_KEYS = tuple(key for key in USAGE_GROUPINGS if key not in GROUP_KEYS)
 NOT_ROUTED = "(not routed)"
 """The ``provider`` of requests that reached no deployment (an unknown model, a missing key, a budget or a
 token's refusal), so their group has a name in a table rather than a blank."""
-_FAILED = ("error", "cancelled", "interrupted")
 _NEEDED = ("time", "deployment", "model", "status", "tokens_in", "tokens_out", "cost", "ttft_ms", "latency_ms")
 
 
@@ -93,10 +92,12 @@ def _sum(series: pd.Series) -> Any:
 def usage_table(frame: pd.DataFrame, by: str | Sequence[str] = "provider") -> pd.DataFrame:
     """Requests, tokens and cost per group, with the cost per 1,000 tokens.
 
-    Columns: the keys, then ``requests``, ``ok``, ``failed`` (error, cancelled or interrupted),
+    Columns: the keys, then ``requests``, ``ok``, ``errors`` (failed: ``error`` or ``interrupted``),
+    ``cancelled`` — counted as ``gtl usage`` counts them, by ``ledger_schema.usage_outcome`` —,
     ``tokens_in``, ``tokens_out``, ``tokens`` (Int64, sums of the known counts), ``cost`` (USD,
-    sum of the known costs), ``unpriced`` (ok requests whose cost is unknown) and
-    ``cost_per_1k_tokens`` (over the requests whose cost and both token counts are known).
+    sum of the known costs), ``unpriced`` (requests that cost something whose cost is unknown:
+    ``ledger_schema.cost_unknown``, ``gtl usage``'s ``*``) and ``cost_per_1k_tokens`` (over the
+    requests whose cost and both token counts are known).
     Sorted by cost (highest first); ``by="day"``/``"hour"`` sorts by time instead.
     """
     work, keys = with_keys(frame, by)
@@ -104,12 +105,17 @@ def usage_table(frame: pd.DataFrame, by: str | Sequence[str] = "provider") -> pd
     tokens_out = work["tokens_out"].astype("Int64")
     cost = work["cost"].astype("float64")
     priced = cost.notna() & tokens_in.notna() & tokens_out.notna()
+    outcomes = work["status"].astype("object").map(usage_outcome)
+    began = work["ttft_ms"].astype("float64").notna()
+    unpriced = [
+        cost_unknown(status, known, answered)
+        for status, known, answered in zip(work["status"].astype("object"), cost.notna(), began, strict=True)
+    ]
     work = work.assign(
-        _ok=(work["status"] == "ok").astype("Int64"),
-        _failed=work["status"].isin(_FAILED).astype("Int64"),
+        **{f"_{outcome}": (outcomes == outcome).astype("Int64") for outcome in USAGE_OUTCOMES},
         _tokens=tokens_in.fillna(0) + tokens_out.fillna(0),
         _known_tokens=(tokens_in.notna() | tokens_out.notna()),
-        _unpriced=((work["status"] == "ok") & cost.isna()).astype("Int64"),
+        _unpriced=pd.Series(unpriced, index=work.index, dtype="bool").astype("Int64"),
         _priced_cost=cost.where(priced),
         _priced_tokens=(tokens_in + tokens_out).where(priced).astype("float64"),
     )
@@ -118,8 +124,7 @@ def usage_table(frame: pd.DataFrame, by: str | Sequence[str] = "provider") -> pd
     table = pd.DataFrame(
         {
             "requests": grouped.size().astype("Int64"),
-            "ok": grouped["_ok"].sum().astype("Int64"),
-            "failed": grouped["_failed"].sum().astype("Int64"),
+            **{outcome: grouped[f"_{outcome}"].sum().astype("Int64") for outcome in USAGE_OUTCOMES},
             "tokens_in": grouped["tokens_in"].agg(_sum).astype("Int64"),
             "tokens_out": grouped["tokens_out"].agg(_sum).astype("Int64"),
             "tokens": grouped["_tokens"].agg(_sum).astype("Int64"),

@@ -32,7 +32,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gtl_nb.engine.ledger_schema import USAGE_GROUPINGS
+from gtl_nb.engine.ledger_schema import (
+    COST_UNKNOWN_SQL,
+    USAGE_GROUPINGS,
+    cost_unknown,
+    usage_outcome,
+    usage_outcome_sql,
+)
 from gtl_nb.protocol.errors import ConfigurationError
 from gtl_nb.words import dollars, shown_in_terminal
 
@@ -79,7 +85,7 @@ def add_subcommands(subparsers: Any) -> None:
         help="requests, tokens and cost the usage ledger recorded, by model",
         description="Sum the usage ledger of this machine (the file the embedded engine writes, or a "
         "gateway's with --ledger), or with gtl --gateway URL usage a running gateway's rows: requests, "
-        "errors, tokens and cost, grouped.",
+        "errors (failed or interrupted), cancelled, tokens and cost, grouped.",
     )
     usage.add_argument(
         "--by",
@@ -185,10 +191,10 @@ def _postgres_groups(url: str, grouping: str, since: float | None) -> list[tuple
         # SUM of bigint is numeric: no overflow, as SQLite's TOTAL
         query = (
             f'SELECT ({_present(grouping, columns)}) COLLATE "C" AS grouped, COUNT(*), '
-            "COUNT(*) FILTER (WHERE status IN ('error', 'interrupted')), "
+            f"COUNT(*) FILTER (WHERE {usage_outcome_sql('errors')}), "
+            f"COUNT(*) FILTER (WHERE {usage_outcome_sql('cancelled')}), "
             "COALESCE(SUM(tokens_in), 0), COALESCE(SUM(tokens_out), 0), COALESCE(SUM(cost), 0.0), "
-            "COUNT(*) FILTER (WHERE cost IS NULL AND (status = 'ok' OR "
-            "(status = 'cancelled' AND ttft_ms IS NOT NULL))), "
+            f"COUNT(*) FILTER (WHERE {COST_UNKNOWN_SQL}), "
             f"COALESCE(SUM(cached_tokens_in), 0), COALESCE({written}, 0) "
             f"FROM {TABLE}{where} GROUP BY grouped ORDER BY COUNT(*) DESC, grouped"
         )
@@ -211,7 +217,7 @@ def _said(call: Any, *args: Any, **kwargs: Any) -> Any:
 
 def _typed_group(row: tuple[Any, ...]) -> tuple[Any, ...]:
     """A group as ``_usage_groups`` gives it: the counts ints (PostgreSQL's sums are ``Decimal``), the cost a float."""
-    return (row[0], *(int(value) for value in row[1:5]), float(row[5]), *(int(value) for value in row[6:]))
+    return (row[0], *(int(value) for value in row[1:6]), float(row[6]), *(int(value) for value in row[7:]))
 
 
 def _print_usage(args: argparse.Namespace, groups: list[tuple[Any, ...]], source: str) -> int:
@@ -240,14 +246,15 @@ def group_rows(rows: Iterable[Mapping[str, Any]], by: str) -> list[tuple[Any, ..
     for row in rows:
         key = _group_of(row, by)
         status, cost = row.get("status"), _number(row.get("cost"))
-        mid_answer = status == "cancelled" and _number(row.get("ttft_ms")) is not None
+        outcome = usage_outcome(status)
         values = (
             1,
-            status in ("error", "interrupted"),
+            outcome == "errors",
+            outcome == "cancelled",
             _number(row.get("tokens_in")) or 0,
             _number(row.get("tokens_out")) or 0,
             cost or 0.0,
-            cost is None and (status == "ok" or mid_answer),
+            cost_unknown(status, cost is not None, _number(row.get("ttft_ms")) is not None),
             _number(row.get("cached_tokens_in")) or 0,
             _number(row.get("cache_write_tokens_in")) or 0,
         )
@@ -256,8 +263,7 @@ def group_rows(rows: Iterable[Mapping[str, Any]], by: str) -> list[tuple[Any, ..
             total[index] += value
     ordered = sorted(sums.items(), key=lambda item: (-item[1][0], item[0]))
     return [
-        (key, int(t[0]), int(t[1]), int(t[2]), int(t[3]), float(t[4]), int(t[5]), int(t[6]), int(t[7]))
-        for key, t in ordered
+        (key, *(int(value) for value in t[:5]), float(t[5]), *(int(value) for value in t[6:])) for key, t in ordered
     ]
 
 
@@ -292,6 +298,7 @@ def _number(value: Any) -> float | None:
 _USAGE_FIELDS = (
     "requests",
     "errors",
+    "cancelled",
     "tokens_in",
     "tokens_out",
     "cost",
@@ -302,7 +309,7 @@ _USAGE_FIELDS = (
 
 
 def _usage_groups(path: Path, grouping: str, since: float | None) -> list[tuple[Any, ...]]:
-    """``(group, requests, errors, tokens in, tokens out, cost, rows whose cost is unknown — answered with
+    """``(group, requests, errors, cancelled, tokens in, tokens out, cost, rows whose cost is unknown — answered with
     no price, or cancelled mid-answer with no usage — tokens read
     from the prompt cache, tokens written to it)`` a group, the busiest first; read-only, so a running
     writer is never disturbed and no file is created."""
@@ -314,16 +321,16 @@ def _usage_groups(path: Path, grouping: str, since: float | None) -> list[tuple[
         written = "TOTAL(cache_write_tokens_in)" if "cache_write_tokens_in" in columns else "0"
         # TOTAL, not SUM: a float that cannot overflow (SUM of integers raises past 2**63)
         query = (
-            f"SELECT {_present(grouping, columns)} AS grouped, COUNT(*), TOTAL(status IN ('error', 'interrupted')), "
-            "TOTAL(tokens_in), TOTAL(tokens_out), TOTAL(cost), TOTAL(cost IS NULL AND (status = 'ok' OR "
+            f"SELECT {_present(grouping, columns)} AS grouped, COUNT(*), TOTAL({usage_outcome_sql('errors')}), "
+            f"TOTAL({usage_outcome_sql('cancelled')}), TOTAL(tokens_in), TOTAL(tokens_out), TOTAL(cost), "
             # a request cancelled once its answer had begun (ttft known) was billed for what was generated
-            "(status = 'cancelled' AND ttft_ms IS NOT NULL))), "
+            f"TOTAL({COST_UNKNOWN_SQL}), "
             f"TOTAL(cached_tokens_in), {written} "
             f"FROM requests{where} GROUP BY grouped ORDER BY COUNT(*) DESC, grouped"
         )
         return conn.execute(query, params).fetchall()
 
-    return [(row[0], row[1], *(int(value) for value in row[2:5]), row[5], *(int(value) for value in row[6:]))
+    return [(row[0], row[1], *(int(value) for value in row[2:6]), row[6], *(int(value) for value in row[7:]))
             for row in _read_only(path, read)]  # fmt: skip
 
 
@@ -367,22 +374,25 @@ def _read_only(path: Path, read: Any) -> Any:
 def _usage_table(by: str, groups: list[tuple[Any, ...]]) -> str:
     """The groups as an aligned table with a total line; the prompt cache's reads and writes when it
     did anything; a cost some of whose rows had no known price is marked ``*`` and explained under it."""
-    totals = [sum(group[i] for group in groups) for i in range(1, 9)]
+    totals = [sum(group[i] for group in groups) for i in range(1, 10)]
     lines = [(_group_label(group[0]), *group[1:]) for group in groups] + [("total", *totals)]
-    cache = bool(totals[6] or totals[7])
+    cache = bool(totals[7] or totals[8])
     width = max(len(by), *(len(line[0]) for line in lines))
-    header = f"{by:<{width}}  {'requests':>8}  {'errors':>6}  {'tokens in':>12}  {'tokens out':>12}  {'cost':>11}"
+    header = (
+        f"{by:<{width}}  {'requests':>8}  {'errors':>6}  {'cancelled':>9}  {'tokens in':>12}  {'tokens out':>12}  "
+        f"{'cost':>11}"
+    )
     out = [header + (f"   {'from cache':>11}  {'to cache':>11}" if cache else "")]
-    for name, requests, errors, tokens_in, tokens_out, cost, unknown, cached, written in lines:
+    for name, requests, errors, cancelled, tokens_in, tokens_out, cost, unknown, cached, written in lines:
         mark = "*" if unknown else " "
         row = (
-            f"{name:<{width}}  {requests:>8,}  {errors:>6,}  {tokens_in:>12,}  {tokens_out:>12,}  "
+            f"{name:<{width}}  {requests:>8,}  {errors:>6,}  {cancelled:>9,}  {tokens_in:>12,}  {tokens_out:>12,}  "
             f"{dollars(cost):>11}{mark}"
         )
         out.append(row + (f"  {cached:>11,}  {written:>11,}" if cache else ""))
-    if totals[5]:
+    if totals[6]:
         out.append(
-            f"* {totals[5]:,} request(s) with no known cost — no price for the model, or cancelled once the answer "
+            f"* {totals[6]:,} request(s) with no known cost — no price for the model, or cancelled once the answer "
             "had begun, before the provider reported usage: not in the sum"
         )
     if cache:

@@ -16,6 +16,45 @@ STATUSES: tuple[str, ...] = ("started", "ok", "error", "cancelled", "interrupted
 #: The statuses ``Ledger.finish`` accepts.
 FINAL_STATUSES: tuple[str, ...] = STATUSES[1:]
 
+#: How a usage summary counts a request by how it ended — one rule for every reader: ``gtl usage`` (a file,
+#: PostgreSQL, a gateway's rows) and ``%gtl usage`` / ``usage_table``. ``errors`` are the requests that failed:
+#: ``error``, and ``interrupted`` (its process died before it ended); ``cancelled`` ones — stopped by their
+#: caller or a shutdown — are counted apart, never as errors (docs/ledger.md, "Reading it"). A ``started``
+#: row is in none of them.
+USAGE_OUTCOMES: dict[str, tuple[str, ...]] = {
+    "ok": ("ok",),
+    "errors": ("error", "interrupted"),
+    "cancelled": ("cancelled",),
+}
+
+
+def usage_outcome(status: object) -> str | None:
+    """The count of a usage summary a row of ``status`` is in: ``ok``, ``errors`` or ``cancelled``
+    (``USAGE_OUTCOMES``); ``None`` for a row still ``started``, or one that knows no status."""
+    if not isinstance(status, str):  # (None, or pandas' NA, which no comparison answers)
+        return None
+    for outcome, statuses in USAGE_OUTCOMES.items():
+        if status in statuses:
+            return outcome
+    return None
+
+
+def usage_outcome_sql(outcome: str) -> str:
+    """``usage_outcome``'s rule for ``outcome`` as a condition on ``status`` (SQLite and PostgreSQL alike)."""
+    return "status IN (" + ", ".join(f"'{status}'" for status in USAGE_OUTCOMES[outcome]) + ")"
+
+
+def cost_unknown(status: object, cost_known: bool, answer_began: bool) -> bool:
+    """Whether a row is one whose cost a usage summary cannot add: it cost something — it answered, or was
+    cancelled once its answer had begun (the provider bills what it generated) — and its cost is unknown
+    (no price for the model). A failed or refused request, or one cancelled before any answer, billed nothing."""
+    outcome = usage_outcome(status)
+    return not cost_known and (outcome == "ok" or (outcome == "cancelled" and answer_began))
+
+
+#: ``cost_unknown`` as an SQL condition (the answer began when ``ttft_ms`` is known).
+COST_UNKNOWN_SQL = "cost IS NULL AND (status = 'ok' OR (status = 'cancelled' AND ttft_ms IS NOT NULL))"
+
 #: What usage may be grouped by, one list for every reader: ``gtl usage --by``, ``%gtl usage --by`` and
 #: ``usage_table(by=)``. ``provider`` is the deployment that answered (GTL's name for it), ``day`` and
 #: ``hour`` the UTC day and hour a request started; the others are columns as they are.

@@ -15,7 +15,7 @@ def expected_usage(filled, deployment):
     return {
         "requests": len(answers) + filled.failed.get(deployment, 0),
         "ok": len(answers),
-        "failed": filled.failed.get(deployment, 0),
+        "errors": filled.failed.get(deployment, 0),
         "tokens_in": sum(a.tokens_in for a in answers),
         "tokens_out": sum(a.tokens_out for a in answers),
         "cost": sum(a.cost for a in answers),
@@ -28,7 +28,7 @@ def test_usage_by_provider_sums_what_the_requests_reported(filled):
     for deployment in ("openai", "anthropic", "echo"):
         expected = expected_usage(filled, deployment)
         row = table.loc[deployment]
-        for column in ("requests", "ok", "failed", "tokens_in", "tokens_out"):
+        for column in ("requests", "ok", "errors", "tokens_in", "tokens_out"):
             assert row[column] == expected[column], (deployment, column)
         assert row["tokens"] == expected["tokens_in"] + expected["tokens_out"]
         assert row["cost"] == pytest.approx(expected["cost"])
@@ -44,7 +44,8 @@ def test_usage_table_dtypes_and_order(filled):
         "provider": "string",
         "requests": "Int64",
         "ok": "Int64",
-        "failed": "Int64",
+        "errors": "Int64",
+        "cancelled": "Int64",
         "tokens_in": "Int64",
         "tokens_out": "Int64",
         "tokens": "Int64",
@@ -235,7 +236,7 @@ def test_requests_that_reached_no_deployment_have_a_named_group(filled):
     refused[["tokens_in", "tokens_out", "cost"]] = None
     table = analysis.usage_table(pd.concat([frame, refused], ignore_index=True), by="provider")
     row = table.set_index("provider").loc[analysis.usage.NOT_ROUTED]
-    assert (row["requests"], row["ok"], row["failed"]) == (1, 0, 1)
+    assert (row["requests"], row["ok"], row["errors"]) == (1, 0, 1)
     assert sorted(table["provider"]) == sorted(["anthropic", "echo", "openai", "(not routed)"])
 
 
@@ -258,7 +259,7 @@ def test_answers_cut_short_group_by_finish_reason():
     rows = [row(1, "ok", "length"), row(2, "ok", "stop"), row(3, "ok", "length"), row(4, "error", None)]
     table = analysis.usage_table(frame_from_rows(rows), by="finish_reason").set_index("finish_reason")
     assert (table.loc["length", "requests"], table.loc["length", "cost"]) == (2, 1.0)
-    assert table.loc["stop", "requests"] == 1 and int(table["failed"].sum()) == 1  # the error: no reason
+    assert table.loc["stop", "requests"] == 1 and int(table["errors"].sum()) == 1  # the error: no reason
 
 
 def test_a_tables_page_writes_each_dollar_apart_so_two_in_a_cell_are_no_formula():

@@ -47,7 +47,7 @@ def test_usage_sums_each_model_the_busiest_first_with_a_total(ledger, capsys):
     status, out, err = usage(capsys, "--ledger", str(ledger))
     assert status == 0 and f"gtl: read {ledger}" in err  # which file, apart from the table
     lines = out.splitlines()
-    assert lines[0].split() == ["model", "requests", "errors", "tokens", "in", "tokens", "out", "cost"]
+    assert lines[0].split() == ["model", "requests", "errors", "cancelled", "tokens", "in", "tokens", "out", "cost"]
     echo, priced, total = lines[1].split(), lines[2].split(), lines[3].split()
     assert echo[:3] == ["echo", "4", "1"] and echo[-1] == "$0"  # free, as %gtl usage and the footers say it
     assert priced[:3] == ["gpt-4o-mini", "2", "0"] and float(priced[-1].lstrip("$")) > 0
@@ -82,6 +82,7 @@ def test_usage_as_json_agrees_with_the_rows(ledger, capsys):
         "status": "error",
         "requests": 1,
         "errors": 1,
+        "cancelled": 0,
         "tokens_in": 0,
         "tokens_out": 0,
         "cost": 0.0,

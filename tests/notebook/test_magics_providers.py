@@ -203,7 +203,7 @@ def test_usage_by_provider_counts_each_deployment(ip):
     rows = {row[key]: row for row in frame.to_dict("records")}
     assert set(rows) >= {"good", "quota"}
     assert rows["good"]["cost"] > 0
-    assert rows["quota"]["failed"] == 1
+    assert rows["quota"]["errors"] == 1
 
 
 # -- tools ------------------------------------------------------------------------------------------
