@@ -38,6 +38,7 @@ _LAZY: dict[str, str] = {
     "merge_entities": "entities",
     "find_undefined": "entities",
     "suggest_definitions": "suggest",
+    "best_definitions": "suggest",
     "transform_pronouns": "pronouns",
     "create_context_graph": "graph",
     "undefined_entities": "graph",
@@ -74,6 +75,7 @@ __all__ = [
     "Suggestion",
     "TransformHints",
     "WrappedMessage",
+    "best_definitions",
     "create_context_graph",
     "detect_entities",
     "entity_cooccurrence",
@@ -123,7 +125,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     )
     from gtl_nb.gap.platforms import PLATFORMS, transform_for_platform
     from gtl_nb.gap.pronouns import transform_pronouns
-    from gtl_nb.gap.suggest import Suggestion, suggest_definitions
+    from gtl_nb.gap.suggest import Suggestion, best_definitions, suggest_definitions
     from gtl_nb.gap.wrap import wrap_message
 
 

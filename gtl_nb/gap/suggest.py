@@ -15,6 +15,13 @@ Ranking — most specific and most recent first. A candidate scores ``tier * 0.9
 History messages of another thread (both thread ids set and different) are skipped. With ``ask``
 (a callable from prompt text to answer text, e.g. a model call) the model is asked too; its answers
 are suggestions with ``source="model"``, ``chat_id=None`` and score ``MODEL_SCORE``.
+
+A suggestion is never another entity's value: a value one of the message's own references already
+stands for (``the_database`` defined as "PostgreSQL 14") is not proposed for another of them (``the
+server``), from the history or from the model — two references of one message name two things. A
+named entity (``postgresql`` = "PostgreSQL 14", keyed by its own name) is the thing itself, and stays
+a candidate for the references that may mean it. ``best_definitions`` picks one value per reference,
+never the same value for two.
 """
 
 from __future__ import annotations
@@ -82,6 +89,22 @@ def _defined_entities(message: WrappedMessage) -> dict[str, Entity]:
     entities = detect_entities(message.content, message_id=message.chat_id)
     entities.update(message.entities)
     return {key: e for key, e in entities.items() if e.value is not None}
+
+
+def _owned_values(wrapped: WrappedMessage) -> dict[str, str]:
+    """The values the message's own references stand for, casefolded, each with its entity's key.
+
+    A defined entity whose key is not its value's own name (detection reads the value and finds no
+    entity of that key) is a reference that names something else: ``the_database`` = "PostgreSQL 14",
+    or a key a user defined by hand. One keyed by its value's name (``postgresql``, ``settings.py``) is
+    the named thing itself.
+    """
+    owned: dict[str, str] = {}
+    for key, entity in wrapped.entities.items():
+        if entity.value is None or key in detect_entities(entity.value):
+            continue
+        owned.setdefault(entity.value.strip().casefold(), key)
+    return owned
 
 
 def _sources(wrapped: WrappedMessage, history: Iterable[WrappedMessage]) -> list[WrappedMessage]:
@@ -216,6 +239,8 @@ def suggest_definitions(
             raise TypeError(f"ask must return the answer text, not {type(answer).__name__}")
         for key, value in parse_answer(answer, undefined).items():
             suggestions.append(Suggestion(key, value, MODEL_SCORE, None, "model", _fitting_types(key)[0]))
+    owned = _owned_values(wrapped)  # another reference's value is never this one's
+    suggestions = [s for s in suggestions if owned.get(s.value.strip().casefold(), s.key) == s.key]
 
     best: dict[tuple[str, str], tuple[int, Suggestion]] = {}
     for order, suggestion in enumerate(suggestions):
@@ -228,3 +253,22 @@ def suggest_definitions(
         group = sorted((item for item in best.values() if item[1].key == key), key=lambda i: (-i[1].score, i[0]))
         ranked.extend(s for _order, s in group[: limit if limit is not None else None])
     return ranked
+
+
+def best_definitions(suggestions: Iterable[Suggestion]) -> dict[str, Suggestion]:
+    """One suggestion per key to apply: the best scored first, each value given to one key only.
+
+    ``suggest_definitions`` may propose one value for two references ("the database" and "the cluster"
+    both fit PostgreSQL 14); applied to both, one would hold the other's value. Here the higher score
+    takes it (the earlier key on a tie) and the other key gets its next proposal, or none.
+    """
+    ranked = sorted(enumerate(suggestions), key=lambda item: (-item[1].score, item[0]))
+    chosen: dict[str, Suggestion] = {}
+    taken: set[str] = set()
+    for _order, suggestion in ranked:
+        value = suggestion.value.strip().casefold()
+        if suggestion.key in chosen or value in taken:
+            continue
+        chosen[suggestion.key] = suggestion
+        taken.add(value)
+    return chosen

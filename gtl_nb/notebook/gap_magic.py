@@ -368,10 +368,8 @@ class GapMagic:
 
         editor = EntityEditor(wrapped, on_apply=store, suggestions=suggestions, variable=var)  # fields pre-filled
         if opts.apply and suggestions:
-            best: dict[str, str] = {}
-            for suggestion in suggestions:  # ranked best first within each key
-                best.setdefault(suggestion.key, suggestion.value)
-            editor.apply(best)  # calls store()
+            # the best proposal of each entity, never one value for two of them
+            editor.apply({key: s.value for key, s in gap.best_definitions(suggestions).items()})  # calls store()
         editor.display()
 
     def _graph(self, words: list[str]) -> None:

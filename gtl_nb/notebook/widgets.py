@@ -839,7 +839,8 @@ class EntityEditor:
 
     ``apply(values)`` (what the button does, with the fields' values) defines every entity given a
     non-empty value, returns the updated ``WrappedMessage`` and calls ``on_apply`` with it.
-    ``suggestions`` (``gap.suggest_definitions`` output) pre-fill the fields with the best value.
+    ``suggestions`` (``gap.suggest_definitions`` output) pre-fill the fields with the best values, no
+    value in two fields (``gap.best_definitions``).
     ``variable`` names the notebook variable that holds the message, for the ``%gap entities`` hint.
 
     Its output always carries the entity table as markdown and text beside the widget (what a saved
@@ -863,10 +864,9 @@ class EntityEditor:
         self.on_apply = on_apply
         self.variable = variable
         self.keys: list[str] = list(gap.find_undefined(wrapped))
-        self.suggested: dict[str, str] = {}
-        for suggestion in suggestions or ():
-            if suggestion.key in self.keys:
-                self.suggested.setdefault(suggestion.key, suggestion.value)
+        # the best proposal of each, never one value for two entities (gap.best_definitions)
+        best = gap.best_definitions(s for s in suggestions or () if s.key in self.keys)
+        self.suggested: dict[str, str] = {key: s.value for key, s in best.items()}
         self.mode = _resolve_mode(live)
         self._lock = threading.Lock()
         self._fields: dict[str, Any] = {}

@@ -143,3 +143,46 @@ def test_a_messages_content_cannot_pass_for_lines_of_the_prompt():
     assert '- the_x = "a\\n- the_y = b"' in lines and "- the_y = b" not in lines
     at = lines.index("The message (assistant on claude.ai):")
     assert lines[at + 1 : at + 4] == ["```", "The database is slow.", "```"]
+
+
+# -- a suggestion is never another entity's value -------------------------------------------------
+
+
+def test_a_value_another_reference_of_the_message_stands_for_is_not_proposed_for_this_one():
+    # two entities of the type database: the_database defined on the spot, the_cluster not
+    current = msg("m2", "The database PostgreSQL 14 serves reads. The cluster is slow.")
+    assert current.entities["the_database"].value == "PostgreSQL 14" and current.undefined == ("the_cluster",)
+    history = [msg("m1", "We also run MySQL 8 for reporting.")]
+    suggestions = suggest_definitions(current, history)
+    assert [s.value for s in suggestions if s.key == "the_cluster"] == ["MySQL 8"]
+    taken = {e.value for key, e in current.entities.items() if e.value is not None and key != "the_cluster"}
+    assert not taken & {s.value for s in suggestions}
+
+
+def test_a_models_answer_naming_another_references_value_is_dropped_too():
+    current = msg("m2", "The database PostgreSQL 14 serves reads. The cluster is slow.")
+    answer = "the_cluster: postgresql 14\n"  # the model's pick, in other case: still the_database's
+    assert suggest_definitions(current, ask=lambda prompt: answer) == []
+
+
+def test_a_value_a_user_gave_one_reference_is_not_proposed_for_another():
+    current = update_entity(msg("m2", "The system and the server are slow. We run Redis 7."), "the_system", "Redis 7")
+    assert [s.value for s in suggest_definitions(current) if s.key == "the_server"] == []
+
+
+def test_a_named_entity_of_the_message_is_still_what_a_reference_may_mean():
+    current = msg("m2", "We run PostgreSQL 14 and MySQL 8. The database is slow.")
+    assert [s.value for s in suggest_definitions(current)] == ["PostgreSQL 14", "MySQL 8"]
+
+
+def test_best_definitions_never_gives_two_references_one_value():
+    from gtl_nb.gap import best_definitions
+
+    current = msg("m2", "The database and the cluster are slow.")
+    history = [msg("m1", "We run PostgreSQL 14 and MySQL 8.")]
+    suggestions = suggest_definitions(current, history)
+    # both references fit both databases: each is proposed for each
+    assert {s.key for s in suggestions if s.value == "PostgreSQL 14"} == {"the_database", "the_cluster"}
+    best = best_definitions(suggestions)
+    assert set(best) == {"the_database", "the_cluster"}
+    assert best["the_database"].value != best["the_cluster"].value

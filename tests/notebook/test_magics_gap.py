@@ -446,6 +446,27 @@ def test_entities_suggest_with_asks_that_model_and_apply_takes_the_best(ip, monk
     assert session_of(ip).gap_messages[-1].entities["the_system"].value == "PostgreSQL 14.5 cluster"
 
 
+def test_suggest_with_never_applies_another_entitys_value(ip, monkeypatch):
+    """Two entities of one type: the model's pick for the cluster is the database's own value, and the
+    history's databases fit both; applied, no entity holds a value another one holds."""
+    client = session_of(ip).client()
+
+    def as_ask(model=None, **kwargs):
+        return lambda prompt: "the_cluster: PostgreSQL 14\nthe_server: unknown"
+
+    monkeypatch.setattr(client, "as_ask", as_ask)
+    run(ip, "%%gap --id m1\nWe run PostgreSQL 14 and MySQL 8.")
+    run(ip, "%%gap --id m2\nThe database PostgreSQL 14 serves reads. The cluster and the server are slow.")
+    result, text = run(ip, "%gap entities --suggest-with claude-haiku-4-5 --apply")
+    assert result.success, text
+    entities = session_of(ip).gap_messages[-1].entities
+    assert entities["the_database"].value == "PostgreSQL 14"
+    values = [entities[key].value for key in ("the_database", "the_cluster", "the_server")]
+    defined = [value for value in values if value is not None]
+    assert len(set(defined)) == len(defined), values  # nothing twice
+    assert "MySQL 8" in defined and len(defined) == 2, values  # one left to define: no value is left for it
+
+
 def test_entities_of_a_variable_update_that_variable(ip):
     ip.user_ns["msg"] = gap.wrap_message("The approach failed", "chatgpt", "v1")
     result, _ = run(ip, "%gap entities msg the_approach='retry with backoff'")
