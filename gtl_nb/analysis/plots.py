@@ -53,13 +53,16 @@ def plot_cost_over_time(
 
     ``freq`` is a pandas frequency (``"s"``, ``"min"``, ``"h"``, ``"D"``, ``"W"`` …); ``None`` picks the
     coarsest that still splits the requests' time span into a few buckets, so a few minutes of requests
-    are drawn per minute and a month of them per day. Unknown costs are left out of the sums;
-    ``cumulative=True`` draws the running total.
+    are drawn per minute, a month of them per day, and a second of them (a batch, a notebook run
+    against simulators) per 100 or 10 ms. Unknown costs are left out of the sums;
+    ``cumulative=True`` draws the running total, a step at each bucket. The cost axis reads as money
+    (``$0.0015``); the legend is placed where it hides the fewest points.
     """
     work, keys = with_keys(frame, by)
     ax = axes(ax, figsize=(8, 4))
     ax.set_title("cumulative cost" if cumulative else "cost over time")
     ax.set_ylabel("cost (USD)")
+    ax.yaxis.set_major_formatter(_money_ticks())
     times = pd.to_datetime(work["time"], utc=True).dt.tz_localize(None)
     freq = freq or auto_freq(times)
     ax.set_xlabel(f"time (UTC, per {_FREQ_WORDS.get(freq, freq)})")
@@ -71,12 +74,20 @@ def plot_cost_over_time(
         series = group.groupby("_bucket")["_cost"].sum().sort_index()
         if cumulative:
             series = series.cumsum()
-        ax.plot(series.index, series.to_numpy(), marker="o", label=_group_label(key))
-    ax.legend(title=" / ".join(keys))
+        style = {"drawstyle": "steps-post"} if cumulative else {}  # a running total holds until the next bucket
+        ax.plot(series.index, series.to_numpy(), marker="o", label=_group_label(key), **style)
     first, last = work["_bucket"].min(), work["_bucket"].max()
     fit_time_axis(ax, first, last, _bucket_length(first, freq))
     ax.set_ylim(bottom=0)  # a cost is never negative
+    ax.legend(title=" / ".join(keys), loc="best")  # after the limits: "best" weighs the points as drawn
     return ax
+
+
+def _money_ticks() -> Any:
+    """A tick formatter writing USD as money: ``$0``, ``$0.0015``, ``$12`` (never ``1.5e-3`` or an offset)."""
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _position: "$0" if value == 0 else f"${value:.6g}")
 
 
 #: ``plot_cost_over_time``'s automatic buckets, coarsest first, with their lengths
@@ -86,8 +97,10 @@ AUTO_FREQS = {
     "h": pd.Timedelta(hours=1),
     "min": pd.Timedelta(minutes=1),
     "s": pd.Timedelta(seconds=1),
+    "100ms": pd.Timedelta(milliseconds=100),
+    "10ms": pd.Timedelta(milliseconds=10),
 }
-_FREQ_WORDS = {"W": "week", "D": "day", "h": "hour", "min": "minute", "s": "second"}
+_FREQ_WORDS = {"W": "week", "D": "day", "h": "hour", "min": "minute", "s": "second", "100ms": "100 ms", "10ms": "10 ms"}
 _MIN_BUCKETS = 3  # a span split into fewer buckets than this is drawn at the next finer frequency
 
 
@@ -96,7 +109,7 @@ def auto_freq(times: pd.Series) -> str:
     if times.empty:
         return "D"
     span = times.max() - times.min()
-    return next((freq for freq, length in AUTO_FREQS.items() if span >= _MIN_BUCKETS * length), "s")
+    return next((freq for freq, length in AUTO_FREQS.items() if span >= _MIN_BUCKETS * length), "10ms")
 
 
 def _buckets(times: pd.Series, freq: str) -> pd.Series:
@@ -108,6 +121,9 @@ def _buckets(times: pd.Series, freq: str) -> pd.Series:
 
 
 def _bucket_length(start: pd.Timestamp, freq: str) -> pd.Timedelta:
+    offset = pd.tseries.frequencies.to_offset(freq)
+    if isinstance(offset, pd.offsets.Tick):  # a fixed length: days down to milliseconds
+        return pd.Timedelta(offset)
     try:
         period = pd.Period(start, freq=freq)
     except ValueError:  # a frequency periods do not take ("ME"): a day is padding enough
@@ -124,9 +140,16 @@ def fit_time_axis(ax: Any, first: pd.Timestamp, last: pd.Timestamp, step: pd.Tim
 
     pad = step / 2
     ax.set_xlim(first - pad, last + pad)
-    locator = mdates.AutoDateLocator()
+    # at most five ticks: a clock time to the hundredth of a second is eleven characters wide, and a
+    # half-width panel (plt.subplots(1, 2)) holds five of them side by side
+    locator = mdates.AutoDateLocator(minticks=3, maxticks=5)
     ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    formatter = mdates.ConciseDateFormatter(locator)
+    # ticks within a minute read as clock times (22:30:38.6), not bare seconds (38.6) beside an offset
+    formatter.formats[5] = "%H:%M:%S.%f"
+    formatter.zero_formats[5] = "%H:%M:%S"
+    formatter.offset_formats[5] = "%Y-%m-%d"  # the labels carry the time: the offset only the day
+    ax.xaxis.set_major_formatter(formatter)
 
 
 def plot_latency_distribution(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import re
 import sys
 
 import numpy as np
@@ -113,3 +115,31 @@ def test_a_missing_matplotlib_names_the_extra(filled, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     with pytest.raises(ImportError, match=r"pip install 'gtl-nb\[plot\]'"):
         plots.plot_cost_over_time(filled.frame)
+
+
+def test_requests_of_one_second_draw_a_readable_running_total(filled, plt):
+    """A notebook run against the simulators makes its requests within a second (notebooks/03): the
+    cumulative cost was one dot per provider over ticks reading 38.6, 38.8 … beside an offset."""
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 3.5))  # as the notebook draws it
+    frame = shifted(filled.frame, milliseconds=600)
+    ax = analysis.plot_cost_over_time(frame, by="provider", cumulative=True, ax=left)
+    analysis.plot_latency_distribution(frame, by="provider", ax=right)
+    figure.tight_layout()
+    figure.canvas.draw()
+    assert ax.get_xlabel() == "time (UTC, per 100 ms)"
+    counts = frame.groupby("deployment").size()
+    for line in ax.get_lines():
+        points = len(set(line.get_xdata()))
+        assert points > 1 or counts[line.get_label()] == 1, line.get_label()  # the total is seen growing
+    ticks = [label for label in ax.get_xticklabels() if label.get_text()]
+    assert len(ticks) >= 2 and all(re.fullmatch(r"\d\d:\d\d:\d\d(\.\d+)?", t.get_text()) for t in ticks), [
+        t.get_text() for t in ticks
+    ]  # clock times, never bare seconds
+    boxes = [t.get_window_extent() for t in ticks]
+    assert not any(a.overlaps(b) for a, b in itertools.combinations(boxes, 2))  # side by side, not over
+    money = [label.get_text() for label in ax.get_yticklabels() if label.get_text()]
+    assert money and all(text.startswith("$") for text in money), money
+    legend = ax.get_legend().get_window_extent()
+    for line in ax.get_lines():
+        for x, y in line.get_transform().transform(line.get_xydata()):
+            assert not legend.contains(x, y), line.get_label()  # the legend hides no point
