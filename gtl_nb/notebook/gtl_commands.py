@@ -333,15 +333,15 @@ class GtlCommands:
                 ) from None
         # say so: the user may think they connect without one (the embedded engine takes none)
         kept = token is None and self.session.has_token and not is_embedded(opts.url)
-        self._switch_endpoint(opts.url, token)
+        self._switch_endpoint(opts.url, token, opts.token_env)
         print(f"connected to {opts.url}" + (" (with the token given before)" if kept else ""))
 
-    def _switch_endpoint(self, url: str, token: str | None) -> None:
+    def _switch_endpoint(self, url: str, token: str | None, variable: str | None = None) -> None:
         from gtl_nb.protocol import GTLError
 
         staying = self.session.settings.endpoint
         try:
-            self.session.connect(url, token)
+            self.session.connect(url, token, variable=variable)
         except (ValueError, GTLError) as exc:  # an unknown scheme, no gateway there, a refused token
             refused = mistake(exc)
             if url == staying and not is_embedded(url):  # "stays on" the very address that failed: say the way out

@@ -132,8 +132,10 @@ class NotebookSession:
     gap_messages: list[WrappedMessage] = field(default_factory=list)  # this notebook's GAP messages
     last_result: Any = None  # what the last %%gtl cell gave: a Completion, a Comparison or an error
     _token: str | None = field(default=None, repr=False)
+    _token_variable: str | None = field(default=None, repr=False)  # the variable `--token-env` read it from
     _clients: dict[str, Client] = field(default_factory=dict, repr=False)
     _built_from: dict[str, Sources] = field(default_factory=dict, repr=False)  # embedded URL -> its sources
+    _token_from: dict[str, tuple[str, bytes] | None] = field(default_factory=dict, repr=False)  # gateway URL -> source
     _finished_at: dict[str, str] = field(default_factory=dict, repr=False)  # session id -> time
 
     # -- clients ------------------------------------------------------------------------------
@@ -149,6 +151,12 @@ class NotebookSession:
             if changed:
                 self.drop_client(url)  # (between cells: nothing of it is running)
                 client = None
+        elif client is not None:  # a gateway's client sends the token it was made with: follow its variable
+            source = self._token_source()
+            if source is not None and source != self._token_from.get(url):
+                changed = [source[0]]
+                self.drop_client(url)
+                client = None
         if client is None:
             sources = Sources.now(self.settings.config_file) if is_embedded(url) else None
             import gtl_nb
@@ -162,11 +170,16 @@ class NotebookSession:
                     options["config"] = self.settings.config_file
             from gtl_nb.client import sendable_environment_token
 
+            if self._token_variable and not is_embedded(url):  # `--token-env VAR`: what VAR holds now
+                self._token = os.environ.get(self._token_variable, "").strip() or self._token
             token = None if is_embedded(url) else self._token or sendable_environment_token()  # a gateway's only
+            source = None if is_embedded(url) else self._token_source()
             client = gtl_nb.connect(url, token, **options)
             self._clients[url] = client
             if sources is not None:
                 self._built_from[url] = sources
+            else:
+                self._token_from[url] = source
             if changed:
                 print(f"settings changed ({', '.join(changed)}): reconnected to {url}")
         return client
@@ -198,22 +211,40 @@ class NotebookSession:
             aside.append(f"the configuration file {self.settings.config_file}")
         return aside
 
+    def _token_source(self) -> tuple[str, bytes] | None:
+        """The variable a gateway's token comes from and a keyed digest of what it holds now (never the
+        token): the one ``%gtl connect --token-env VAR`` named, else ``$GTL_TOKEN`` / ``$GTL_NB_TOKEN``
+        when no token was given. ``None`` when no variable holds one — a token typed at ``--ask-token``'s
+        prompt, or a variable since unset or emptied: the token in memory stays, nothing new replaces it."""
+        if self._token_variable is not None:
+            value = os.environ.get(self._token_variable, "").strip()
+            return (f"${self._token_variable}", _digest(value)) if value else None  # type: ignore[return-value]
+        if self._token is not None:  # from the password prompt: no variable to follow
+            return None
+        from gtl_nb.client import TOKEN_VARIABLES
+
+        for name in TOKEN_VARIABLES:  # as connect reads them, first set first
+            if value := os.environ.get(name, "").strip():
+                return f"${name}", _digest(value)  # type: ignore[return-value]
+        return None
+
     @property
     def has_token(self) -> bool:
         """Whether a token was given to an earlier ``connect`` (kept in memory, used again)."""
         return self._token is not None
 
-    def connect(self, endpoint: str, token: str | None = None) -> Client:
-        """Switch the notebook to ``endpoint`` (a token is kept in memory only)."""
-        old_endpoint, old_token = self.settings.endpoint, self._token
+    def connect(self, endpoint: str, token: str | None = None, *, variable: str | None = None) -> Client:
+        """Switch the notebook to ``endpoint`` (a token is kept in memory only). ``variable``: the
+        environment variable ``token`` was read from, followed when it changes (``client``)."""
+        old = self.settings.endpoint, self._token, self._token_variable
         self.settings.endpoint = endpoint
         if token is not None:
-            self._token = token
+            self._token, self._token_variable = token, variable
         self.drop_client(endpoint)
         try:
             return self.client()
         except Exception:
-            self.settings.endpoint, self._token = old_endpoint, old_token
+            self.settings.endpoint, self._token, self._token_variable = old
             raise
 
     def reconnect(self) -> Client:
@@ -229,6 +260,7 @@ class NotebookSession:
 
     def drop_client(self, endpoint: str) -> None:
         self._built_from.pop(endpoint, None)
+        self._token_from.pop(endpoint, None)
         client = self._clients.pop(endpoint, None)
         if client is not None:
             client.close()

@@ -945,6 +945,55 @@ def test_a_kernel_on_a_gateway_without_a_token_shows_its_settings_and_the_way_ou
             shells.close()
 
 
+def test_a_gateway_client_follows_its_token_variable_set_or_changed_later(tmp_path, monkeypatch):
+    """A kernel on a gateway whose first cell failed for want of a token, then ``os.environ["GTL_TOKEN"]``
+    set in a cell, then replaced by another user's: each next cell sends what the variable holds, and
+    a change is said in one line naming the variable, never the token. A token read with ``--token-env
+    VAR`` follows VAR alike; a variable emptied takes nothing away."""
+    from gtl_nb.gateway.tokens.mint import mint_token
+
+    config, ann = jwt_gateway(tmp_path, monkeypatch, ("chat:write",))
+    bob = mint_token("n" * 40, subject="bob", scopes=("chat:write",), lifetime=600, issuer="gtl-test")
+    cid = mint_token("n" * 40, subject="cid", scopes=("chat:write",), lifetime=600, issuer="gtl-test")
+    monkeypatch.delenv("GTL_TOKEN", raising=False)
+    monkeypatch.delenv("GTL_NB_TOKEN", raising=False)
+    with start_gateway(config) as gateway:
+        url = gateway.url("ws")
+        shells = loaded_shell(tmp_path / "kernel", monkeypatch)
+        (tmp_path / "kernel").mkdir()
+        shell = next(shells)
+        try:
+            monkeypatch.setenv("GTL_NB_GATEWAY", url)
+            unload_ipython_extension(shell)
+            load_ipython_extension(shell)
+            assert not run(shell, "%%gtl echo\nno token yet")[0].success
+            monkeypatch.setenv("GTL_TOKEN", ann)  # what the user does in a cell: os.environ[...] = ...
+            result, shown = run(shell, "%%gtl echo\nas ann")
+            assert result.success and "settings changed" not in shown, shown  # (nothing was connected)
+            monkeypatch.setenv("GTL_TOKEN", bob)  # another token, a renewed one
+            result, shown = run(shell, "%%gtl echo\nas bob")
+            assert result.success, shown
+            assert f"settings changed ($GTL_TOKEN): reconnected to {url}" in shown
+            result, shown = run(shell, "%%gtl echo\nstill bob")  # nothing changed: nothing said
+            assert result.success and "settings changed" not in shown
+            monkeypatch.setenv("TEAM_TOKEN", ann)
+            assert run(shell, f"%gtl connect {url} --token-env TEAM_TOKEN")[0].success
+            monkeypatch.setenv("GTL_TOKEN", cid)  # not this token's source now
+            assert "settings changed" not in run(shell, "%%gtl echo\nann by TEAM_TOKEN")[1]
+            monkeypatch.setenv("TEAM_TOKEN", cid)
+            result, shown = run(shell, "%%gtl echo\ncid by TEAM_TOKEN")
+            assert result.success and f"settings changed ($TEAM_TOKEN): reconnected to {url}" in shown, shown
+            monkeypatch.setenv("TEAM_TOKEN", "")  # emptied: the token in memory stays
+            result, shown = run(shell, "%%gtl echo\ncid still")
+            assert result.success and "settings changed" not in shown, shown
+            for token in (ann, bob, cid):
+                assert token not in shown
+        finally:
+            shells.close()
+    users = [(row["user"], row["status"]) for row in Ledger(tmp_path / "gateway-ledger.sqlite3").rows()]
+    assert [user for user, status in users if status == "ok"] == ["ann", "bob", "bob", "ann", "cid", "cid"], users
+
+
 def test_models_on_a_gateway_that_lists_none_to_this_token_says_why(ip, tmp_path, monkeypatch):
     config, token = jwt_gateway(tmp_path, monkeypatch, ("chat:write",))
     monkeypatch.setenv("TEAM_TOKEN", token)
