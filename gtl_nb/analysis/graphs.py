@@ -298,6 +298,10 @@ def draw_context_graph(
     nodes_legend = ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="nodes")
     if edge_handles:  # a second legend: the line styles say what joins two nodes
         ax.add_artist(nodes_legend)
+        # add_artist clips an artist to the axes, and a clipped artist counts only inside them when a figure
+        # is cropped to its contents (bbox_inches="tight", as Jupyter shows figures): the legend beside
+        # the drawing was cut off at the figure's edge ("entity (defined")
+        nodes_legend.set_clip_on(False)
         ax.legend(handles=edge_handles, loc="lower left", bbox_to_anchor=(1.01, 0.0), fontsize=8, title="edges")
     if created:  # room for them in the figure drawn here (a figure handed in is the caller's to lay out)
         ax.figure.subplots_adjust(left=0.02, right=0.8)

@@ -139,6 +139,20 @@ def test_the_legends_cover_no_node_and_every_edge_kind_looks_its_own(graph, plt)
     assert len(looks) == len(set(looks)) >= 4  # reply, thread, platform, mentions, definitions: none alike
 
 
+def test_both_legends_are_inside_the_figure_jupyter_shows(graph, plt):
+    """``%gap graph`` draws on axes of its own figure, which Jupyter crops to its contents
+    (``bbox_inches="tight"``): the nodes legend, added with ``add_artist``, was cut off at the edge."""
+    figure, given = plt.subplots(figsize=(9, 6))  # as the magic draws it
+    ax = analysis.draw_context_graph(graph, ax=given)
+    renderer = figure.canvas.get_renderer()
+    shown = figure.get_tightbbox(renderer)  # in inches, what the cropped image holds
+    legends = [artist for artist in ax.get_children() if type(artist).__name__ == "Legend"]
+    assert len(legends) == 2
+    for legend in legends:
+        extent = legend.get_window_extent(renderer).transformed(figure.dpi_scale_trans.inverted())
+        assert shown.x1 >= extent.x1 and shown.y0 <= extent.y0, legend.get_title().get_text()
+
+
 def test_draw_context_graph_without_platforms_and_on_given_axes(graph, plt):
     _figure, given = plt.subplots()
     ax = analysis.draw_context_graph(graph, ax=given, platforms=False, labels=False)
