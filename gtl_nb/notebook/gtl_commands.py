@@ -139,6 +139,8 @@ class GtlCommands:
         if table.empty and since is not None:
             window = f"in the last {opts.days:g} day(s)" if opts.days is not None else f"since {opts.since}"
             print(f"no requests recorded {window}")
+        elif table.empty:  # said, as gtl usage says it: an empty table alone reads as a failure to read one
+            print("no requests recorded yet: every %%gtl cell and client request adds a row")
         if client.config is None:  # a gateway's ledger and this machine's look alike: say which this is
             from gtl_nb.client import environment_token
 

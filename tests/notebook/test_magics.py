@@ -436,6 +436,15 @@ def test_models_lists_what_the_notebook_can_use(ip):
     assert frame.to_dict("records")[0]["model"] == "echo"
 
 
+def test_usage_of_a_ledger_with_no_request_yet_says_so(ip):
+    """A new user's first ``%gtl usage``: an empty table alone (``Empty DataFrame``) read as a failure."""
+    result, said = run(ip, "%gtl usage")
+    assert result.success and result.result.empty
+    assert "no requests recorded yet" in said, said
+    run(ip, "%%gtl\none")
+    assert "no requests recorded" not in run(ip, "%gtl usage")[1]
+
+
 def test_usage_tables_come_from_the_ledger(ip):
     run(ip, "%%gtl\none")
     run(ip, "%%gtl\ntwo")
