@@ -59,6 +59,13 @@ def plot_cost_over_time(
     (``$0.0015``); the legend is placed where it hides the fewest points.
     """
     work, keys = with_keys(frame, by)
+    if freq is not None:  # before anything is drawn: pandas' own refusal is a chained KeyError
+        try:
+            pd.tseries.frequencies.to_offset(freq)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"freq must be a pandas frequency such as 's', 'min', 'h', 'D', 'W' or '100ms', not {freq!r}"
+            ) from None
     ax = axes(ax, figsize=(8, 4))
     ax.set_title("cumulative cost" if cumulative else "cost over time")
     ax.set_ylabel("cost (USD)")

@@ -66,8 +66,11 @@ def _keys(by: str | Sequence[str]) -> list[str]:
         raise ValueError("by= needs at least one grouping key")
     for key in keys:
         if key not in GROUP_KEYS and key not in _PLAIN_KEYS:
-            known = ", ".join([*GROUP_KEYS, *_PLAIN_KEYS])
-            raise ValueError(f"unknown grouping key {key!r}; use one of {known}")
+            from gtl_nb.cli_unknown import close_word
+
+            choices = [*GROUP_KEYS, *_PLAIN_KEYS]
+            meant = close_word(key, choices) if isinstance(key, str) else ""  # "; did you mean 'provider'?"
+            raise ValueError(f"unknown grouping key {key!r}{meant} (the keys: {', '.join(choices)})")
     return keys
 
 

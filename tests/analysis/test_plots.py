@@ -109,6 +109,13 @@ def test_bad_plot_arguments_are_refused(filled, plt):
         analysis.plot_latency_distribution(filled.frame, kind="violin")
 
 
+def test_a_frequency_pandas_does_not_know_is_one_clear_error(filled, plt):
+    with pytest.raises(ValueError, match=r"^freq must be a pandas frequency such as .*, not 'fortnight'$") as caught:
+        analysis.plot_cost_over_time(filled.frame, freq="fortnight")
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # one error, no pandas chain
+    assert plt.get_fignums() == []  # refused before a figure was made
+
+
 def test_a_missing_matplotlib_names_the_extra(filled, monkeypatch):
     from gtl_nb.analysis import plots
 

@@ -172,6 +172,8 @@ def test_wrong_inputs_are_named(filled):
         analysis.usage_table(pd.DataFrame({"x": [1]}))
     with pytest.raises(ValueError, match="unknown grouping key 'colour'"):
         analysis.usage_table(filled.frame, by="colour")
+    with pytest.raises(ValueError, match="unknown grouping key 'providers'; did you mean 'provider'\\?"):
+        analysis.usage_table(filled.frame, by="providers")
 
 
 # -- how the tables show --------------------------------------------------------------------------
