@@ -169,12 +169,19 @@ class NotebookSession:
                 if self.settings.config_file:
                     options["config"] = self.settings.config_file
             from gtl_nb.client import sendable_environment_token
+            from gtl_nb.protocol import AuthenticationError
 
             if self._token_variable and not is_embedded(url):  # `--token-env VAR`: what VAR holds now
                 self._token = os.environ.get(self._token_variable, "").strip() or self._token
             token = None if is_embedded(url) else self._token or sendable_environment_token()  # a gateway's only
             source = None if is_embedded(url) else self._token_source()
-            client = gtl_nb.connect(url, token, **options)
+            try:
+                client = gtl_nb.connect(url, token, **options)
+            except AuthenticationError as exc:  # say whose token was refused: the variable, never the token
+                if source is not None:
+                    since = ", which changed since the last cell" if changed else ""
+                    exc.message = f"{exc.message} (the token sent was {source[0]}'s{since})"
+                raise
             self._clients[url] = client
             if sources is not None:
                 self._built_from[url] = sources

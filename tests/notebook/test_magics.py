@@ -997,6 +997,12 @@ def test_a_gateway_client_follows_its_token_variable_set_or_changed_later(tmp_pa
             assert result.success and "settings changed" not in shown, shown
             for token in (ann, bob, cid):
                 assert token not in shown
+            forged = bob[:-4] + "AAAA"  # a token the gateway refuses: whose it was is said, not what
+            monkeypatch.setenv("TEAM_TOKEN", forged)
+            result, shown = run(shell, "%%gtl echo\nrefused")
+            assert not result.success and "AUTH_FAILED" in shown, shown
+            assert "(the token sent was $TEAM_TOKEN's, which changed since the last cell)" in shown, shown
+            assert forged not in shown and forged[-12:] not in shown
         finally:
             shells.close()
     users = [(row["user"], row["status"]) for row in Ledger(tmp_path / "gateway-ledger.sqlite3").rows()]
