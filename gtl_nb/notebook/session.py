@@ -118,7 +118,12 @@ class Sources:
 
 
 def _digest(value: str | None) -> bytes | None:
-    return None if value is None else hmac.new(_SALT, value.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+    return None if value is None else _keyed(value)
+
+
+def _keyed(value: str) -> bytes:
+    """A keyed digest of ``value`` (a key, a token): compared between cells, never shown or kept as it is."""
+    return hmac.new(_SALT, value.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
 
 
 @dataclass
@@ -225,14 +230,14 @@ class NotebookSession:
         prompt, or a variable since unset or emptied: the token in memory stays, nothing new replaces it."""
         if self._token_variable is not None:
             value = os.environ.get(self._token_variable, "").strip()
-            return (f"${self._token_variable}", _digest(value)) if value else None  # type: ignore[return-value]
+            return (f"${self._token_variable}", _keyed(value)) if value else None
         if self._token is not None:  # from the password prompt: no variable to follow
             return None
         from gtl_nb.client import TOKEN_VARIABLES
 
         for name in TOKEN_VARIABLES:  # as connect reads them, first set first
             if value := os.environ.get(name, "").strip():
-                return f"${name}", _digest(value)  # type: ignore[return-value]
+                return f"${name}", _keyed(value)
         return None
 
     @property
