@@ -55,10 +55,11 @@ def plot_cost_over_time(
     coarsest that still splits the requests' time span into a few buckets, so a few minutes of requests
     are drawn per minute, a month of them per day, and a second of them (a batch, a notebook run
     against simulators) per 100 or 10 ms. Unknown costs are left out of the sums;
-    ``cumulative=True`` draws the running total, a step at each bucket. The cost axis reads as money
-    (``$0.0015``); the legend is placed where it hides the fewest points.
+    ``cumulative=True`` draws the running total, a step at each bucket, held to the last bucket of all.
+    The cost axis reads as money (``$0.0015``); the legend stands beside the axes, over no line.
     """
     work, keys = with_keys(frame, by)
+    created = ax is None
     if freq is not None:  # before anything is drawn: pandas' own refusal is a chained KeyError
         try:
             pd.tseries.frequencies.to_offset(freq)
@@ -77,16 +78,28 @@ def plot_cost_over_time(
         ax.text(0.5, 0.5, "no requests", ha="center", va="center", transform=ax.transAxes)
         return ax
     work = work.assign(_bucket=_buckets(times, freq), _cost=work["cost"].astype("float64").fillna(0.0))
+    first, last = work["_bucket"].min(), work["_bucket"].max()
     for key, group in work.groupby(keys if len(keys) > 1 else keys[0], dropna=False, sort=True):
         series = group.groupby("_bucket")["_cost"].sum().sort_index()
-        if cumulative:
-            series = series.cumsum()
-        style = {"drawstyle": "steps-post"} if cumulative else {}  # a running total holds until the next bucket
-        ax.plot(series.index, series.to_numpy(), marker="o", label=_group_label(key), **style)
-    first, last = work["_bucket"].min(), work["_bucket"].max()
+        if not cumulative:
+            ax.plot(series.index, series.to_numpy(), marker="o", label=_group_label(key))
+            continue
+        # a running total holds until the next bucket, and to the end: every line ends at the last bucket,
+        # where the totals are compared (one that stopped early read as a group that stopped counting)
+        series = series.cumsum()
+        if series.index[-1] != last:
+            series[last] = series.iloc[-1]
+        marked = list(range(len(group["_bucket"].unique())))  # a marker where the group's own requests are
+        ax.plot(series.index, series.to_numpy(), marker="o", markevery=marked, drawstyle="steps-post",
+                label=_group_label(key))  # fmt: skip
     fit_time_axis(ax, first, last, _bucket_length(first, freq))
     ax.set_ylim(bottom=0)  # a cost is never negative
-    ax.legend(title=" / ".join(keys), loc="best")  # after the limits: "best" weighs the points as drawn
+    # beside the axes, never over a line: running totals rise to the top right, and a held total crosses
+    # the whole width, so no corner inside stays free ("best" put it over one); tight_layout and Jupyter's
+    # crop to the figure's contents make room for it
+    ax.legend(title=" / ".join(keys), loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize="small")
+    if created:  # room for it in the figure drawn here, saved whole (a figure handed in is the caller's)
+        ax.figure.subplots_adjust(right=0.78)
     return ax
 
 

@@ -124,6 +124,24 @@ def test_a_missing_matplotlib_names_the_extra(filled, monkeypatch):
         plots.plot_cost_over_time(filled.frame)
 
 
+def drawn_path(line):
+    """``line`` as drawn, in display coordinates: its points, joined as its draw style joins them."""
+    from matplotlib.cbook import STEP_LOOKUP_MAP
+    from matplotlib.path import Path as DrawnPath
+
+    x, y = line.get_transform().transform(line.get_xydata()).T
+    style = line.get_drawstyle()
+    return DrawnPath(np.column_stack(STEP_LOOKUP_MAP[style](x, y) if style != "default" else (x, y)))
+
+
+def test_drawn_path_sees_a_legend_over_a_line(filled, plt):
+    ax = analysis.plot_cost_over_time(shifted(filled.frame, minutes=30), cumulative=True)
+    ax.legend(loc="center", bbox_to_anchor=None)  # over the middle of the drawing, on purpose
+    ax.figure.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert any(drawn_path(line).intersects_bbox(legend, filled=False) for line in ax.get_lines())
+
+
 def test_requests_of_one_second_draw_a_readable_running_total(filled, plt):
     """A notebook run against the simulators makes its requests within a second (notebooks/03): the
     cumulative cost was one dot per provider over ticks reading 38.6, 38.8 … beside an offset."""
@@ -147,6 +165,29 @@ def test_requests_of_one_second_draw_a_readable_running_total(filled, plt):
     money = [label.get_text() for label in ax.get_yticklabels() if label.get_text()]
     assert money and all(text.startswith("$") for text in money), money
     legend = ax.get_legend().get_window_extent()
-    for line in ax.get_lines():
-        for x, y in line.get_transform().transform(line.get_xydata()):
-            assert not legend.contains(x, y), line.get_label()  # the legend hides no point
+    for line in ax.get_lines():  # the legend hides no point and crosses no line
+        assert not drawn_path(line).intersects_bbox(legend, filled=False), line.get_label()
+    assert not legend.overlaps(right.get_window_extent())  # nor the panel beside it
+    assert figure.bbox.contains(legend.x1, legend.y1)  # and is inside the figure
+
+
+def test_a_cost_plot_drawn_on_its_own_figure_keeps_its_legend_inside_it(filled, plt):
+    ax = analysis.plot_cost_over_time(shifted(filled.frame, minutes=30), cumulative=True)
+    ax.figure.canvas.draw()
+    legend = ax.get_legend().get_window_extent()
+    assert ax.figure.bbox.contains(legend.x1, legend.y0) and ax.figure.bbox.contains(legend.x1, legend.y1)
+    assert not legend.overlaps(ax.get_window_extent())
+
+
+def test_every_running_total_reaches_the_last_bucket_where_the_totals_are_compared(filled, plt):
+    frame = shifted(filled.frame, minutes=10)
+    last_model = frame.sort_values("time")["model"].iloc[-1]
+    ax = analysis.plot_cost_over_time(frame, by="model", cumulative=True, freq="min")
+    ends = {line.get_label(): (line.get_xdata()[-1], line.get_ydata()[-1]) for line in ax.get_lines()}
+    assert len({end for end, _total in ends.values()}) == 1  # one right edge for all
+    totals = frame.groupby("model")["cost"].sum()
+    for model, (_end, total) in ends.items():
+        assert total == pytest.approx(totals[model]), model
+    early = next(line for line in ax.get_lines() if line.get_label() != last_model)
+    marked = early.get_markevery()
+    assert len(marked) < len(early.get_xdata())  # the held total is a line, not a request
