@@ -109,6 +109,7 @@ from gtl_nb.protocol.errors import (
     SessionStateError,
     VersionMismatchError,
     error_from_event,
+    escaped,
 )
 from gtl_nb.protocol.extensions import EXTENSION_FEATURES, check_request, missing_extensions
 from gtl_nb.protocol.frames import BadFrame, FrameReader, ReadFrame
@@ -680,18 +681,10 @@ def client_gave_up(error: Error) -> CancelledError:
     """What a server makes of a client's connection-level ``error``: the client went away (``CANCELLED``),
     its code and the start of its message quoted, escaped, cut — words a log line may show, never the
     cause of the sessions' end."""
-    code = _escaped(str(error.peer_code or error.code)[:_QUOTED])  # a code the server does not know, as written
+    code = escaped(str(error.peer_code or error.code)[:_QUOTED])  # a code the server does not know, as written
     words = str(error.message)
-    said = _escaped(words[:_QUOTED]) + ("…" if len(words) > _QUOTED else "")
+    said = escaped(words[:_QUOTED]) + ("…" if len(words) > _QUOTED else "")
     return CancelledError(f"{_CLIENT_ENDED} with an error frame (its code {code}: {said})")
-
-
-def _escaped(text: str) -> str:
-    """``text`` with every character a terminal or log reader would act on or not show (a newline, ESC,
-    a bidi override) as its Python escape, so a peer's words cannot forge a log line."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
 def _connection_error(code: str, message: str) -> Error:

@@ -39,6 +39,16 @@ if TYPE_CHECKING:
     from gtl_nb.protocol.messages import Error
 
 
+def escaped(text: str) -> str:
+    """``text`` with every character a terminal or log reader would act on or not show (a newline, ESC,
+    a C1 control, a bidi override) as its Python escape — ``\\n``, ``\\x1b``, ``\\u202e`` — so a peer's
+    words cannot forge a log line. The protocol layer's copy of ``gtl_nb.words.shown_in_terminal`` (this
+    layer imports nothing else of gtl_nb); both are held to the same results by a test."""
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 class GTLError(Exception):
     """Base of every gtl_nb error. Coded errors carry the fields of the GTL ``error`` event."""
 
@@ -67,9 +77,11 @@ class GTLError(Exception):
         """The code of a peer's ``error`` that this side does not know (this error is then ``INTERNAL``)."""
 
     def __str__(self) -> str:
-        where = f" [{self.provider}]" if self.provider else ""
-        unknown = f" (the peer's code {self.peer_code})" if self.peer_code else ""
-        return f"{self.code}{unknown}{where}: {self.message}"
+        # what a log line or a terminal shows of the error: a peer's words (its code, its message, the
+        # provider it names) may hold ESC, newlines or bidi overrides, so each is shown ``escaped``
+        where = f" [{escaped(str(self.provider))}]" if self.provider else ""
+        unknown = f" (the peer's code {escaped(str(self.peer_code))})" if self.peer_code else ""
+        return f"{self.code}{unknown}{where}: {escaped(str(self.message))}"
 
     def to_event(self, session_id: str | None = None) -> Error:
         """This error as a GTL ``error`` event."""
