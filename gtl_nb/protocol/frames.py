@@ -27,6 +27,22 @@ from gtl_nb.protocol.messages import WireMessage
 
 HEAD_BYTES = 16 * 1024
 _BLANK = b" \t\r\n"
+REFUSED_START = b'{"transport_refused":'
+"""How a frame a transport refused before it was JSON (a gRPC message that is no valid protobuf) begins:
+``refused_frame``."""
+
+
+def refused_frame(reason: str, message_type: str | None = None, session_id: str | None = None) -> bytes:
+    """A bad frame standing for a message the transport itself refused (a gRPC message that does not parse
+    or map): a deliberately unterminated JSON object, so the connection counts and answers it as any bad
+    frame, whose ``type`` and ``session_id`` stand where this module looks for them. ``FrameReader`` gives
+    it ``reason`` as its error's words — the transport's own terms, nothing of JSON or of this stand-in."""
+    data = REFUSED_START + msgspec.json.encode(reason)
+    if message_type:
+        data += b',"type":' + msgspec.json.encode(message_type)
+    if session_id:
+        data += b',"session_id":' + msgspec.json.encode(session_id)
+    return data + b"\n"  # no closing brace: never valid JSON, whatever the reason says
 
 
 @dataclass(frozen=True)
@@ -86,9 +102,12 @@ class FrameReader:
 
 def _bad(item: FrameError, head_bytes: int) -> BadFrame:
     head = item.head
+    error = item.error
+    if head.startswith(REFUSED_START) and (reason := string_field(head, b"transport_refused")):
+        error = ProtocolError(reason)  # the transport's words, not the JSON decoder's about the stand-in
     session_id = string_field(head, b"session_id") or string_field(head, b"sid")
     fault = None if session_id else session_id_fault(head, cut=len(head) >= head_bytes)
-    return BadFrame(item.error, item.frame, session_id, string_field(head, b"type"), fault)
+    return BadFrame(error, item.frame, session_id, string_field(head, b"type"), fault)
 
 
 _JSON_KINDS = {

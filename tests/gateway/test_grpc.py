@@ -333,6 +333,31 @@ def test_bad_frames_end_their_session_then_the_connection(channel):
     assert "bad frames" in seen[-1].message
 
 
+@pytest.mark.parametrize(
+    ("first", "words"),
+    [
+        (b"", "a ClientFrame without a message"),
+        (b"\xff\xff\xff", "malformed gRPC message: not a valid gtl.v1.ClientFrame protobuf"),
+        (pb.ClientFrame(completion_request=pb.CompletionRequest(session_id="r", messages=[pb.ChatMessage()])), "role"),
+    ],
+)
+def test_a_refused_grpc_message_is_described_in_protobufs_terms(channel, first, words):
+    """A message that is no ``ClientFrame`` the mapping reads is refused in gRPC's terms: what was wrong
+    with the protobuf message — never "not JSON", "truncated", or the stand-in frame the connection reads."""
+
+    def serialize(frame: Any) -> bytes:
+        return frame if isinstance(frame, bytes) else frame.SerializeToString()
+
+    session = channel.stream_stream(SESSION_METHOD, serialize, pb.ServerFrame.FromString)
+    replies = [from_proto(reply) for reply in session(iter([first]), timeout=20)]
+    errors = [reply for reply in replies if isinstance(reply, m.Error)]
+    assert errors, replies
+    said = errors[0].message
+    assert errors[0].code == "INVALID_REQUEST" and words in said
+    for leaked in ("JSON", "truncated", "transport_refused", "grpc_frame_refused", "{"):
+        assert leaked not in said
+
+
 def test_the_raw_stub_calls_complete_and_list_providers(stub):
     providers = [from_proto(info) for info in stub.ListProviders(pb.ListProvidersRequest(), timeout=10).providers]
     assert {"echo", "openai", "slow"} <= {info.provider for info in providers}

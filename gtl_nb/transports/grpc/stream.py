@@ -23,9 +23,10 @@ sessions, cancels, bad frames, one terminal event per session — exactly as on 
 * **Reads.** Each message is parsed (``FromString``), mapped (``from_proto``) and handed to the
   connection as one JSON frame plus ``\\n``. A message that does not parse or map becomes a *bad
   frame*: a deliberately unterminated JSON object whose ``type`` and ``session_id`` stand where the
-  connection's frame reader looks for them (``protocol/frames.py``), so the connection ends that
-  session and counts the frame toward ``max_bad_frames``, as for a bad JSON frame. Its error message
-  quotes the mapping's reason, which names the field, never the value. The end of the stream, a
+  connection's frame reader looks for them (``protocol.frames.refused_frame``), so the connection ends that
+  session and counts the frame toward ``max_bad_frames``, as for a bad JSON frame. Its error message is
+  the mapping's reason in protobuf's terms (``a ClientFrame without a message``, ``invalid gtl.v1.Error:
+  code: …``), which names the field, never the value — nothing of JSON or of the stand-in. The end of the stream, a
   cancelled call and a broken one read as ``b""`` — except, with ``on_half_close`` (the gateway), the end of
   the client's requests (gRPC's half-close: it sends no more, it still reads): ``read()`` then calls
   ``on_half_close`` once and waits, so the connection's sessions run to their end; it returns ``b""``
@@ -71,6 +72,7 @@ from gtl_nb.protocol.errors import (
     ProviderUnavailableError,
     error_class,
 )
+from gtl_nb.protocol.frames import REFUSED_START, refused_frame
 from gtl_nb.protocol.messages import Answer, CompletionRequest, Done, Error, WireMessage
 from gtl_nb.transports.channel import CLOSE_WAIT
 from gtl_nb.transports.grpc import gtl_pb2 as pb
@@ -307,7 +309,8 @@ class GrpcStreamChannel:
         try:
             frame = self._incoming.FromString(data)
         except Exception as exc:  # any protobuf failure on outside bytes is one bad frame
-            return _bad_frame(f"malformed {self._incoming.DESCRIPTOR.name}: {type(exc).__name__}")
+            name = self._incoming.DESCRIPTOR.full_name
+            return _bad_frame(f"malformed gRPC message: not a valid {name} protobuf ({type(exc).__name__})")
         more = getattr(frame, "more", None)
         if not more:
             return self._json_of(frame)
@@ -563,17 +566,13 @@ class GrpcStreamChannel:
             self._receiving.cancel()
 
 
-_BAD_FRAME_START = b'{"grpc_frame_refused":'
+_BAD_FRAME_START = REFUSED_START
 
 
 def _bad_frame(reason: str, case: str | None = None, session_id: str | None = None) -> bytes:
-    """Bytes the connection's frame reader refuses as one bad frame of ``session_id`` (see the module docstring)."""
-    data = _BAD_FRAME_START + msgspec.json.encode(reason)
-    if case:
-        data += b',"type":' + msgspec.json.encode(case)
-    if session_id:
-        data += b',"session_id":' + msgspec.json.encode(session_id)
-    return data + b"\n"  # no closing brace: never valid JSON, whatever the reason says
+    """Bytes the connection's frame reader refuses as one bad frame of ``session_id``, its error saying
+    ``reason`` (``protocol.frames.refused_frame``; see the module docstring)."""
+    return refused_frame(reason, case, session_id)
 
 
 def _kind(message: object) -> str:
