@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gtl_nb.protocol.codec import encode
+from gtl_nb.protocol.frames import REFUSED_START
 from gtl_nb.protocol.messages import Token
 from gtl_nb.transports.grpc import gtl_pb2 as pb
 from gtl_nb.transports.grpc.stream import BATCH_BYTES, GrpcStreamChannel
@@ -107,7 +108,7 @@ def test_a_bad_or_nested_entry_ends_the_batch_after_the_frames_before_it():
         read = asyncio.run(read_by_client([batch_of(good, extra, *([b"\x72\x00"] * 5))]))
         lines = read.splitlines()
         assert lines[:2] == [frame.rstrip(b"\n") for frame in good] and len(lines) == 3  # then one bad frame
-        assert lines[2].startswith(b'{"grpc_frame_refused":')
+        assert lines[2].startswith(REFUSED_START)
 
 
 def test_a_request_the_wire_refuses_is_answered_not_dropped():
