@@ -56,7 +56,7 @@ from gtl_nb.engine.ledger_schema import COLUMN_NAMES, DATETIME, DTYPES, FINAL_ST
 from gtl_nb.engine.processes import own_identity, process_alive, process_identity
 from gtl_nb.engine.sqlite_files import create_private_file, retry_while_busy, run_transaction
 from gtl_nb.log import get_logger
-from gtl_nb.protocol.errors import ConfigurationError, GTLError
+from gtl_nb.protocol.errors import ConfigurationError, GTLError, escaped
 from gtl_nb.protocol.messages import Done, Error, Usage
 
 if TYPE_CHECKING:
@@ -129,7 +129,12 @@ class LedgerLocationError(ConfigurationError, LedgerError):
 
 
 class LedgerBusyError(LedgerError):
-    """The ledger file stayed locked by other writers for longer than ``retry_for`` seconds."""
+    """The ledger file stayed locked by other writers for longer than ``retry_for`` seconds. Shown (``str``,
+    what ``gtl serve`` prints when it cannot start) as its words alone: another process's lock is neither a
+    bug of the gateway's nor a wire code's business (over the wire it is still ``INTERNAL``)."""
+
+    def __str__(self) -> str:
+        return escaped(self.message)
 
 
 class Totals(NamedTuple):
@@ -917,6 +922,7 @@ class Ledger:
             error=LedgerError,
             busy_error=LedgerBusyError,
             stop=self._stopped_waiting,
+            file=self.path,
         )
 
     def _stopped_waiting(self) -> bool:

@@ -15,11 +15,15 @@ from typing import TypeVar
 from gtl_nb.log import get_logger
 from gtl_nb.protocol.errors import ConfigurationError, GTLError
 
-__all__ = ["create_private_file", "is_busy", "retry_while_busy", "run_transaction"]
+__all__ = ["create_private_file", "is_busy", "lock_holders", "retry_while_busy", "run_transaction"]
 
 log = get_logger("engine.sqlite")
 T = TypeVar("T")
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+SAY_WAITING_AFTER = 3.0
+"""Seconds of waiting for another process's write lock before one WARNING says so (at most half of
+``retry_for``): a start that waits for a lock says why it is not serving yet, not only when it gives up."""
+_MOST_HOLDERS = 5
 
 
 def create_private_file(
@@ -62,14 +66,20 @@ def retry_while_busy(
     error: type[GTLError],
     busy_error: type[GTLError],
     stop: Callable[[], bool] | None = None,
+    file: str | os.PathLike[str] | None = None,
 ) -> T:
     """Run ``operation``, retrying with jittered backoff while SQLite reports busy/locked.
 
     Another SQLite failure is ``error``; still busy after ``retry_for`` seconds — or once ``stop()`` says
     so (a writer giving up at its deadline) — is ``busy_error``. The timer is the monotonic clock of this
-    worker thread: it bounds waiting on a file lock, not engine time.
+    worker thread: it bounds waiting on a file lock, not engine time. A wait past ``SAY_WAITING_AFTER``
+    seconds is said once in a WARNING; that line and ``busy_error`` name the processes that have ``file``
+    open (``lock_holders``) and how to proceed.
     """
-    deadline = time.monotonic() + retry_for
+    started = time.monotonic()
+    deadline = started + retry_for
+    say_after = started + min(SAY_WAITING_AFTER, retry_for / 2)
+    said = False
     delay = 0.002
     while True:
         try:
@@ -77,16 +87,61 @@ def retry_while_busy(
         except sqlite3.Error as exc:
             if not is_busy(exc):
                 raise error(f"{what}: {exc}") from exc
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if stop is not None and stop():
                 raise busy_error(f"{what} is locked by another process; no longer waiting for it") from None
             if remaining <= 0:
                 raise busy_error(
-                    f"{what} stayed busy for {retry_for:g} s; another process holds its write lock"
+                    f"{what} stayed locked for {retry_for:g} s: another process holds its write lock"
+                    f"{_held_by(file)}. End that process's transaction (or stop it), then try again"
                 ) from None
+            if not said and now >= say_after:
+                said = True
+                log.warning(
+                    "waiting for the write lock of %s: another process holds it%s; waiting up to %g s more",
+                    what,
+                    _held_by(file),
+                    remaining,
+                )
             log.debug("%s busy (%s); retrying", what, exc)
             time.sleep(min(remaining, delay * random.uniform(0.5, 1.5)))
             delay = min(delay * 2, 0.1)
+
+
+def lock_holders(file: str | os.PathLike[str]) -> list[tuple[int, str]]:
+    """The other processes (pid, command name) that have ``file`` open — one of them holds its lock —
+    as far as this process may see (Linux's ``/proc``; elsewhere, or for another user's processes,
+    nothing). Read only when a lock is waited for, never on a request's path."""
+    try:
+        target = os.path.realpath(file)
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except (OSError, ValueError):
+        return []
+    found: list[tuple[int, str]] = []
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        try:
+            descriptors = os.listdir(f"/proc/{pid}/fd")
+            if not any(os.readlink(f"/proc/{pid}/fd/{fd}") == target for fd in descriptors):
+                continue
+            with open(f"/proc/{pid}/comm", encoding="utf-8", errors="replace") as comm:
+                name = comm.read().strip()
+        except OSError:  # gone, or not ours to read
+            continue
+        found.append((pid, name))
+    return found
+
+
+def _held_by(file: str | os.PathLike[str] | None) -> str:
+    """`` (it is open in pid 123 (sqlite3), …)`` for the error and the WARNING, or nothing when unknown."""
+    holders = lock_holders(file) if file is not None else []
+    if not holders:
+        return ""
+    named = ", ".join(f"pid {pid} ({name})" for pid, name in holders[:_MOST_HOLDERS])
+    more = f" and {len(holders) - _MOST_HOLDERS} more" if len(holders) > _MOST_HOLDERS else ""
+    return f" (the file is open in {named}{more})"
 
 
 def run_transaction(

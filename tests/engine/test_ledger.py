@@ -520,6 +520,42 @@ def test_a_lock_held_past_the_deadline_raises_a_ledger_error_not_sqlite_s(path: 
         ledger.close()
 
 
+def test_a_lock_another_process_holds_is_said_while_waiting_and_named_when_given_up(
+    path: Path, caplog: pytest.LogCaptureFixture
+):
+    """Another process (a ``sqlite3`` shell left in a transaction, a backup) holds the ledger's write lock:
+    a WARNING says the wait once, before the end, and the error names the file, the process that has it
+    open and what to do — words, not an ``INTERNAL`` code (what ``gtl serve`` printed, unable to start)."""
+    Ledger(path).close()  # the file and its schema exist, as for a gateway started before
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; db = sqlite3.connect(sys.argv[1], isolation_level=None); "
+            "db.execute('BEGIN EXCLUSIVE'); print('locked', flush=True); sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        with (
+            caplog.at_level("WARNING", logger="gtl_nb"),
+            pytest.raises(LedgerBusyError) as caught,
+            Ledger(path, busy_timeout=0.01, retry_for=1.0) as ledger,  # opening waits for the lock too
+        ):
+            ledger.start(session_id="s")
+    finally:
+        holder.communicate("")  # its stdin closed: it ends, its transaction with it
+    shown = str(caught.value)
+    assert str(path) in shown and "write lock" in shown and f"pid {holder.pid} (python" in shown
+    assert "try again" in shown and not shown.startswith("INTERNAL")
+    waits = [record.getMessage() for record in caplog.records if "waiting for the write lock" in record.getMessage()]
+    assert len(waits) == 1 and str(path) in waits[0] and f"pid {holder.pid}" in waits[0]
+
+
 def test_threads_share_one_ledger_and_open_their_own(path: Path):
     shared = Ledger(path)
     threads_shared, threads_own, count = 6, 2, 60
