@@ -99,7 +99,7 @@ def retry_while_busy(
             if not said and now >= say_after:
                 said = True
                 log.warning(
-                    "waiting for the write lock of %s: another process holds it%s; waiting up to %g s more",
+                    "waiting for the write lock of %s: another process holds it%s; waiting up to %.0f s more",
                     what,
                     _held_by(file),
                     remaining,
