@@ -1575,7 +1575,7 @@ def build_app(
         this gateway speaks), its answer named in the ``101``, and it is what a client sending no hello is
         taken to speak (``GTLConnection``'s implied hello)."""
         from gtl_nb.protocol.connection import GTLConnection
-        from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL, MessageChannel
+        from gtl_nb.transports.messages import NDJSON_SUBPROTOCOL, MessageChannel, ws_close_code
 
         offered = ", ".join(socket_.headers.getlist(VERSION_HEADER))
         agreed = None
@@ -1596,8 +1596,8 @@ def build_app(
                 return None
             return message.get("text") if message.get("text") is not None else message.get("bytes")
 
-        async def close() -> None:
-            await socket_.close()
+        async def close() -> None:  # a connection ended for a bad frame closes 1008 (1009, …), not 1000
+            await socket_.close(code=ws_close_code(serving.gave_up_with))
 
         channel = MessageChannel(recv, socket_.send_text, close, peer=peer_text(socket_.client), joins_frames=joins)
         implied = [agreed or IMPLIED_VERSION]  # what a client sending no hello speaks
@@ -1606,16 +1606,17 @@ def build_app(
         )
         framed = OffloadedFrames(connection, channel)  # a large frame decoded in a worker thread
         with sessions.socket():
+            serving = GatewayConnection(
+                engine,
+                framed,
+                authenticate=HeaderTokenFirst(authenticate, bearer),
+                max_sessions=limits.max_sessions_per_connection,
+                limits=limits,
+                shutdown=shutdown,
+                transport="ws",
+            )
             try:
-                await GatewayConnection(
-                    engine,
-                    framed,
-                    authenticate=HeaderTokenFirst(authenticate, bearer),
-                    max_sessions=limits.max_sessions_per_connection,
-                    limits=limits,
-                    shutdown=shutdown,
-                    transport="ws",
-                ).run()
+                await serving.run()
             finally:
                 await channel.aclose()
 

@@ -244,6 +244,8 @@ class GatewayConnection:
         self._answers_after_end = answers_after_end
         """The channel still carries what is written after the client's end of stream (stdio's pipes)."""
         self._client_ended = False  # the client ended the connection (its end of stream, or its error frame)
+        self.gave_up_with: GTLError | None = None
+        """The error this end ended the connection for (a bad frame, a refused hello), ``None`` otherwise."""
         # sessions whose end the connection itself told the client (a bad frame of theirs): their task's own
         # end is not written after the connection ended (``_told_after_end``), so each has one terminal event
         self._told_by_connection: set[str] = set()
@@ -340,6 +342,8 @@ class GatewayConnection:
             log.warning("client %s broke the protocol: %s", self.framed.channel.peer, event.error.message)
         elif isinstance(event, ConnectionTerminated):
             self._client_ended = event.by_peer
+            if not event.by_peer:
+                self.gave_up_with = event.error  # what a WebSocket's close code says (transports.messages)
             if event.error is not None:
                 log.info("connection from %s ended: %s", self.framed.channel.peer, event.error)
         return None

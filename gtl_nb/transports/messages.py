@@ -23,7 +23,16 @@ from collections.abc import Awaitable, Callable
 
 import msgspec
 
-__all__ = ["HIGH_WATER_BYTES", "JOIN_BYTES", "NDJSON_SUBPROTOCOL", "SEND_WAIT", "MessageChannel"]
+from gtl_nb.protocol.errors import FrameTooLargeError, GTLError
+
+__all__ = [
+    "HIGH_WATER_BYTES",
+    "JOIN_BYTES",
+    "NDJSON_SUBPROTOCOL",
+    "SEND_WAIT",
+    "MessageChannel",
+    "ws_close_code",
+]
 
 NDJSON_SUBPROTOCOL = "gtl.ndjson"
 """The WebSocket subprotocol that lets a text message carry several frames, each but the last followed
@@ -38,22 +47,36 @@ SEND_WAIT = 3.0
 
 
 PRETTY_BYTES = 1024 * 1024
-"""Largest message read as one pretty-printed frame (``one_frame``): checked on the event loop."""
+"""Largest message whose line breaks ``read()`` checks on the event loop (``one_frame``); a longer one —
+up to the WebSocket's message limit, ``max_frame_bytes`` and a little on the gateway — is checked in a
+worker thread, so a pretty-printed frame of any size the gateway takes is one frame."""
 
 
 def one_frame(data: bytes) -> bytes:
     """A message that is one frame (the peer did not offer ``gtl.ndjson``) with its line breaks made
     spaces when it is one JSON value — pretty-printed JSON, the spec's examples as written, is one frame
     rather than a line ``{`` and more. A JSON string cannot hold a raw line break, so each one was
-    whitespace between tokens. Anything else (and any message over ``PRETTY_BYTES``) is left as it is,
-    its lines refused as frames."""
-    if len(data) > PRETTY_BYTES:
-        return data
+    whitespace between tokens. Anything else is left as it is, its lines read as frames."""
     try:
         msgspec.json.decode(data)
     except (msgspec.DecodeError, RecursionError):
         return data
     return data.replace(b"\r", b" ").replace(b"\n", b" ")
+
+
+WS_CLOSE_CODES = {"INTERNAL": 1011, "OVERLOADED": 1013, "PROVIDER_UNAVAILABLE": 1013}
+"""The WebSocket close code (RFC 6455 7.4.1) of a connection ended for a GTL error of that code; any other
+code is ``1008`` (policy violation: a bad frame, a refused token), a frame too large ``1009``."""
+
+
+def ws_close_code(error: GTLError | None) -> int:
+    """The WebSocket close code of a connection this end gave up on for ``error`` (``None``: a normal end,
+    ``1000``). A connection ended by a refused frame says so in its close, not ``1000`` (OK)."""
+    if error is None:
+        return 1000
+    if isinstance(error, FrameTooLargeError):
+        return 1009
+    return WS_CLOSE_CODES.get(error.code, 1008)
 
 
 class MessageChannel:
@@ -95,7 +118,8 @@ class MessageChannel:
             return b""
         data = message.encode() if isinstance(message, str) else message
         if not self.joins_frames and b"\n" in data:
-            data = one_frame(data)
+            # (a long message checked off the loop, as other large frames are decoded: gateway.offload)
+            data = one_frame(data) if len(data) <= PRETTY_BYTES else await asyncio.to_thread(one_frame, data)
         return data + b"\n"
 
     def write(self, data: bytes) -> None:

@@ -83,3 +83,55 @@ def test_joined_frames_fit_a_gateway_whose_frame_limit_is_small(write_config):
         with pytest.raises(gtl_nb.GTLError, match="frame"):
             client.complete("echo", "y" * 9000)  # one frame over the limit: that session ends, not the socket
         assert client.complete("echo", "still here").text
+
+
+def test_a_pretty_printed_frame_over_a_mebibyte_is_one_frame(write_config):
+    """A text message that is one JSON value is one frame however it is broken into lines, up to the
+    frame limit (``max_frame_bytes``, 8 MiB), not only up to the 1 MiB checked on the event loop: a
+    pretty-printed request with a long document in it is served, and the request behind it too."""
+    import json
+
+    from websockets.sync.client import connect as ws_connect
+
+    from gtl_nb.transports.messages import PRETTY_BYTES
+
+    document = "word " * (PRETTY_BYTES * 3 // 10)  # ~1.5 MiB of prompt
+    big = {"type": "completion_request", "session_id": "big", "model": "echo", "max_tokens": 5}
+    big["messages"] = [{"role": "user", "content": document}]
+    pretty = json.dumps(big, indent=2)
+    assert PRETTY_BYTES < len(pretty) < 8 * 1024 * 1024 and pretty.count("\n") > 5
+    small = {**big, "session_id": "after", "messages": [{"role": "user", "content": "after"}]}
+    config = write_config(gateway={"max_frame_bytes": 8 * 1024 * 1024})  # the documented default
+    with gateway(config) as url, ws_connect(url.replace("http://", "ws://") + "/v1/gtl/ws", max_size=None) as ws:
+        ws.send(pretty)
+        ws.send(json.dumps(small, indent=2))
+        ends: dict[str, str] = {}
+        while len(ends) < 2:
+            frame = json.loads(ws.recv(timeout=60))
+            assert frame.get("session_id"), frame  # nothing ended the connection
+            if frame["type"] in ("done", "error"):
+                ends[frame["session_id"]] = frame["type"] if frame["type"] == "done" else frame["message"]
+    assert ends == {"big": "done", "after": "done"}
+
+
+@pytest.mark.parametrize(
+    ("first", "code"),
+    [("this is not JSON", 1008), ('{"type": "hello", "versions": ["9.9"]}', 1008)],
+)
+def test_a_connection_ended_for_a_refused_frame_closes_with_a_close_code_that_says_so(base_config, first, code):
+    """The gateway's connection-level ``error`` for a frame it refuses is followed by a close that is not
+    ``1000`` (OK): ``1008`` (policy violation), as RFC 6455 gives an endpoint ending for a message it refuses."""
+    import json
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect as ws_connect
+
+    with gateway(base_config) as url, ws_connect(url.replace("http://", "ws://") + "/v1/gtl/ws") as ws:
+        ws.send(first)
+        said = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                said.append(json.loads(ws.recv(timeout=30)))
+        assert said and said[-1]["type"] == "error" and said[-1]["session_id"] == ""
+        assert ws.close_code == code
+
