@@ -846,7 +846,9 @@ def _protocol_classes(
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     except ImportError:
         raise ConfigurationError(f"[gateway.http] needs websockets: {install_extra('gateway')}") from None
-    base = limited_websocket(WebSocketsSansIOProtocol, header_timeout=limits.header_timeout, budget=unfinished)
+    base = limited_websocket(
+        WebSocketsSansIOProtocol, header_timeout=limits.header_timeout, budget=unfinished, max_head_bytes=MAX_HEAD_BYTES
+    )
 
     class WebSocketProtocol(WriteStallBound, base):  # type: ignore[misc, valid-type]
         """After an upgrade the transport reports its end here, no longer to ``_HttpProtocol``."""

@@ -40,6 +40,23 @@ log = get_logger("gateway.unfinished")
 FREE_BYTES = 64 * 1024
 """Bytes of an unfinished message a connection holds outside the budget (its request head, a small frame)."""
 
+
+def upgrade_heads_within(max_head_bytes: int) -> None:
+    """Let websockets' handshake parser take any head the HTTP listener took: one limit, one refusal.
+
+    uvicorn reads an upgrade's head with the HTTP protocol first — a head over ``max_head_bytes`` is
+    answered there, ``431`` with a GTL error, as ``POST /v1/gtl`` is — and then hands the same bytes to
+    websockets, whose own limits (a line of 8 KiB, 128 header lines: ``WEBSOCKETS_MAX_LINE_LENGTH``,
+    ``WEBSOCKETS_MAX_NUM_HEADERS``, read by its ``http11`` module) refused a head the listener had taken,
+    with its own plain-text ``431``. Raised to the listener's (a header line is at least 4 bytes), they
+    never refuse first; the head is still bounded by ``max_head_bytes``, counted before websockets sees it.
+    The websockets client shares the module (it reads a server's answer with them): a gateway's only."""
+    from websockets import http11
+
+    http11.MAX_LINE_LENGTH = max(http11.MAX_LINE_LENGTH, max_head_bytes)
+    http11.MAX_NUM_HEADERS = max(http11.MAX_NUM_HEADERS, max_head_bytes // 4)
+
+
 # WebSocket close codes (RFC 6455 7.4.1)
 POLICY_VIOLATION = 1008
 TRY_AGAIN_LATER = 1013
@@ -68,8 +85,14 @@ def over_free(count: int) -> int:
     return count - FREE_BYTES if count > FREE_BYTES else 0
 
 
-def limited_websocket(base: type[Any], *, header_timeout: float, budget: UnfinishedBytes) -> type[Any]:
-    """uvicorn's WebSocket protocol ``base`` (websockets' sans-I/O one) with the bounds of this module."""
+def limited_websocket(
+    base: type[Any], *, header_timeout: float, budget: UnfinishedBytes, max_head_bytes: int | None = None
+) -> type[Any]:
+    """uvicorn's WebSocket protocol ``base`` (websockets' sans-I/O one) with the bounds of this module.
+    ``max_head_bytes``: the HTTP listener's head limit, which an upgrade's head has passed already
+    (``upgrade_heads_within``)."""
+    if max_head_bytes is not None:
+        upgrade_heads_within(max_head_bytes)
 
     class LimitedWebSocket(base):  # type: ignore[misc, valid-type]
         """Fragments are joined as they arrive (one ``bytearray``: a message of a million one-byte fragments

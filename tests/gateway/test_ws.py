@@ -135,3 +135,43 @@ def test_a_connection_ended_for_a_refused_frame_closes_with_a_close_code_that_sa
         assert said and said[-1]["type"] == "error" and said[-1]["session_id"] == ""
         assert ws.close_code == code
 
+
+@pytest.mark.parametrize("padding", [10_000, 70 * 1024])
+def test_an_upgrades_head_is_held_to_the_listeners_one_limit(base_config, padding):
+    """A WebSocket upgrade's head is bounded as ``POST /v1/gtl``'s is (``MAX_HEAD_BYTES``, 64 KiB): a 10 KB
+    header line (a proxy's cookies, trace headers) is taken — websockets' own 8 KiB line limit answered a
+    plain-text 431 — and a head over the limit gets the listener's 431 with a GTL error body."""
+    import base64
+    import json
+    import os
+    import socket
+
+    from gtl_nb.gateway.http import MAX_HEAD_BYTES
+
+    def answer(host: str, port: int, head: bytes) -> bytes:
+        with socket.create_connection((host, port), timeout=30) as conn:
+            conn.sendall(head)
+            data = b""
+            while b"\r\n\r\n" not in data or (not data.startswith(b"HTTP/1.1 101") and not data.endswith(b"}\n")):
+                piece = conn.recv(65536)
+                if not piece:
+                    break
+                data += piece
+            return data
+
+    with gateway(base_config) as url:
+        host, _, port = url.removeprefix("http://").partition(":")
+        key = base64.b64encode(os.urandom(16))
+        head = (
+            b"GET /v1/gtl/ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n"
+            b"X-Padding: " + b"a" * padding + b"\r\n\r\n"
+        )
+        data = answer(host, int(port), head)
+    status = data.split(b"\r\n", 1)[0]
+    if len(head) <= MAX_HEAD_BYTES:
+        assert status.startswith(b"HTTP/1.1 101"), data[:300]
+    else:
+        assert status.startswith(b"HTTP/1.1 431"), data[:300]
+        error = json.loads(data.partition(b"\r\n\r\n")[2].strip().splitlines()[-1])
+        assert error["type"] == "error" and "head" in error["message"]
