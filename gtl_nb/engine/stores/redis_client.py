@@ -162,11 +162,58 @@ def translated(shown: str, what: str) -> Iterator[None]:
             raise RedisBusyError(f"Redis at {shown}: no free connection ({what}): {_reason(exc)}") from None
         if isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
             # (redis-py's kinds of ConnectionError: the server answered, and refused the credentials)
+            if _gives_no_password(shown) and _asks_for_a_password(exc):
+                # the server's own words are RESP3's ("HELLO must be called with the client already
+                # authenticated…"), which tell an operator nothing about the URL
+                raise RedisUnreachableError(
+                    f"Redis at {shown} requires a password ({what}); the URL gives none: "
+                    "redis://:PASSWORD@host:port/db (docs/configuration.md, Redis backends)"
+                ) from None
             refused = f"Redis at {shown} refused the credentials ({what}): {_reason(exc)}"
             raise RedisUnreachableError(refused) from None
+        if _tls_never_began(shown, exc):
+            raise RedisUnreachableError(_tls_handshake_failed(shown, what, exc)) from None
         raise RedisUnreachableError(f"Redis at {shown} is unreachable ({what}): {_reason(exc)}") from None
     except redis.exceptions.RedisError as exc:
         raise RedisUnavailableError(f"Redis at {shown} failed ({what}): {_reason(exc)}") from None
+
+
+def _gives_no_password(shown: str) -> bool:
+    """Whether the URL (as shown: its password, if any, is ``***``) carries no password."""
+    try:
+        return urlsplit(shown).password is None
+    except ValueError:
+        return False
+
+
+def _asks_for_a_password(exc: BaseException) -> bool:
+    """Whether the server refused a client that sent no password (RESP3's ``HELLO`` or RESP2's ``NOAUTH``),
+    not a password it was given."""
+    text = str(exc).lower()
+    return "noauth" in text or "already authenticated" in text or "authentication required" in text
+
+
+def _tls_never_began(shown: str, exc: BaseException) -> bool:
+    """Whether a ``rediss://`` connection failed before TLS was up: a timeout while connecting (a
+    plaintext Redis reads the TLS hello as a command and waits for the rest of it) or an SSL error."""
+    import ssl
+
+    import redis.exceptions
+
+    if not shown.lower().startswith("rediss://"):
+        return False
+    if isinstance(exc, ssl.SSLError) or isinstance(exc.__context__, ssl.SSLError) or "SSL" in str(exc):
+        return "certificate verify failed" not in str(exc)  # a certificate refused is its own story
+    return isinstance(exc, redis.exceptions.TimeoutError) and "connecting" in str(exc).lower()
+
+
+def _tls_handshake_failed(shown: str, what: str, exc: BaseException) -> str:
+    parts = urlsplit(shown)
+    place = parts.netloc.rpartition("@")[2] or "the server"
+    return (
+        f"Redis at {shown}: the TLS handshake with {place} did not complete ({what}): {_reason(exc)}; "
+        "does that Redis serve TLS? rediss:// needs Redis's tls-port; use redis:// for a plaintext one"
+    )
 
 
 def _pool_exhausted(exc: BaseException) -> bool:

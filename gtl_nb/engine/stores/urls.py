@@ -16,6 +16,7 @@ A Redis URL may carry a password: ``shown_url`` is the form to put in messages a
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +203,7 @@ def shown_url(url: str) -> str:
     except ValueError:
         return f"{url.partition('://')[0]}://…"
     query = "&".join(
-        f"{name}={value if name in REDIS_OPTIONS else '***'}"
+        f"{name}={'***' if _may_be_secret(name) else value}"
         for name, value in parse_qsl(parts.query, keep_blank_values=True)
     )
     if not parts.netloc:
@@ -215,6 +216,18 @@ def shown_url(url: str) -> str:
             host = f"[{host}]"
         netloc = f"{parts.username or ''}:***@{host}{'' if port is None else f':{port}'}"
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+_SECRET_WORDS = ("pass", "pw", "secret", "token", "auth", "cred", "key")
+"""Parts of a query option's name that may mean its value is a secret: those values are masked in
+messages (an unknown ``password=``); a misspelt harmless option (``socket_timeot=1``) keeps its value."""
+
+
+def _may_be_secret(name: str) -> bool:
+    lowered = name.lower()
+    if lowered in REDIS_OPTIONS:
+        return False  # ours: numbers, names and file paths
+    return any(word in lowered for word in _SECRET_WORDS)
 
 
 def _parse_redis(url: str, where: str) -> StoreURL:
@@ -235,7 +248,9 @@ def _parse_redis(url: str, where: str) -> StoreURL:
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
         if name not in REDIS_OPTIONS:
             known = ", ".join(sorted(REDIS_OPTIONS))
-            raise ConfigurationError(f"{where}: {shown!r}: unknown option {name!r} (known: {known})")
+            matches = difflib.get_close_matches(name, sorted(REDIS_OPTIONS), n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(repr(m) for m in matches)}?" if matches else ""
+            raise ConfigurationError(f"{where}: {shown!r}: unknown option {name!r}{hint} (known: {known})")
         kind = _NUMBER_OPTIONS.get(name)
         if kind is not None:
             try:

@@ -94,6 +94,17 @@ def test_redis_url_mistakes_are_named_without_the_password(url: str, fragment: s
     assert "hunter" not in str(info.value)
 
 
+def test_a_misspelt_url_option_is_named_with_the_option_meant_and_its_harmless_value_shown():
+    with pytest.raises(ConfigurationError) as info:
+        BudgetConfig(backend="redis://:hunter2@cache:6379/0?socket_timeot=1")
+    message = str(info.value)
+    assert "unknown option 'socket_timeot'; did you mean 'socket_timeout'" in message
+    assert "socket_timeot=1" in message and "hunter2" not in message
+    with pytest.raises(ConfigurationError) as info:
+        BudgetConfig(backend="redis://cache:6379/0?passwd=hunter3")
+    assert "passwd=***" in str(info.value) and "hunter3" not in str(info.value)
+
+
 def test_the_shown_url_hides_the_password_and_split_url_takes_our_option_out():
     assert shown_url("rediss://gw:s3cret@cache:6380/1?client_name=a") == "rediss://gw:***@cache:6380/1?client_name=a"
     assert shown_url("redis://cache:6379/0") == "redis://cache:6379/0"

@@ -506,6 +506,43 @@ def test_credentials_the_server_refuses_are_not_called_unreachable(server: Any) 
     assert "wrong-pw-7c2" not in str(caught.value) and CANARY not in str(caught.value)
 
 
+def test_a_server_that_wants_a_password_the_url_lacks_says_so_in_our_words(server: Any) -> None:
+    """Without a password in the URL, a Redis with ``requirepass`` answered RESP3's "HELLO must be called
+    with the client already authenticated…", which names neither the URL nor the fix."""
+    url = f"redis://127.0.0.1:{server.port}/0"
+
+    async def scenario() -> str | None:
+        counter = RedisBudgetCounter(url)
+        await counter.reserve("ann", Limits(), now=time.time())  # served locally; the reason is kept
+        reason = counter.degraded_reason
+        await counter.aclose()
+        return reason
+
+    reason = run(scenario())
+    assert reason is not None
+    assert f"Redis at {url} requires a password" in reason
+    assert "the URL gives none: redis://:PASSWORD@host:port/db" in reason
+    assert "HELLO" not in reason and CANARY not in reason
+
+
+def test_rediss_to_a_plaintext_server_names_the_tls_handshake(server: Any) -> None:
+    """``rediss://`` to a Redis without TLS timed out as "Timeout connecting to server"."""
+    url = f"rediss://:{CANARY}@127.0.0.1:{server.port}/0"
+
+    async def scenario() -> str | None:
+        counter = RedisBudgetCounter(url)
+        await counter.reserve("ann", Limits(), now=time.time())
+        reason = counter.degraded_reason
+        await counter.aclose()
+        return reason
+
+    reason = run(scenario())
+    assert reason is not None
+    assert f"the TLS handshake with 127.0.0.1:{server.port} did not complete" in reason
+    assert "use redis:// for a plaintext one" in reason and "tls-port" in reason
+    assert CANARY not in reason
+
+
 def test_stores_of_one_server_share_its_outages_however_their_urls_are_written():
     """The budgets' URL and the coalescing registry's own pool (another ``client_name``), ``/0`` or ``?db=0``
     or no database at all: one server, told of one outage together."""
