@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import difflib
 import hashlib
 import logging
 import math
@@ -199,10 +200,47 @@ def parse_postgres_url(url: object, *, where: str = "ledger") -> PostgresURL:
     except psycopg.ProgrammingError as exc:
         reason = _unquoted(_first_line(exc), parts.netloc)
         raise ConfigurationError(f"{where}: {shown!r} is not a valid PostgreSQL URL: {reason}") from None
+    wrong_value = _bad_libpq_value(kept)
+    if wrong_value:
+        raise ConfigurationError(f"{where}: {shown!r} is not a valid PostgreSQL URL: {wrong_value}")
     # shown in logs and /readyz as the database it names: our own options (a spool's path…) left out
     named = [(name, value) for name, value in parse_qsl(parts.query, keep_blank_values=True) if name not in OPTIONS]
     database = f"{scheme}://{parts.netloc}{parts.path}" + (f"?{urlencode(named, quote_via=quote)}" if named else "")
     return PostgresURL(conninfo, shown_url(database), options)
+
+
+_LIBPQ_CHOICES = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": ("any", "read-write", "read-only", "primary", "standby", "prefer-standby"),
+    "load_balance_hosts": ("disable", "random"),
+    "sslcertmode": ("disable", "allow", "require"),
+    "sslnegotiation": ("postgres", "direct"),
+    "sslcompression": ("0", "1"),
+    "sslsni": ("0", "1"),
+    "keepalives": ("0", "1"),
+}
+"""libpq's options that take one of a few words (libpq's "Parameter Key Words"). libpq's parser takes any
+value and checks these only when it connects: a misspelt one (``sslmode=requir``) was a connection that
+failed for ever — a degraded start that never heals — where a misspelt option name refuses the start."""
+_LIBPQ_NUMBERS = ("connect_timeout", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout")
+
+
+def _bad_libpq_value(options: list[tuple[str, str]]) -> str | None:
+    """What is wrong with the value of a libpq option of ``options`` that libpq would refuse only when it
+    connects (the option's name and its allowed values; the value quoted only when it is one word)."""
+    for name, value in options:
+        choices = _LIBPQ_CHOICES.get(name)
+        if choices is not None and value not in choices:
+            meant = difflib.get_close_matches(value, choices, n=1, cutoff=0.6)
+            hint = f"; did you mean {meant[0]!r}?" if meant else ""
+            shown = repr(value) if _plain_name(value.replace("-", "_")) or value.isdigit() else "the value given"
+            return f"{name} must be one of {', '.join(choices)}, not {shown}{hint}"
+        if name in _LIBPQ_NUMBERS and not value.strip().lstrip("-").isdigit():
+            shown = repr(value) if len(value) <= 20 and _plain_name(value.replace(".", "_")) else "the value given"
+            return f"{name} must be a whole number (seconds or a count; milliseconds for tcp_user_timeout), not {shown}"
+    return None
 
 
 _PERCENT_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
