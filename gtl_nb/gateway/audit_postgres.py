@@ -72,6 +72,7 @@ from gtl_nb.engine.ledger import default_ledger_path
 from gtl_nb.engine.sqlite_files import create_private_file
 from gtl_nb.engine.stores.postgres_pool import (
     CONNECT_TIMEOUT,
+    INSUFFICIENT_PRIVILEGE,
     ConnectErrors,
     PooledConnections,
     PostgresLoop,
@@ -374,7 +375,9 @@ class PostgresAuditSink:
             await self._connections.run(lambda conn: migrate(conn, "audit", AUDIT_MIGRATIONS))
             self._migrated = True
         except Exception as exc:
-            if not is_unreachable(exc):
+            # a role without the privileges degrades the start as the ledger does (docs/deploy.md,
+            # "Database role"): a GRANT on the server mends it, and the records wait in the spool
+            if not is_unreachable(exc) and getattr(exc, "sqlstate", None) != INSUFFICIENT_PRIVILEGE:
                 await self._pool.close(timeout=_POOL_CLOSE)
                 raise ConfigurationError(
                     f"[gateway.audit] cannot set up the audit tables in PostgreSQL {self._url.shown}: {describe(exc)}"

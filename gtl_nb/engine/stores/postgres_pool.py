@@ -53,7 +53,9 @@ from gtl_nb.words import install_extra
 
 __all__ = [
     "CONNECT_TIMEOUT",
+    "GATEWAY_TABLES",
     "INSTALL_HINT",
+    "INSUFFICIENT_PRIVILEGE",
     "LOOP_PREFIX",
     "OPTIONS",
     "POOL_PREFIX",
@@ -67,6 +69,7 @@ __all__ = [
     "is_unreachable",
     "lost_connection",
     "parse_postgres_url",
+    "privilege_fix",
     "require_psycopg",
     "run_once",
     "shown_url",
@@ -343,10 +346,36 @@ def lost_connection(exc: BaseException, conn: Any) -> bool:
     return isinstance(exc, psycopg.Error) and bool(getattr(conn, "closed", False))
 
 
-def describe(exc: BaseException) -> str:
+def describe(exc: BaseException, *, role: str | None = None) -> str:
     """A one-line reason for logs and ``/readyz`` (libpq's messages span lines; a password option one
-    repeats is hidden, ``hide_passwords``)."""
-    return hide_passwords(_first_line(exc)) or type(exc).__name__
+    repeats is hidden, ``hide_passwords``); a privilege the ``role`` lacks with the GRANT that gives it."""
+    line = hide_passwords(_first_line(exc)) or type(exc).__name__
+    if getattr(exc, "sqlstate", None) == INSUFFICIENT_PRIVILEGE:
+        line += privilege_fix(line, role)
+    return line
+
+
+INSUFFICIENT_PRIVILEGE = "42501"
+GATEWAY_TABLES = ("gtl_schema_version", "requests", "ledger_leases", "audit_records", "audit_chains")
+"""The tables the gateway creates (the ledger's and the audit log's; docs/deploy.md, "Database role")."""
+_DENIED_SCHEMA = re.compile(r"permission denied for schema ([A-Za-z_][A-Za-z0-9_$]*)")
+
+
+def privilege_fix(reason: str, role: str | None) -> str:
+    """What to tell an operator whose ``role`` was refused (``reason``, PostgreSQL's words): the GRANT to run."""
+    who = role if role and _plain_name(role.replace("-", "_")) else "<role>"
+    schema = _DENIED_SCHEMA.search(reason)
+    if schema is not None:
+        return (
+            f": the role {who} may not create the gateway's tables in schema {schema.group(1)}: "
+            f"GRANT CREATE ON SCHEMA {schema.group(1)} TO {who}, or let the tables' owner start the first replica "
+            '(docs/deploy.md, "Database role")'
+        )
+    return (
+        f": the role {who} lacks a privilege on the gateway's tables: GRANT SELECT, INSERT, UPDATE, DELETE ON "
+        f"{', '.join(GATEWAY_TABLES[1:])} TO {who} (SELECT on gtl_schema_version, requests, audit_records and "
+        'audit_chains for a role that only reads: docs/deploy.md, "Database role")'
+    )
 
 
 class ConnectErrors:
@@ -358,6 +387,8 @@ class ConnectErrors:
 
     def __init__(self) -> None:
         self.last: BaseException | None = None
+        self.role: str | None = None
+        """The role the last connection logged in as (the URL's user, ``$PGUSER`` or the OS user)."""
         self._waiting: list[asyncio.Future[BaseException]] = []
         _quiet_pool_log()
 
@@ -398,6 +429,7 @@ class ConnectErrors:
                     errors._record(exc)
                     raise
                 errors._record(None)
+                errors.role = conn.info.user
                 return conn
 
         return RecordingConnection
@@ -410,7 +442,7 @@ class ConnectErrors:
         _, psycopg_pool = require_psycopg()
         if isinstance(exc, (psycopg_pool.PoolTimeout, asyncio.TimeoutError, TimeoutError)) and self.last is not None:
             return describe(self.last)
-        return describe(exc)
+        return describe(exc, role=self.role)
 
 
 def _may_pass(exc: BaseException) -> bool:
@@ -493,9 +525,12 @@ def run_once(url: str, work: Callable[[Any], Awaitable[T]], *, name: str, where:
     parsed = parse_postgres_url(url, where=where)
     psycopg, _ = require_psycopg()
 
+    roles: list[str] = []
+
     async def session() -> T:
         naming = application_name_option(parsed.conninfo, name)
         conn = await psycopg.AsyncConnection.connect(parsed.conninfo, autocommit=True, **naming)
+        roles.append(conn.info.user)
         async with conn:
             return await work(conn)
 
@@ -504,7 +539,7 @@ def run_once(url: str, work: Callable[[Any], Awaitable[T]], *, name: str, where:
     except psycopg.Error as exc:
         if is_unreachable(exc):
             raise PostgresUnavailableError(f"PostgreSQL {parsed.shown} cannot be used: {describe(exc)}") from None
-        raise StoreError(f"PostgreSQL {parsed.shown}: {describe(exc)}") from None
+        raise StoreError(f"PostgreSQL {parsed.shown}: {describe(exc, role=next(iter(roles), None))}") from None
 
 
 # ----------------------------------------------------------------------------------------------

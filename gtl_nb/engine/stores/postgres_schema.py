@@ -214,9 +214,13 @@ async def migrate(conn: Any, component: str, migrations: Sequence[Migration]) ->
     async with conn.transaction():
         # Taken before anything is read: a second replica waits here, then sees the new version.
         await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
-        await conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
-        )
+        # (only when missing: CREATE … IF NOT EXISTS asks for CREATE on the schema even when the table is
+        # there, and a replica's role needs none once the tables' owner made them)
+        exists = await (await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (VERSION_TABLE,))).fetchone()
+        if not exists[0]:
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (component TEXT PRIMARY KEY, version INTEGER NOT NULL)"
+            )
         before = await schema_version(conn, component)
         target = len(migrations)
         if before > target:
