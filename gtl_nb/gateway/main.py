@@ -195,6 +195,7 @@ def _serve_listeners(
     A SIGTERM (or Ctrl-C) while the gateway starts stops the start: what is being opened is closed
     once open (a thread cannot be stopped halfway), no listener starts, no ``ready`` line follows the
     ``shutting down`` one, and the exit status is 0. A SIGHUP then is kept for after the start."""
+    from gtl_nb.gateway.config_exposure import config_file_warnings
     from gtl_nb.gateway.listeners import Shutdown
     from gtl_nb.gateway.readiness import degraded_summary, refuses_every_token
     from gtl_nb.gateway.reload import FAIL_OVER_NOTE, Reloader, SwappableAuthenticator
@@ -243,6 +244,8 @@ def _serve_listeners(
                 return
             for problem in settings.missing_credentials(parts.engine.credentials.resolve):
                 print(f"gtl gateway: warning: {problem} ({FAIL_OVER_NOTE})", file=sys.stderr, flush=True)
+            for problem in config_file_warnings(config):  # secrets others may read, a key never used
+                print(f"gtl gateway: warning: {problem}", file=sys.stderr, flush=True)
             reloader = Reloader(parts.engine, config=config, settings=settings, authenticate=hook, principal=principal)
             reporter = ReloadReporter(report_path(pidfile) if pidfile else None)
             reporters.append(reporter)
