@@ -4,6 +4,11 @@ user, day, hour, status, provider type, error code, finish reason);
 
     gtl usage [--by model|provider|deployment|day|hour|user|status|...] [--days N] [--ledger FILE] [--json]
     gtl ledger prune [--ledger FILE] [--days N] [--max-rows N] [--vacuum]
+    gtl ledger drain-spool FILE [--ledger URL] [--wait SECONDS]
+
+``drain-spool`` writes a PostgreSQL ledger's spool file left under another database's name (a URL fixed
+after a typo: docs/deploy.md) into the configured PostgreSQL ledger, exactly once; exits 1 when rows
+still wait (the database away), saying why.
 
 Without ``--ledger`` the file is ``[ledger] path``/``url`` of the configuration (``--config FILE``, as
 ``gtl --config``), then the default ledger file; without ``--days``/``--max-rows`` the limits are
@@ -116,6 +121,20 @@ def add_subcommands(subparsers: Any) -> None:
     prune.add_argument("--max-rows", type=int, metavar="N", help="keep at most the newest N rows")
     prune.add_argument("--vacuum", action="store_true", help="then shrink the file (holds the write lock meanwhile)")
     prune.set_defaults(handler=_prune)
+    drain = actions.add_parser(
+        "drain-spool",
+        help="write a PostgreSQL ledger's spool file into the configured ledger (once: a replay changes nothing)",
+        description="Write the rows a PostgreSQL ledger spooled in FILE (postgres-spool-<digest>.sqlite3: rows "
+        "left under an earlier [ledger] url) into the ledger [ledger] url (or --ledger) names, oldest first; "
+        "each write is deleted from FILE once committed, and one written twice changes nothing.",
+    )
+    drain.add_argument("spool", metavar="FILE", help="the spool file (postgres-spool-<digest>.sqlite3)")
+    drain.add_argument("--ledger", dest="ledger_file", metavar="URL", help="the postgresql:// ledger to write into")
+    drain.add_argument("--config", dest="ledger_config", metavar="FILE", help="TOML configuration (as gtl --config)")
+    drain.add_argument(
+        "--wait", type=float, default=60.0, metavar="SECONDS", help="give up after this long (default 60)"
+    )
+    drain.set_defaults(handler=_drain_spool)
 
 
 def days_ago(days: float | None) -> float | None:
@@ -469,6 +488,51 @@ def _prune(args: argparse.Namespace) -> int:
     pruned = prune_file(path, Retention(days=days, max_rows=rows), vacuum=args.vacuum)
     vacuumed = ", then vacuumed" if args.vacuum else ""
     print(f"{path}: deleted {pruned.by_age} row(s) by age and {pruned.by_size} by size{vacuumed}{_kept(pruned)}")
+    return 0
+
+
+def _drain_spool(args: argparse.Namespace) -> int:
+    """``gtl ledger drain-spool FILE``: open the configured PostgreSQL ledger with FILE as its spool (which
+    a ledger drains before anything else) and wait until it is empty."""
+    from gtl_nb.engine.stores.postgres_ledger import PostgresUsageLedger
+    from gtl_nb.engine.stores.postgres_spool import Spool
+
+    _refuse_a_gateway(args, "ledger drain-spool")
+    spool = Path(args.spool).expanduser()
+    if not spool.is_file():
+        raise ConfigurationError(f"no spool file at {spool}")
+    if spool.suffix != ".sqlite3":
+        raise ConfigurationError(
+            f"{spool} is not a ledger spool (postgres-spool-<digest>.sqlite3); an audit spool "
+            "(audit-spool-<digest>.jsonl) is written by gtl audit drain-spool"
+        )
+    url, _, named_by = _configured(args)
+    if not isinstance(url, str):
+        raise ConfigurationError(
+            f"the ledger {named_by or url} is not PostgreSQL: give the postgresql:// ledger to write the spool "
+            "into with --ledger, or a configuration whose [ledger] url names it (--config)"
+        )
+    Spool(spool).close()  # refuses a file that is not a spool, before anything connects
+    ledger = PostgresUsageLedger(url, spool_path=spool, replica="drain-spool")
+    try:
+        before = ledger.spooled
+        deadline = time.monotonic() + max(0.0, args.wait)
+        while ledger.spooled and time.monotonic() < deadline:
+            time.sleep(0.1)
+        left = ledger.spooled
+        problem = ledger.degraded_cause
+    finally:
+        ledger.close()
+    shown = ledger.url  # (no password)
+    if left:
+        why = f": {problem}" if problem else ""
+        print(
+            f"gtl: {before - left} of {before} spooled write(s) of {spool} written into {shown}; {left} still wait"
+            f"{why} (run it again: a write already made changes nothing)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{spool}: {before} spooled write(s) written into {shown}; the file is empty now (it may be deleted)")
     return 0
 
 

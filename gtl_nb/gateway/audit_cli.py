@@ -4,6 +4,8 @@
                                                        replica's chain in PostgreSQL
     gtl audit tail [--log FILE | --url URL [--replica NAME]] [-n N] [-f]
                                                        the last records, as JSON lines (-f: keep following a file)
+    gtl audit drain-spool FILE [--url URL]             an audit spool left under another database's name
+                                                       (docs/deploy.md), into the configured database
 
 Without ``--log`` or ``--url`` the places are those of ``[gateway.audit]`` in the configuration
 (``--config FILE``, as ``gtl --config``): its ``path`` (``audit.jsonl`` in the user data directory when
@@ -64,6 +66,17 @@ def add_subcommands(subparsers: Any) -> None:
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing records as they are written (a file)")
     tail.add_argument("--replica", metavar="NAME", help="with --url: only this replica's chains (its name or chain id)")
     tail.set_defaults(handler=_tail)
+
+    drain = actions.add_parser(
+        "drain-spool",
+        parents=[common],
+        help="write an audit spool file into the configured database (once: a replay changes nothing)",
+        description="Write the records an audit log spooled in FILE (audit-spool-<digest>.jsonl: records left "
+        "under an earlier [gateway.audit] url) into the database [gateway.audit] url (or --url) names, each "
+        "into its own chain; a record written twice changes nothing.",
+    )
+    drain.add_argument("spool", metavar="FILE", help="the spool file (audit-spool-<digest>.jsonl)")
+    drain.set_defaults(handler=_drain_spool)
 
 
 def _verify(args: argparse.Namespace) -> int:
@@ -179,6 +192,45 @@ def _follow(path: Path, out: Any) -> None:
             time.sleep(FOLLOW_INTERVAL)
     finally:
         handle.close()
+
+
+def _drain_spool(args: argparse.Namespace) -> int:
+    """``gtl audit drain-spool FILE``: open the configured database's audit sink with FILE as its spool
+    (which it drains when it opens and when it closes), then say what is left."""
+    from gtl_nb.engine.stores.postgres_pool import parse_postgres_url
+    from gtl_nb.gateway.audit_postgres import PostgresAuditSink
+    from gtl_nb.gateway.spool_orphans import audit_records
+
+    spool = Path(args.spool).expanduser()
+    if not spool.is_file():
+        raise ConfigurationError(f"no spool file at {spool}")
+    if spool.suffix != ".jsonl":
+        raise ConfigurationError(
+            f"{spool} is not an audit spool (audit-spool-<digest>.jsonl); a ledger spool "
+            "(postgres-spool-<digest>.sqlite3) is written by gtl ledger drain-spool"
+        )
+    _, url = _places(args)
+    if url is None:
+        raise ConfigurationError(
+            "no database to write the spool into: give it with --url, or a configuration whose [gateway.audit] "
+            "url names it (--config)"
+        )
+    before = audit_records(spool)
+    sink = PostgresAuditSink(url, spool_path=spool, replica="drain-spool")
+    problem = sink.degraded_cause
+    sink.close()
+    left = audit_records(spool)
+    shown = parse_postgres_url(url, where="--url").shown  # (no password)
+    if left:
+        why = f": {problem}" if problem else ""
+        print(
+            f"gtl: {before - left} of {before} spooled audit record(s) of {spool} written; {left} still wait{why} "
+            "(run it again: a record already written changes nothing)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{spool}: {before} spooled audit record(s) written into {shown}; the file is empty now")
+    return 0
 
 
 def _places(args: argparse.Namespace) -> tuple[Path | None, str | None]:

@@ -201,6 +201,7 @@ def _serve_listeners(
     from gtl_nb.gateway.reload import FAIL_OVER_NOTE, Reloader, SwappableAuthenticator
     from gtl_nb.gateway.reload_report import ReloadReporter, report_path
     from gtl_nb.gateway.server import open_parts, serve
+    from gtl_nb.gateway.spool_orphans import spool_warnings
 
     hook = SwappableAuthenticator(authenticate)  # the listeners hold this one; a reload swaps its target
     loop = event_loop.loop_name(options.event_loop)  # a missing uvloop that was asked for stops here
@@ -245,6 +246,8 @@ def _serve_listeners(
             for problem in settings.missing_credentials(parts.engine.credentials.resolve):
                 print(f"gtl gateway: warning: {problem} ({FAIL_OVER_NOTE})", file=sys.stderr, flush=True)
             for problem in config_file_warnings(config):  # secrets others may read, a key never used
+                print(f"gtl gateway: warning: {problem}", file=sys.stderr, flush=True)
+            for problem in spool_warnings(parts.engine, config=config):  # rows left under another URL
                 print(f"gtl gateway: warning: {problem}", file=sys.stderr, flush=True)
             reloader = Reloader(parts.engine, config=config, settings=settings, authenticate=hook, principal=principal)
             reporter = ReloadReporter(report_path(pidfile) if pidfile else None)
