@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         settings = load_settings(config=args.config)
         options = _with_command_line(GatewaySettings.from_settings(settings), args)
         check_exposure(options)
+        _mark_fleet(options)
         authenticate = build_authenticator(settings, options, principal=args.principal)
         pidfile = getattr(args, "pidfile", None)
         with _pidfile(pidfile):
@@ -271,6 +272,15 @@ def _serve_listeners(
         with contextlib.suppress(OSError, ValueError):  # a log pipe gone (closed reader) changes nothing
             print("gtl gateway: stopped", file=sys.stderr, flush=True)
     return 0
+
+
+def _mark_fleet(options: Any) -> None:
+    """Mark this replica in Redis's live-replica registry with its token issuer (``stores.replicas``), so
+    a replica of another fleet sharing the same keys is noticed."""
+    from gtl_nb.engine.stores.replicas import fleet_mark, set_fleet
+
+    issuer = options.jwt.get("issuer") if options.auth == "jwt" and isinstance(options.jwt, Mapping) else None
+    set_fleet(fleet_mark(issuer) if isinstance(issuer, str) and issuer else None)
 
 
 class _EarlySignals:

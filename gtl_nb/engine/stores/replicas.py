@@ -16,6 +16,12 @@ knowledge there is. No request waits on the registry. A process that closes its 
 entry at once; one that died drops out after the expiry, and the set itself expires when no replica
 beats any more.
 
+A gateway marks its id with its fleet (``set_fleet``: a digest of its token issuer), ``host/pid/random~mark``.
+Fleets that share one Redis server and key prefix share budgets, the cache, breakers and revocations
+(a user ``mo`` of one issuer spends the other's ``mo``'s budget); a replica that finds, in its first
+beats, entries of another mark says so once, with the fix (a ``key_prefix`` per fleet). Entries without
+a mark (an embedded client, an older release) are not compared.
+
 Times are each replica's own wall clock: clocks a few seconds apart are well within the expiry. A
 replica's id is ``host/pid/random``: readable in ``ZRANGE``, and a forked child gets its own.
 """
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
 import socket
@@ -36,7 +43,7 @@ from gtl_nb.engine.stores.redis_fallback import RedisOutage
 from gtl_nb.engine.stores.sqlite_db import StoreError
 from gtl_nb.log import get_logger
 
-__all__ = ["EXPIRY_SECONDS", "HEARTBEAT_SECONDS", "ReplicaRegistry", "replica_id"]
+__all__ = ["EXPIRY_SECONDS", "HEARTBEAT_SECONDS", "ReplicaRegistry", "fleet_mark", "replica_id", "set_fleet"]
 
 log = get_logger("engine.stores")
 
@@ -61,6 +68,21 @@ return redis.call('ZCARD', KEYS[1])
 )
 
 _own_id: tuple[int, str] | None = None
+_fleet: str | None = None
+FLEET_CHECKS = 3
+"""How many of its first beats a replica looks for entries of another fleet after (replicas started
+together see one another from the second beat on)."""
+
+
+def fleet_mark(issuer: str) -> str:
+    """The mark of the fleet whose tokens carry ``issuer`` (a digest: the id stays short and plain)."""
+    return hashlib.sha256(issuer.encode("utf-8", "backslashreplace")).hexdigest()[:8]
+
+
+def set_fleet(mark: str | None) -> None:
+    """Mark the ids of the registries this process makes from now on with ``mark`` (``fleet_mark``)."""
+    global _fleet
+    _fleet = mark
 
 
 def replica_id() -> str:
@@ -87,13 +109,16 @@ class ReplicaRegistry:
         interval: float = HEARTBEAT_SECONDS,
         expiry: float = EXPIRY_SECONDS,
         replica: str | None = None,
+        fleet: str | None = None,
     ) -> None:
         self.connector = connector
         self.outage = outage
         self.wall_clock = wall_clock
         self.interval = interval
         self.expiry = expiry
-        self.id = replica or replica_id()
+        self.fleet = fleet if fleet is not None else _fleet
+        self.id = (replica or replica_id()) + (f"~{self.fleet}" if self.fleet else "")
+        self._fleet_checks = FLEET_CHECKS if self.fleet else 0
         self.key = f"{connector.prefix}replicas"
         self.count = 1
         """Live replicas at the last beat Redis answered (this one included), at least 1."""
@@ -116,7 +141,28 @@ class ReplicaRegistry:
         args = [self.id, repr(float(now)), repr(float(now) - self.expiry), str(int(self.expiry * 4) + 1)]
         found = await self._run("counting the live replicas", lambda client: _BEAT(client, [self.key], args))
         self.count = max(1, int(found))
+        if self._fleet_checks and self.count > 1:
+            await self._look_for_other_fleets()
         return self.count
+
+    async def _look_for_other_fleets(self) -> None:
+        """Warn (once) when live entries carry another fleet's mark: two fleets share this Redis's keys."""
+        self._fleet_checks -= 1
+        members = await self._run("reading the live replicas", lambda client: client.zrange(self.key, 0, -1))
+        marks = [(m.decode() if isinstance(m, bytes) else str(m)).rpartition("~") for m in members]
+        others = [mark for _, tilde, mark in marks if tilde and mark and mark != self.fleet]
+        if not others:
+            return
+        self._fleet_checks = 0
+        log.warning(
+            "Redis at %s: the live-replica registry %s holds %d replica(s) of another fleet (another token "
+            "issuer) beside this one: fleets sharing one Redis and key prefix share per-user budgets, the "
+            "response cache, circuit breakers and the revocation list; give each fleet its own key_prefix "
+            "(?key_prefix=staging: in every Redis URL of one of them) or database number (docs/deploy.md)",
+            self.connector.shown,
+            self.key,
+            len(others),
+        )
 
     async def aclose(self) -> None:
         """Stop beating and take this replica's entry out (when it ever beat and Redis answers)."""

@@ -106,6 +106,40 @@ def test_replicas_count_each_other_and_forget_the_silent_and_the_closed(server: 
     assert run(scenario()) == [1, 2, 1, 1]
 
 
+def test_a_replica_of_another_fleet_on_the_same_keys_is_warned_of_once(server: Any, caplog: pytest.LogCaptureFixture):
+    """Two fleets (other token issuers) on one Redis without their own key_prefix share budgets, cache,
+    breakers and revocations silently: the live-replica registry carries each one's fleet mark, and a
+    replica that sees another mark says so, with the fix — once. Unmarked entries are not compared."""
+    from gtl_nb.engine.stores.redis_client import RedisConnector
+    from gtl_nb.engine.stores.replicas import fleet_mark
+
+    caplog.set_level(logging.WARNING, logger="gtl_nb")
+    connectors = [RedisConnector(server.url, what="test") for _ in range(4)]
+    prod, prod_b, staging, embedded = (
+        ReplicaRegistry(connectors[0], replica="a", fleet=fleet_mark("https://gw.example.com")),
+        ReplicaRegistry(connectors[1], replica="b", fleet=fleet_mark("https://gw.example.com")),
+        ReplicaRegistry(connectors[2], replica="s", fleet=fleet_mark("https://staging.example.com")),
+        ReplicaRegistry(connectors[3], replica="e"),
+    )
+
+    async def scenario() -> None:
+        await embedded.beat()
+        await prod.beat()
+        await prod_b.beat()  # same fleet, and an unmarked entry: nothing to say
+        assert not messages(caplog, logging.WARNING, "another fleet")
+        await staging.beat()
+        await prod.beat()
+        await prod.beat()
+        for connector in connectors:
+            await connector.aclose()
+
+    run(scenario())
+    warned = messages(caplog, logging.WARNING, "another fleet")
+    assert len(warned) == 2  # staging's, and prod's once however often it beats
+    assert "holds 2 replica(s) of another fleet" in warned[0] and "holds 1 replica(s) of another fleet" in warned[1]
+    assert "key_prefix" in warned[0] and CANARY not in " ".join(warned)
+
+
 # -- budgets -------------------------------------------------------------------------------------------
 
 
