@@ -1,8 +1,8 @@
 """What a gateway says at start about secrets written in its configuration file.
 
 * A file any user of the host may read (mode ``o+r``) that holds a secret — a provider's ``api_key``,
-  ``aws_secret_access_key``/``aws_session_token``, a key named like a secret or a password, a URL with a
-  password (Redis's can only go there) — gets a warning naming the keys (never their values) and the
+  ``aws_secret_access_key``/``aws_session_token`` or ``headers``, a key named like a secret or a password,
+  a URL with a password (Redis's can only go there) — gets a warning naming the keys (never their values) and the
   ``chmod`` to run. Group-readable is fine: the shipped layout is ``root:gtl 0640``.
 * A deployment given both a literal ``api_key`` and a stored key in ``[gateway.vault] keys`` uses the
   vault's (docs/vault.md, "Which key a request uses"): the literal one is never sent, and a warning says
@@ -48,7 +48,10 @@ def _secrets(table: Mapping[str, Any], where: str) -> Iterator[str]:
     """Where ``table`` holds a secret: ``[providers.openai] api_key``, ``[budgets] backend (a URL with a
     password)`` — names only."""
     for name, value in table.items():
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and name == "headers" and where.startswith("providers."):
+            if any(isinstance(text, str) and text for text in value.values()):
+                yield f"[{where}] headers"  # a proxy's key, an Authorization header
+        elif isinstance(value, Mapping):
             yield from _secrets(value, f"{where}.{name}" if where else name)
         elif isinstance(value, str) and value:
             if _is_secret_key(name):

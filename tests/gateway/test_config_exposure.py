@@ -53,12 +53,14 @@ def test_a_url_with_a_password_and_a_secret_key_count_and_a_secret_env_does_not(
         tmp_path / "gtl.toml",
         {
             "budgets": {"backend": f"redis://:{PASSWORD}@127.0.0.1:6379/0"},
+            "providers.proxied": {"type": "openai", "headers": {"x-proxy-key": PASSWORD}},
             "gateway.jwt": {"secret_env": "GTL_JWT_SECRET", "issuer": "gtl"},
         },
     )
     os.chmod(config, 0o644)
     (warning,) = config_file_warnings(config)
     assert "[budgets] backend (a URL with a password)" in warning and "secret_env" not in warning
+    assert "[providers.proxied] headers" in warning
     assert PASSWORD not in warning
 
 
