@@ -45,7 +45,7 @@ def test_a_misspelt_libpq_value_refuses_the_start_like_a_misspelt_option_name(tm
     url = f"postgresql://gtl:{PASSWORD}@127.0.0.1:1/gtl?application_name=gtl-gateway&{query}"
     tables = {"providers.echo": {}, "gateway.http": {"port": 0}, table: {"url": url}}
     with pytest.raises(ConfigurationError) as refused:
-        start_gateway(write_toml(tmp_path / "gtl.toml", tables))
+        start_gateway(write_toml(tmp_path / "gtl.toml", tables)).stop()  # (stopped, should it start)
     message = str(refused.value)
     assert "is not a valid PostgreSQL URL" in message and said in message
     assert PASSWORD not in message
