@@ -84,7 +84,19 @@ def gateway_pid(*, pid: int | None = None, pidfile: str | os.PathLike[str] | Non
 
 
 _GATEWAY_COMMANDS = ("gtl_nb", "gtl")
-"""What a gateway's command line holds (``gtl serve``, ``python -m gtl_nb serve``, ``python -m gtl_nb.gateway``)."""
+"""The programs whose ``serve`` subcommand is a gateway (``gtl serve``, ``python -m gtl_nb serve``)."""
+
+
+def _runs_a_gateway(words: list[str]) -> bool:
+    """Whether a command line is a gtl_nb gateway's: ``gtl … serve …``, ``python -m gtl_nb … serve …`` or
+    ``python -m gtl_nb.gateway …`` — not any ``gtl`` command (``gtl complete`` and ``gtl audit tail -f`` end
+    at a SIGHUP, and so would a notebook's kernel started as ``python -m gtl_nb…``)."""
+    for index, word in enumerate(words):
+        if word == "gtl_nb.gateway" or word.startswith("gtl_nb.gateway."):
+            return True
+        if Path(word).name in _GATEWAY_COMMANDS and "serve" in words[index + 1 :]:
+            return True
+    return False
 
 
 def _command_line(pid: int) -> list[str] | None:
@@ -105,7 +117,7 @@ def _not_a_gateway(pid: int) -> str | None:
         if Path("/proc/self").exists() and not Path(f"/proc/{pid}").exists():
             return f"no process {pid}: is the gateway running?"
         return None
-    if any(Path(word).name in _GATEWAY_COMMANDS or word.startswith("gtl_nb") for word in words):
+    if _runs_a_gateway(words):
         return None
     shown = " ".join(words)[:80] or "?"
     return f"process {pid} is not a gtl_nb gateway ({shown}); SIGHUP would likely end it, so none was sent"

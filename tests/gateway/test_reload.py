@@ -523,6 +523,33 @@ def test_gtl_reload_waits_for_a_gateways_report_and_signals_without_one(tmp_path
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="asks /proc which program a process runs")
+@pytest.mark.parametrize(
+    "words", [("gtl", "complete", "a long answer"), ("gtl_nb", "audit", "tail", "-f"), ("-m", "gtl_nb.notebook")]
+)
+def test_gtl_reload_signals_no_gtl_command_but_a_gateway(tmp_path: Path, words: tuple[str, ...]) -> None:
+    # `gtl complete` (or a kernel started as python -m gtl_nb...) ends at a SIGHUP: only `serve` is a gateway
+    from gtl_nb.gateway.reload_cli import send_reload
+
+    got = tmp_path / "hang-ups"
+    code = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGHUP, lambda *_: open(sys.argv[1], 'a').write('x'))\n"
+        "time.sleep(60)\n"
+    )
+    other = subprocess.Popen([sys.executable, "-c", code, str(got), *words])
+    try:
+        deadline = time.monotonic() + 5
+        while words[-1].encode() not in Path(f"/proc/{other.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)  # (just after its start a process may show no command line yet)
+        with pytest.raises(ConfigurationError, match=r"(?s)is not a gtl_nb gateway .*none was sent"):
+            send_reload(other.pid)
+        assert not got.exists() and other.poll() is None
+    finally:
+        other.kill()
+        other.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="asks /proc which program a process runs")
 def test_gtl_reload_never_ends_a_gateway_on_its_pipes(tmp_path: Path) -> None:
     # a gateway on --stdio has no reload: SIGHUP ends it, so gtl reload refuses and sends nothing
     code = "import time; time.sleep(60)"
