@@ -125,6 +125,7 @@ def _pidfile(path: str | None) -> Iterator[None]:
         yield
         return
     file = Path(path).expanduser()
+    _refuse_a_running_gateways(file, path)
     try:
         file.write_text(f"{os.getpid()}\n", encoding="ascii")
     except OSError as exc:
@@ -136,6 +137,23 @@ def _pidfile(path: str | None) -> Iterator[None]:
         with contextlib.suppress(OSError):
             if file.read_text(encoding="ascii").strip() == str(os.getpid()):
                 file.unlink()
+
+
+def _refuse_a_running_gateways(file: Path, path: str) -> None:
+    """``ConfigurationError`` when the pid file names another gateway that still runs: taking it over
+    would leave that one with no pid file at this one's exit (``gtl reload --pidfile`` and a systemd
+    ``PIDFile=`` could no longer reach it). A file left by a gateway that ended, or naming a process
+    that is no gateway (its id taken since), is taken over."""
+    from gtl_nb.gateway.reload_cli import running_gateway
+
+    try:
+        text = file.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return
+    if not text.isdigit() or int(text) <= 0 or int(text) == os.getpid():
+        return
+    if running_gateway(int(text)):
+        raise ConfigurationError(f"--pidfile {path}: gateway {text} is running and uses it; give this one its own")
 
 
 def _with_command_line(options: Any, args: argparse.Namespace) -> Any:

@@ -123,6 +123,11 @@ def _not_a_gateway(pid: int) -> str | None:
     return f"process {pid} is not a gtl_nb gateway ({shown}); SIGHUP would likely end it, so none was sent"
 
 
+def running_gateway(pid: int) -> bool:
+    """Whether process ``pid`` runs and is (as far as ``/proc`` tells) a gtl_nb gateway."""
+    return _alive(pid) and _not_a_gateway(pid) is None
+
+
 def send_reload(pid: int) -> None:
     """SIGHUP to ``pid`` (``ConfigurationError`` when no such process, not a gateway, or not ours to signal)."""
     hang_up = getattr(signal, "SIGHUP", None)

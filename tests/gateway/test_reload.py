@@ -322,6 +322,43 @@ def _gtl_reload(pidfile: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+def test_a_second_gateway_refuses_the_pidfile_of_a_running_one(tmp_path: Path, sims: SimpleNamespace) -> None:
+    # it took the file over and removed it at its exit: gtl reload --pidfile could no longer reach the first
+    fast = {"type": "openai", "api_key": SIM_KEY, "base_url": sims.fast.base_url}
+    config = write_toml(tmp_path / "gtl.toml", tables(tmp_path, {"fast": fast}))
+    pidfile = tmp_path / "gateway.pid"
+    with _served_with_pidfile(config, pidfile) as first:
+        assert gateway_pid(pidfile=pidfile) == first.process.pid
+        second = subprocess.run(
+            [
+                *(sys.executable, "-m", "gtl_nb", "serve", "--config", str(config), "--http", "127.0.0.1:0"),
+                *("--pidfile", str(pidfile)),
+            ],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 2, (second.stdout, second.stderr)
+        assert (
+            f"--pidfile {pidfile}: gateway {first.process.pid} is running and uses it; give this one its own"
+            in second.stderr
+        ), second.stderr
+        assert gateway_pid(pidfile=pidfile) == first.process.pid
+        assert Path(f"{pidfile}.reload").exists()
+        done = _gtl_reload(pidfile)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.startswith(f"gateway {first.process.pid}: reloaded the configuration"), done.stdout
+    # a file the first one left (killed, say) names no running gateway: the next start takes it over
+    pidfile.write_text(f"{first.process.pid}\n", encoding="ascii")
+    with _served_with_pidfile(config, pidfile) as later:
+        assert gateway_pid(pidfile=pidfile) == later.process.pid
+        # the file handed to another process meanwhile is never removed at this one's exit
+        pidfile.write_text("1\n", encoding="ascii")
+    assert pidfile.read_text(encoding="ascii") == "1\n"
+
+
 def test_gtl_reload_of_what_needs_a_restart_exits_non_zero_and_says_which(tmp_path: Path, sims: SimpleNamespace):
     """``auth`` switched from "none" to "jwt" was reported "restart to apply" and ``gtl reload`` exited 0:
     a script would think tokens were now checked, while every caller still got in — and a deployment the
