@@ -216,7 +216,7 @@ def _serve_listeners(
     ``shutting down`` one, and the exit status is 0. A SIGHUP then is kept for after the start."""
     from gtl_nb.gateway.config_exposure import config_file_warnings
     from gtl_nb.gateway.listeners import Shutdown
-    from gtl_nb.gateway.readiness import degraded_summary, refuses_every_token
+    from gtl_nb.gateway.readiness import degraded_summary, look_at_shared_stores, refuses_every_token
     from gtl_nb.gateway.reload import FAIL_OVER_NOTE, Reloader, SwappableAuthenticator
     from gtl_nb.gateway.reload_report import ReloadReporter, report_path
     from gtl_nb.gateway.server import open_parts, serve
@@ -261,6 +261,9 @@ def _serve_listeners(
         engines.append(parts.engine)
         try:
             if shutdown.is_stopping:  # a signal came while the stores opened: no listener starts
+                return
+            await look_at_shared_stores(parts.engine)  # a Redis away now is said on the ready line
+            if shutdown.is_stopping:
                 return
             for problem in settings.missing_credentials(parts.engine.credentials.resolve):
                 print(f"gtl gateway: warning: {problem} ({FAIL_OVER_NOTE})", file=sys.stderr, flush=True)

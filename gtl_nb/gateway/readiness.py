@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from gtl_nb.gateway.listeners import is_loopback
@@ -22,7 +23,14 @@ from gtl_nb.gateway.scopes import SCOPES, has_scope
 from gtl_nb.gateway.sessions import Authenticate
 from gtl_nb.log import get_logger
 
-__all__ = ["degraded_parts", "degraded_summary", "may_read_reasons", "readiness", "refuses_every_token"]
+__all__ = [
+    "degraded_parts",
+    "degraded_summary",
+    "look_at_shared_stores",
+    "may_read_reasons",
+    "readiness",
+    "refuses_every_token",
+]
 
 log = get_logger("gateway")
 
@@ -58,6 +66,30 @@ def degraded_summary(engine: Any, authenticate: Authenticate) -> str | None:
         if cause not in causes:
             causes.append(cause)
     return f"{', '.join(names)} — {'; '.join(causes)}" if names else None
+
+
+async def look_at_shared_stores(engine: Any) -> None:
+    """Ask each Redis store of ``engine`` (budgets, cache, breakers, coalescing) once, at start, whether
+    its server takes a write: one that does not is degraded before the ``ready`` line is written, as a
+    PostgreSQL ledger or a revocation list that cannot be read already is (each store would otherwise
+    find out at its first call, after the line said a plain ``ready``). Each failure is logged once by
+    the store; this never raises for one."""
+    from gtl_nb.engine.stores.redis_client import RedisUnavailableError
+
+    async def look(outage: Any) -> None:
+        if outage.down:  # told by another store of its server meanwhile
+            return
+        with contextlib.suppress(RedisUnavailableError):
+            await outage.look()
+
+    stores = engine.stores
+    outages = []
+    for part in (stores.budgets, stores.cache, stores.breakers, getattr(engine, "flights", None)):
+        outage = getattr(part, "outage", None)
+        if outage is not None and callable(getattr(outage, "look", None)):
+            outages.append(outage)
+    for outage in outages:  # one at a time: the first to find a server gone tells that server's others
+        await look(outage)
 
 
 def _parts(engine: Any, authenticate: Authenticate) -> dict[str, Any]:

@@ -112,3 +112,42 @@ def test_readyz_collects_every_part_that_says_it_is_degraded(monkeypatch: pytest
         "budgets": "budgets reason",
         "coalescing": "flights reason",
     }
+
+
+def test_the_ready_line_names_the_redis_stores_that_fail_their_first_look(tmp_path: Path):
+    # a Redis that does not answer at start is said where the operator looks first, as a PostgreSQL
+    # ledger that cannot be reached is: "ready, degraded: budgets, cache, breakers, ...", not "ready"
+    import socket
+
+    import httpx
+
+    from gtl_nb.gateway.local import start_gateway
+    from tests.gateway.conftest import write_toml
+
+    if importlib.util.find_spec("redis") is None:
+        pytest.skip("redis-py is not installed")
+    with socket.socket() as holder:  # a port where nothing listens (taken, then let go)
+        holder.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{holder.getsockname()[1]}/0"
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {
+            "ledger": {"path": str(tmp_path / "ledger.sqlite3")},
+            "budgets": {"requests_per_minute": 1000, "backend": dead},
+            "cache": {"enabled": True, "backend": dead},
+            "routing.breaker": {"backend": dead},
+            "providers.echo": {},
+            "gateway.http": {"port": 0},
+        },
+    )
+    with start_gateway(config, env={"GTL_NB_LOG": ""}) as gateway:
+        output = "".join(gateway.output)
+        ready = [line for line in output.splitlines() if line.startswith("gtl gateway: ready")]
+        assert len(ready) == 1, output
+        assert ready[0].startswith("gtl gateway: ready, degraded: budgets, cache, breakers"), ready[0]
+        assert "unreachable" in ready[0], ready[0]
+        answer = httpx.get(gateway.url("http") + "/readyz", timeout=10)
+        assert answer.status_code == 200 and answer.json()["status"] == "degraded", answer.text
+        assert {"budgets", "cache", "breakers"} <= set(answer.json()["degraded"])
+        body = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
+        assert httpx.post(gateway.url("http") + "/v1/chat/completions", json=body, timeout=30).status_code == 200

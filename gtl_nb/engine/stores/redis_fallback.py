@@ -147,6 +147,11 @@ class RedisOutage:
         self.answered()
         return result
 
+    async def look(self) -> None:
+        """One write now (the probe's), its outcome noted as a call's: the gateway's first look at start,
+        so its ``ready`` line names a Redis that does not answer. ``RedisUnavailableError`` when it fails."""
+        await self.call("a first look at start", self._write_probe)
+
     def failed(self, error: StoreError, *, tell_the_others: bool = True) -> None:
         """Redis failed a call: from now on, the fallback (the first failure of an outage is logged).
 
