@@ -124,6 +124,12 @@ def _add(args: argparse.Namespace) -> int:
 
 def _list(args: argparse.Namespace) -> int:
     vault = _open(args)
+    path = Path(vault.path)
+    if not path.exists() and not path.is_symlink():  # a mistyped --vault or path is no empty vault
+        raise ConfigurationError(
+            f"no vault file at {path}: check --vault (or [gateway.vault] path; a relative one is read from the "
+            "configuration file's folder). gtl keys add makes a new vault"
+        )
     infos = vault.list()
     if args.json:
         for info in infos:

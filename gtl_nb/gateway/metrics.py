@@ -105,7 +105,7 @@ Authenticate = Callable[[str | None], RequestContext]
 OTHER = "other"
 NONE = "none"
 TRANSPORTS = ("stdio", "http", "sse", "ws", "grpc", "quic")
-STORES = ("ledger", "budgets", "cache", "breakers", "coalescing", "revocations", "audit")
+STORES = ("ledger", "budgets", "cache", "breakers", "coalescing", "revocations", "audit", "vault")
 """The parts ``/readyz`` may call degraded: the ``store`` label of ``gtl_store_degraded``."""
 """The ``transport`` label's values (another name counts as ``other``)."""
 STATUSES = ("ok", "error", "cancelled")

@@ -41,7 +41,8 @@ def degraded_parts(engine: Any, authenticate: Authenticate) -> dict[str, str]:
     The engine's stores (``ledger``, ``budgets``, ``cache``, ``breakers``) and its registry of
     requests in flight shared across replicas (``coalescing``), the token revocation list of the
     authenticator (``revocations``: behind a reload's ``SwappableAuthenticator`` too) and the audit
-    log the server opened for the engine (``audit``, ``audit.audit_log_of``)."""
+    log the server opened for the engine (``audit``, ``audit.audit_log_of``), and the vault the engine's
+    keys come from (``vault``: a changed file it cannot use, ``VaultCredentials.degraded_reason``)."""
     degraded = {}
     for name, part in _parts(engine, authenticate).items():
         reason = getattr(part, "degraded_reason", None) if part is not None else None
@@ -105,6 +106,7 @@ def _parts(engine: Any, authenticate: Authenticate) -> dict[str, Any]:
         "coalescing": getattr(engine, "flights", None),
         "revocations": getattr(target, "revocations", None),
         "audit": audit_log_of(engine),
+        "vault": getattr(engine, "credentials", None),
     }
     return parts
 

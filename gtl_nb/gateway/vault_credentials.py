@@ -31,7 +31,8 @@ Failures (each names the deployment and the key name, never a value):
   not: the gateway warns of it at start and on each reload, naming the deployment and the key, and
   that deployment's requests fail over or end ``PROVIDER_UNAVAILABLE`` (its operator told in the log)
   until the key is added back or the table changed; removing a key must never block the reload that
-  follows it.
+  follows it. A ``path`` that names no file at all while the table gives stored keys does stop the start
+  (a mistyped path would serve a gateway that can call none of them).
 
 How the engine asks (the engine cannot import the gateway; ``resolve_for`` is found by duck typing,
 or through a protocol declared in ``engine.credentials``), with the request's context::
@@ -48,7 +49,8 @@ modification time changed, reads and verifies it again. A file written within th
 is also re-read byte for byte (a clock tick can hide a second write). A change that cannot be used —
 a damaged or tampered file, a master key that does not open it, a lower ``generation`` than the one
 loaded (an old copy put back) — is logged as a warning naming the file and the problem, and the keys
-loaded before stay in use; ``last_error`` says why. With the master key in a file, a master key
+loaded before stay in use; ``last_error`` says why, and ``degraded_reason`` puts it in ``/readyz``.
+With the master key in a file, a master key
 rotation needs no restart either: the gateway reads the key file again when it changes.
 """
 
@@ -192,6 +194,7 @@ class VaultCredentials:
         self._clock = clock
         self._lock = threading.Lock()
         self._last_error: str | None = None
+        self._refuse_a_missing_file()
         self._loaded = self._load(master.load(), self._stamp(), None)
         self._next_check = clock() + check_interval
         self._next_forced = clock()
@@ -228,6 +231,20 @@ class VaultCredentials:
     def last_error(self) -> str | None:
         """Why the latest change of the vault was not taken up (``None``: the file in use is current)."""
         return self._last_error
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """``/readyz``'s line for the vault (and ``gtl_store_degraded{store="vault"}``): why the file on
+        disk is not the one in use — damaged, tampered, a key that does not open it, an older copy — or
+        ``None`` when it is. Asking looks at the file (a ``stat``, at most once per ``check_interval``),
+        so a vault damaged or mended while no request comes is seen too."""
+        self._current()
+        error = self._last_error
+        if error is None:
+            return None
+        kept = len(self._loaded.snapshot.entries)
+        keys = f"{kept} key{'' if kept == 1 else 's'}"
+        return f"{error}; serving the {keys} loaded before (a restart would refuse this file)"
 
     @property
     def generation(self) -> int:
@@ -350,6 +367,20 @@ class VaultCredentials:
             if self._keys[deployment] in entries:
                 self._entry(self._loaded.snapshot, deployment, self._keys[deployment], chosen_by_token=False)
 
+    def _refuse_a_missing_file(self) -> None:
+        """A start whose ``keys`` table names stored keys, with no vault file at ``path``, is refused: a
+        mistyped path (or a vault not copied to this host) would serve a gateway that can call none of
+        those deployments, with warnings that the keys were removed. (A key the vault does not have is
+        only warned of: removing a leaked key must not block a start.)"""
+        if not self._keys or self.path.exists() or self.path.is_symlink():
+            return
+        named = ", ".join(f"{name!r} for {deployment!r}" for deployment, name in sorted(self._keys.items()))
+        raise ConfigurationError(
+            f"[gateway.vault] path: no vault file at {self.path}, while [gateway.vault] keys gives stored keys "
+            f"({named}): check the path (a relative one is read from the configuration file's folder), or make "
+            "the vault there first (gtl keys add NAME --deployment D)"
+        )
+
     def _current(self) -> VaultSnapshot:
         if self._clock() >= self._next_check:
             with self._lock:
@@ -376,6 +407,13 @@ class VaultCredentials:
             self._last_error = str(exc)
             return
         self._loaded = fresh
+        if self._last_error is not None:  # said as the trouble was: an operator who saw it sees its end
+            log.warning(
+                "the vault %s can be used again: %d keys, generation %d, in use from now on",
+                self.path,
+                len(fresh.snapshot.entries),
+                fresh.snapshot.generation,
+            )
         self._last_error = None
 
     def _load(self, master: MasterKey, stamp: tuple[Any, ...], before: _Loaded | None) -> _Loaded:
