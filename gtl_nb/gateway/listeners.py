@@ -83,6 +83,59 @@ CERTIFICATE_RENEWAL_DAYS = 7
 """How close to its end a listener's certificate is when the gateway warns at start."""
 
 
+_CERTIFICATE_MARK = b"-----BEGIN CERTIFICATE-----"
+_KEY_MARKS = (b"PRIVATE KEY-----",)  # BEGIN PRIVATE KEY, RSA/EC PRIVATE KEY, ENCRYPTED PRIVATE KEY
+
+
+def _holds_key(data: bytes) -> bool:
+    return any(mark in data for mark in _KEY_MARKS)
+
+
+def tls_files_mistake(cert: Path, key: Path) -> str | None:
+    """What is wrong with a certificate and key pair the TLS library refused, when the files tell: a
+    file that cannot be read, the two paths swapped, a file that is not PEM, a key that does not belong to
+    the certificate — ``None`` when none of these is it (the library's own words are then all there is)."""
+    try:
+        cert_data, key_data = cert.read_bytes(), key.read_bytes()
+    except OSError:
+        return None  # the library's message names the file and the errno
+    if _CERTIFICATE_MARK not in cert_data:
+        if _holds_key(cert_data) and not _holds_key(key_data) and _CERTIFICATE_MARK in key_data:
+            return (
+                f"{cert} holds a private key and {key} a certificate: tls_cert and tls_key swapped? "
+                "(--tls-cert takes the certificate, --tls-key its key)"
+            )
+        if _holds_key(cert_data):
+            return f"{cert} holds a private key, not a certificate: tls_cert and tls_key swapped?"
+        return f"{cert} is not a PEM certificate (no '-----BEGIN CERTIFICATE-----' line)"
+    if not _holds_key(key_data):
+        if _CERTIFICATE_MARK in key_data:
+            return f"{key} holds a certificate, not a private key: tls_cert and tls_key swapped?"
+        return f"{key} is not a PEM private key (no '-----BEGIN … PRIVATE KEY-----' line)"
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+    except ImportError:
+        return None
+    try:
+        certificate = x509.load_pem_x509_certificate(cert_data)
+    except ValueError:
+        return f"{cert} holds a certificate that cannot be read (damaged, or not base64 PEM)"
+    try:
+        private = serialization.load_pem_private_key(key_data, password=None)
+    except TypeError:
+        return f"{key} is encrypted with a passphrase: the gateway takes an unencrypted key (mode 0600)"
+    except (ValueError, serialization.UnsupportedAlgorithm):
+        return f"{key} holds a private key that cannot be read (damaged, or not base64 PEM)"
+    raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    if private.public_key().public_bytes(*raw) != certificate.public_key().public_bytes(*raw):
+        return (
+            f"the key {key} does not belong to the certificate {cert} (their public keys differ): give tls_key "
+            "the key made with that certificate"
+        )
+    return None
+
+
 @functools.lru_cache(maxsize=64)
 def _warn_of_dates(path: str, modified_ns: int) -> None:
     """``TlsFiles.say_if_out_of_date`` for the file at ``path`` as it was at ``modified_ns``."""
@@ -119,11 +172,22 @@ class TlsFiles:
         try:
             context.load_cert_chain(self.cert, self.key)
         except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(f"cannot load the TLS certificate {self.cert} and key {self.key}: {exc}") from None
+            raise self.refusal(exc) from None
         self.say_if_out_of_date()
         if alpn:
             context.set_alpn_protocols(list(alpn))
         return context
+
+    def refusal(self, exc: BaseException) -> ConfigurationError:
+        """The error for files the TLS library would not load (``exc``): what is wrong in our words when
+        the files tell — the two swapped, a file that is no PEM, a key of another certificate — else the
+        library's (OpenSSL's "no certificate assigned" or "PEM lib" say nothing of which mistake it is)."""
+        said = tls_files_mistake(self.cert, self.key)
+        if said is None and isinstance(exc, ConfigurationError):
+            return exc  # already ours (the QUIC library's refusal, worded by its caller)
+        if said is None:
+            said = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return ConfigurationError(f"cannot load the TLS certificate {self.cert} and key {self.key}: {said}")
 
     def say_if_out_of_date(self) -> None:
         """Log a warning, once a file, when the certificate is not valid now or runs out within

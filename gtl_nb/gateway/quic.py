@@ -116,7 +116,10 @@ async def serve_quic(
     if listener.tls is None:
         raise ConfigurationError("[gateway.quic] needs tls_cert and tls_key: QUIC always runs over TLS 1.3")
     listener.tls.say_if_out_of_date()
-    configuration = server_configuration(listener.tls.cert, listener.tls.key, idle_timeout=limits.idle_timeout)
+    try:
+        configuration = server_configuration(listener.tls.cert, listener.tls.key, idle_timeout=limits.idle_timeout)
+    except ConfigurationError as exc:
+        raise listener.tls.refusal(exc) from None
     gateway = _Gateway(engine, authenticate=authenticate, limits=limits, shutdown=shutdown)
     loop = asyncio.get_running_loop()
     try:

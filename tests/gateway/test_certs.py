@@ -155,3 +155,46 @@ def test_a_listener_whose_certificate_runs_out_within_a_week_is_warned_of_once(t
     warned = [record.getMessage() for record in caplog.records if record.name == "gtl_nb.gateway.tls"]
     assert len(warned) == 1, warned
     assert f"the TLS certificate {soon.certificate} expires on " in warned[0] and "gtl certs DIR" in warned[0]
+
+
+def test_tls_file_mistakes_are_said_in_our_words(tmp_path):
+    # OpenSSL says "no certificate assigned" for a key of another certificate and "PEM lib" for two
+    # swapped paths: neither tells the operator which mistake it is
+    from gtl_nb.protocol.errors import ConfigurationError
+
+    one = make_dev_certificates(tmp_path / "one", ["127.0.0.1"])
+    other = make_dev_certificates(tmp_path / "other", ["127.0.0.1"])
+    TlsFiles(one.certificate, one.key).server_context()  # the pair itself loads
+    not_pem = tmp_path / "notes.txt"
+    not_pem.write_text("not a certificate\n")
+    cases = [
+        ((one.certificate, other.key), f"the key {other.key} does not belong to the certificate {one.certificate}"),
+        ((one.key, one.certificate), "tls_cert and tls_key swapped?"),
+        ((one.certificate, one.certificate), f"{one.certificate} holds a certificate, not a private key"),
+        ((one.key, one.key), f"{one.key} holds a private key, not a certificate: tls_cert and tls_key swapped?"),
+        ((not_pem, one.key), f"{not_pem} is not a PEM certificate"),
+        ((one.certificate, not_pem), f"{not_pem} is not a PEM private key"),
+    ]
+    for (cert, key), words in cases:
+        with pytest.raises(ConfigurationError) as refused:
+            TlsFiles(cert, key).server_context()
+        message = refused.value.message
+        assert message.startswith(f"cannot load the TLS certificate {cert} and key {key}: "), message
+        assert words in message, message
+        assert "_ssl.c" not in message and "PEM lib" not in message, message
+    # and from the command line, as an operator meets it
+    started = subprocess.run(
+        [
+            *(sys.executable, "-m", "gtl_nb", "serve", "--http", "127.0.0.1:0"),
+            *("--tls-cert", str(one.key), "--tls-key", str(one.certificate)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "data"), "XDG_CONFIG_HOME": str(tmp_path / "config")},
+    )
+    assert started.returncode == 2, (started.stdout, started.stderr)
+    assert f"{one.key} holds a private key and {one.certificate} a certificate: tls_cert and tls_key swapped?" in (
+        started.stderr
+    ), started.stderr
