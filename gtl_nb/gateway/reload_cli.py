@@ -237,12 +237,15 @@ def _reload(args: argparse.Namespace) -> int:
 _RESTART = "changed but not reloadable, restart to apply: "
 _NOT_RENEWED = "token policy not renewed"
 _WARNING = "; warning: "
+_SECRET_ENV_NOTE = "; [gateway.jwt] secret_env is read at start"
+"""The start of the note ``reload.secret_env_note`` ends a line with: said of every reload of a gateway
+whose secret is in its environment, it is no item of what a reload left undone."""
 
 
 def _what_is_left(line: str | None) -> str:
     """What a reload taken in part left undone, from its line: the settings that need a restart, the
     token policy to ask for again."""
-    text, left = line or "", []
+    text, left = (line or "").split(_SECRET_ENV_NOTE)[0], []
     # (the line's order: what changed; the token policy not renewed; the restart list; warnings)
     token, restart = text.find(_NOT_RENEWED), text.find(_RESTART)
     if token >= 0:

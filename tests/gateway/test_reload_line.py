@@ -126,6 +126,17 @@ def test_an_upstream_change_is_named_restart_to_apply(tmp_path: Path, gateway: _
     )
 
 
+def test_the_secret_env_note_is_no_item_of_what_a_partial_reload_left_undone(tmp_path: Path, gateway: _Gateway):
+    """``gtl reload``'s "took the reload in part: …" lists what is left to do; the note that a secret in
+    the environment is read at start is said on every such reload, whether the secret changed or not, so
+    it stays in the gateway's line (once) and out of that list, where it read as one more pending restart."""
+    from gtl_nb.gateway.reload_cli import _what_is_left
+
+    line = gateway.reload(_tables(tmp_path, upstream={"max_connections": 7}))
+    assert line.count("secret_env is read at start") == 1, line
+    assert _what_is_left(line) == "restart the gateway to apply [upstream]"
+
+
 def test_public_keys_compare_by_what_they_are_not_by_which_object(tmp_path: Path):
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
