@@ -87,7 +87,15 @@ from gtl_nb.gateway.compat import compat_routes
 from gtl_nb.gateway.compat.reply import try_later
 from gtl_nb.gateway.compat.routes import compat_refusal
 from gtl_nb.gateway.connection_budget import listener_share
-from gtl_nb.gateway.listeners import MIN_REQUEST_RATE, Limits, ListenerSettings, Ready, Shutdown, is_loopback
+from gtl_nb.gateway.listeners import (
+    MIN_REQUEST_RATE,
+    Limits,
+    ListenerSettings,
+    Ready,
+    Shutdown,
+    TlsServer,
+    is_loopback,
+)
 from gtl_nb.gateway.offload import OffloadedFrames, converted
 from gtl_nb.gateway.permissions import completion_refusal, visible_providers
 from gtl_nb.gateway.principal_sessions import sessions_of
@@ -1742,18 +1750,24 @@ async def serve_http(
         )
         config.load()
         state = ServerState()
+
         # our own create_server rather than uvicorn.Server: no signal handlers, no polling loop, and the
         # TLS handshake gets the header deadline too (uvicorn leaves asyncio's 60 s)
-        server = await asyncio.get_running_loop().create_server(
-            lambda: http_protocol(config=config, server_state=state, app_state={}),
-            sock=sock,
-            ssl=tls,
-            ssl_handshake_timeout=limits.header_timeout if tls is not None else None,
-            # asyncio's default backlog (100) overflows with a burst of connections — one client opening its
-            # share at once — and the kernel then drops the handshakes' last ACKs: other clients' requests
-            # arrive seconds late and can be cut at header_timeout (408). Let the kernel queue what it allows.
-            backlog=socket.SOMAXCONN,
-        )
+        def protocol() -> Any:
+            return http_protocol(config=config, server_state=state, app_state={})
+
+        server: Any
+        if tls is not None:  # plain HTTP to it is answered 400 "this port speaks TLS", as nginx does
+            server = TlsServer(sock, protocol, tls, handshake_timeout=limits.header_timeout, backlog=socket.SOMAXCONN)
+        else:
+            server = await asyncio.get_running_loop().create_server(
+                protocol,
+                sock=sock,
+                # asyncio's default backlog (100) overflows with a burst of connections — one client opening its
+                # share at once — and the kernel then drops the handshakes' last ACKs: other clients' requests
+                # arrive seconds late and can be cut at header_timeout (408). Let the kernel queue what it allows.
+                backlog=socket.SOMAXCONN,
+            )
     except BaseException:
         sock.close()
         raise

@@ -19,17 +19,20 @@ says so and why.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import errno
 import functools
 import ipaddress
 import math
+import socket
 import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gtl_nb.engine.loop import within
 from gtl_nb.gateway.principal_sessions import DEFAULT_MAX_SESSIONS_PER_PRINCIPAL
 from gtl_nb.gateway.proxies import TrustedProxies
 from gtl_nb.log import get_logger
@@ -387,3 +390,119 @@ class Shutdown:
 
 def _nothing() -> None:
     """What cancels a grace that never ends."""
+
+
+PLAIN_HTTP_TO_TLS_BODY = (
+    b'{"type":"error","error":{"type":"invalid_request_error","code":"plain_http_to_tls_port","param":null,'
+    b'"message":"this port speaks TLS: connect with https:// (wss:// for WebSocket)"}}'
+)
+"""What plain HTTP sent to the gateway's own TLS listener is answered (``400``), in nginx's words and shape
+(``deploy/nginx/gtl.conf.template``): the OpenAI and Anthropic SDKs read its message."""
+PLAIN_HTTP_TO_TLS = (
+    b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\nconnection: close\r\n"
+    + b"content-length: %d\r\n\r\n" % len(PLAIN_HTTP_TO_TLS_BODY)
+    + PLAIN_HTTP_TO_TLS_BODY
+)
+_TLS_HANDSHAKE = 0x16  # a TLS record's first byte: a handshake (the ClientHello)
+_ACCEPT_PAUSE = 1.0  # seconds without accepting after the process ran out of file descriptors (as asyncio)
+
+
+class TlsServer:
+    """``loop.create_server(ssl=…)``'s stand-in for a TLS listener that looks at each connection's first
+    bytes before its handshake: a TLS ClientHello (or anything but a letter) goes to TLS as before
+    (``connect_accepted_socket``, the same handshake deadline, the same protocol); plain HTTP (a request
+    line starts with its method, letters) is answered ``PLAIN_HTTP_TO_TLS`` and closed, so a client sent
+    to ``http://`` by mistake reads what to do instead of a bare disconnect. Nothing is read before TLS
+    starts (the bytes are peeked, ``MSG_PEEK``) and nothing is sent but that fixed answer: TLS is what it
+    was. Waiting for the first bytes and the handshake share ``handshake_timeout``.
+
+    Offers what the HTTP listener asks of the loop's server: ``close()`` (stop accepting, at once) and
+    ``wait_closed()``."""
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        protocol_factory: Callable[[], asyncio.BaseProtocol],
+        context: ssl.SSLContext,
+        *,
+        handshake_timeout: float,
+        backlog: int,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._sock = sock
+        self._factory = protocol_factory
+        self._context = context
+        self._timeout = handshake_timeout
+        self._closed = False
+        self._starting: set[asyncio.Task[None]] = set()  # connections not handed to TLS yet
+        sock.setblocking(False)
+        sock.listen(backlog)
+        self._accepting = self._loop.create_task(self._accept(), name=f"gtl_nb tls accept {sock.getsockname()}")
+
+    def close(self) -> None:
+        """Stop accepting (the listening socket closed). A connection accepted before goes on to its
+        handshake, as with the loop's own server: a request it then sends is refused by the draining
+        gateway in words, with its row, not cut."""
+        if self._closed:
+            return
+        self._closed = True
+        self._accepting.cancel()
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        """Wait for the accepting task and the connections not yet handed over to end (after ``close``)."""
+        await asyncio.gather(self._accepting, *self._starting, return_exceptions=True)
+
+    async def _accept(self) -> None:
+        while not self._closed:
+            try:
+                connection, _ = await self._loop.sock_accept(self._sock)
+            except OSError as exc:
+                if self._closed:
+                    return
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.error("out of file descriptors: accepting no connection for %g s (%s)", _ACCEPT_PAUSE, exc)
+                    await asyncio.sleep(_ACCEPT_PAUSE)
+                continue  # (a connection reset before it was accepted, say)
+            task = self._loop.create_task(self._start(connection))
+            self._starting.add(task)
+            task.add_done_callback(self._starting.discard)
+
+    async def _start(self, connection: socket.socket) -> None:
+        began = self._loop.time()
+        try:
+            first = await within(self._first_bytes(connection), self._timeout)
+        except asyncio.CancelledError:
+            connection.close()
+            raise
+        except (asyncio.TimeoutError, OSError):
+            connection.close()  # nothing came within the deadline (as a handshake that never comes), or gone
+            return
+        if first[:1].isalpha():
+            with contextlib.suppress(OSError):
+                connection.send(PLAIN_HTTP_TO_TLS)  # a few hundred bytes: an empty send buffer takes them
+                connection.shutdown(socket.SHUT_WR)
+            connection.close()
+            return
+        left = max(0.001, self._timeout - (self._loop.time() - began))
+        try:
+            await self._loop.connect_accepted_socket(
+                self._factory, connection, ssl=self._context, ssl_handshake_timeout=left
+            )
+        except asyncio.CancelledError:
+            connection.close()
+            raise
+        except Exception as exc:  # a failed or late handshake ends the connection, as the loop's own server does
+            log.debug("TLS handshake failed: %s", exc)
+            connection.close()
+
+    async def _first_bytes(self, connection: socket.socket) -> bytes:
+        """The connection's first bytes, peeked (left for TLS to read); ``b""`` when it closed at once."""
+        readable = self._loop.create_future()
+        descriptor = connection.fileno()
+        self._loop.add_reader(descriptor, lambda: readable.done() or readable.set_result(None))
+        try:
+            await readable
+        finally:
+            self._loop.remove_reader(descriptor)
+        return connection.recv(8, socket.MSG_PEEK)

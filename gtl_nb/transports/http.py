@@ -144,7 +144,7 @@ class HttpBackend(RemoteBackend):
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
         if response.status_code != 200:
-            raise _failure(response.status_code, response.content, self.label)
+            raise _failure(response.status_code, response.content, self.label, self.transport)
         _check_versions(response.headers.get(VERSION_HEADER), self.label)
         self._providers = msgspec.json.decode(response.content, type=list[ProviderInfo])
         said = response.headers.get(MAX_FRAME_HEADER, "")
@@ -198,7 +198,7 @@ class HttpBackend(RemoteBackend):
         except httpx.HTTPError as exc:
             raise self._unreachable(exc) from None
         if response.status_code != 200:
-            raise _failure(response.status_code, response.content, self.label)
+            raise _failure(response.status_code, response.content, self.label, self.transport)
         answer = decode(response.content, max_bytes=DEFAULT_MAX_FRAME_BYTES)
         if not isinstance(answer, Answer):
             raise ProviderUnavailableError(f"the {self.label} answered the {name} query with {type(answer).__name__}")
@@ -294,7 +294,7 @@ class HttpBackend(RemoteBackend):
                 status.append(response.status_code)
                 answered.set()
                 if response.status_code != 200:
-                    raise _failure(response.status_code, await response.aread(), self.label)
+                    raise _failure(response.status_code, await response.aread(), self.label, self.transport)
                 # only this session's stream events, in a legal order, each frame within the limit
                 reading = SessionStreamReader(sid)
                 payloads = SseData(DEFAULT_MAX_FRAME_BYTES) if self.sse else None
@@ -370,11 +370,21 @@ def _check_versions(spoken: str | None, label: str) -> None:
         ) from None
 
 
-def _failure(status: int, body: bytes, label: str) -> GTLError:
-    """The error a refused request carries in its body, or one naming the status."""
+_SECURE_TWIN = {"http": "https", "sse": "sses"}
+
+
+def _failure(status: int, body: bytes, label: str, transport: str = "") -> GTLError:
+    """The error a refused request carries in its body, or one naming the status (for plain HTTP sent to
+    a TLS port — nginx's, or the gateway's own TLS listener, answer it 400 "this port speaks TLS" — the
+    scheme to use)."""
     try:
         event = decode(body)
     except ProtocolError:
+        twin = _SECURE_TWIN.get(transport)
+        if status == 400 and twin and b"speaks tls" in body[:2048].lower():
+            return ProviderUnavailableError(
+                f"the {label} answered HTTP 400: that port speaks TLS; connect with {twin}://"
+            )
         return ProviderUnavailableError(f"the {label} answered HTTP {status}")
     if isinstance(event, Error):
         return error_from_event(event)

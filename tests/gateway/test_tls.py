@@ -36,8 +36,10 @@ def test_the_listener_reports_https_and_offers_the_tls_forms(tls_url, certs):
     trust = ssl.create_default_context(cafile=str(certs.ca))
     found = httpx.get(f"{tls_url}/.well-known/gtl", verify=trust).json()
     assert found["transports"] == {"ws": f"wss://{address}", "sse": f"sses://{address}", "http": tls_url}
-    with pytest.raises(httpx.HTTPError):  # the port speaks TLS only
-        httpx.get(f"http://{address}/healthz")
+    # the port speaks TLS only: plain HTTP is answered 400 in nginx's words (no more a bare disconnect)
+    plain = httpx.get(f"http://{address}/healthz")
+    assert plain.status_code == 400, plain.text
+    assert plain.json()["error"]["message"] == "this port speaks TLS: connect with https:// (wss:// for WebSocket)"
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
@@ -76,11 +78,11 @@ def test_a_certificate_from_another_ca_is_refused_clearly(tls_url, tmp_path, sch
 
 @pytest.mark.parametrize("scheme", ["http", "sse", "ws"])
 def test_a_plaintext_scheme_to_the_tls_listener_says_which_scheme_to_use(tls_url, scheme):
-    """The listener closes a plaintext request without an answer; the error names the TLS twin."""
+    """The listener answers a plaintext request 400 "this port speaks TLS"; the error names the TLS twin."""
     twin = {"http": "https", "sse": "sses", "ws": "wss"}[scheme]
     with pytest.raises(ProviderUnavailableError) as unreachable:
         gtl_nb.connect(f"{scheme}://{tls_url.partition('://')[2]}")
-    assert f"if that port serves TLS, connect with {twin}://" in str(unreachable.value)
+    assert f"HTTP 400: that port speaks TLS; connect with {twin}://" in str(unreachable.value)
 
 
 def test_a_port_with_nothing_listening_gets_no_tls_hint():
@@ -172,3 +174,32 @@ def test_an_expired_certificate_is_said_to_be_one_with_advice_that_fits(base_con
     message = str(refused.value)
     assert "certificate has expired" in message and "the gateway needs a new one" in message, message
     assert "verify=" not in message and "connect by a name" not in message
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_the_official_sdk_sent_to_http_on_the_tls_port_reads_what_to_do(tmp_path, certs, event_loop):
+    """An operator without nginx, a client given http:// for the gateway's own TLS listener: the SDK read a
+    bare disconnect ("Connection error."); now the listener answers 400 in nginx's words, and TLS works
+    as before on the same port, on either event loop."""
+    openai = pytest.importorskip("openai")
+    if event_loop == "uvloop":
+        pytest.importorskip("uvloop")
+    from gtl_nb.gateway.local import start_gateway
+    from tests.gateway.conftest import write_toml
+
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {"providers.echo": {}, "ledger": {"path": tmp_path / "ledger.sqlite"}, "gateway": {"event_loop": event_loop}},
+    )
+    with start_gateway(config, http="127.0.0.1:0", tls_cert=certs.certificate, tls_key=certs.key) as gateway:
+        address = gateway.url("http").partition("://")[2]
+        plain = openai.OpenAI(base_url=f"http://{address}/v1", api_key="unused", max_retries=0)
+        with plain, pytest.raises(openai.BadRequestError) as refused:
+            plain.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
+        assert "this port speaks TLS: connect with https://" in refused.value.message, refused.value.message
+        trust = httpx.Client(verify=ssl.create_default_context(cafile=str(certs.ca)))
+        secure = openai.OpenAI(base_url=f"https://{address}/v1", api_key="unused", max_retries=0, http_client=trust)
+        with secure:
+            answer = secure.chat.completions.create(model="echo", messages=[{"role": "user", "content": "hi"}])
+        assert answer.choices[0].message.content
+        assert any(f"(event loop {event_loop}" in line for line in gateway.output), gateway.output
