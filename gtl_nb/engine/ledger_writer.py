@@ -19,11 +19,12 @@ the next operation.
 
 Guarantees (``docs/ledger.md``, "How rows are written"):
 
-* **Nothing is dropped quietly.** A failed commit (disk full, locked beyond ``retry_for``) is
-  logged and the same batch retried, with backoff, until it lands; one request's unstorable values
-  never fail the others (``engine.ledger_batch``). A batch that fails for anything but the file —
-  a value or a defect that no retry changes — is written an operation at a time, and only an
-  operation that fails alone is dropped, with an error naming it: one bad row never stalls the rest.
+* **Nothing is dropped quietly.** A failed commit (disk full, locked by another process) is
+  logged and the same batch retried, with backoff, until it lands — a lock held for ``BLOCKED_AFTER``
+  seconds is said once (a warning, and ``degraded_reason`` for ``/readyz``), and its end once; one
+  request's unstorable values never fail the others (``engine.ledger_batch``). A batch that fails
+  for anything but the file — a value or a defect that no retry changes — is written an operation at
+  a time, and only an operation that fails alone is dropped, with an error naming it: one bad row never stalls the rest.
 * **Read-your-writes.** Every read through a ``Ledger`` of the same file in this process first waits
   for the writes queued before it (``flush``, through ``ledger.register_pending_writes``), and so
   does the budget counter that reads the ledger's rows (``flush_rows_of``).
@@ -46,6 +47,7 @@ import asyncio
 import atexit
 import os
 import random
+import sqlite3
 import threading
 import time
 from collections import ChainMap, deque
@@ -69,9 +71,18 @@ from gtl_nb.engine.ledger_spool import SpoolWriter, spool_path
 from gtl_nb.engine.ledger_watermark import Watermark
 from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
 from gtl_nb.engine.loop import stop_shared_loop
+from gtl_nb.engine.sqlite_files import is_busy
 from gtl_nb.log import get_logger
 
-__all__ = ["MAX_BATCH", "MAX_PENDING", "LedgerWriter", "acquire_writer", "flush_rows_of", "release_writer"]
+__all__ = [
+    "BLOCKED_AFTER",
+    "MAX_BATCH",
+    "MAX_PENDING",
+    "LedgerWriter",
+    "acquire_writer",
+    "flush_rows_of",
+    "release_writer",
+]
 
 log = get_logger("engine.ledger")
 
@@ -82,6 +93,7 @@ BACKSTOP_WINDOWS = 3  # windows a queued operation waits for its loop's commit b
 CHECKPOINT_EVERY = 0.25  # seconds from a commit to the thread's checkpoint of the write-ahead log
 _REPORT_EVERY = 30.0  # seconds between two log lines about the same failing commit
 GIVE_UP_MARGIN = 5.0  # seconds beyond the ledger's busy_timeout a close waits for the thread to spool
+BLOCKED_AFTER = 1.0  # seconds another process's write lock holds the commits back before the ledger says so
 
 
 class LedgerWriter:
@@ -142,6 +154,8 @@ class LedgerWriter:
         self._spool: SpoolWriter | None = None  # made when first needed (ledger_spool)
         self._urgent = False  # a start waiting for room: the thread writes now, whoever commits
         self._flush_target = 0  # a flush waits for this change: the thread writes until it is written
+        self._blocked_since: float | None = None  # monotonic time a commit first found the file locked
+        self._blocked_said = False  # ... for BLOCKED_AFTER or longer: degraded_reason says so
         # commits on the loop (see "the loop's commits" below)
         self._commit_lock = threading.Lock()  # held by whoever writes to the file: the thread or the loop
         self._loop: asyncio.AbstractEventLoop | None = None  # the event loop that commits while it runs
@@ -483,16 +497,22 @@ class LedgerWriter:
             self._next_checkpoint = time.monotonic() + CHECKPOINT_EVERY
 
     def _write(self, ops: list[Start | Finish], rowids: Mapping[int, int]) -> dict[int, int] | None:
-        """``write_batch`` of ``ops`` in one transaction, retried with backoff while the file fails
+        """``write_batch`` of ``ops`` in one transaction, retried while the file fails
         (``_the_files_trouble``: full, read-only, I/O, locked by others); ``None`` once ``close``
-        gave up waiting. Any other exception is the operations' own and is raised."""
+        gave up waiting. Any other exception is the operations' own and is raised.
+
+        Each attempt waits for nothing (``wait=False``): while another process holds the write lock the
+        thread tries again every few milliseconds (up to 0.1 s apart, as SQLite's own busy wait does)
+        instead of sleeping inside SQLite, so it sees how long the lock has held its commits — past
+        ``BLOCKED_AFTER`` the ledger says so (``degraded_reason``, one warning) until a commit lands."""
         if self._abandoned:  # a close gave up already: what is left goes to the spool without waiting
             return None
         hostname = self.ledger.hostname
-        delay, failing_since, reported = 0.05, 0.0, 0.0
+        memory = self.ledger.path == MEMORY  # nobody else holds its lock: SQLite's own wait is never used
+        delay, busy_delay, failing_since, reported = 0.05, 0.002, 0.0, 0.0
         while True:
             try:
-                started = self.ledger.transaction(lambda conn: write_batch(conn, ops, rowids, hostname))
+                started = self.ledger.transaction(lambda conn: write_batch(conn, ops, rowids, hostname), wait=memory)
                 break
             except Exception as exc:
                 if not _the_files_trouble(exc):
@@ -500,6 +520,12 @@ class LedgerWriter:
                 now = time.monotonic()
                 if self._abandoned:
                     return None
+                if _locked_by_another(exc):
+                    self._blocked(now)
+                    if self._abandon.wait(busy_delay * random.uniform(0.5, 1.5)):  # a close gave up meanwhile
+                        return None
+                    busy_delay = min(busy_delay * 2, 0.1)
+                    continue
                 if not failing_since:
                     failing_since = now
                 if now - reported >= _REPORT_EVERY:
@@ -517,7 +543,57 @@ class LedgerWriter:
             log.warning(
                 "ledger %s: writes succeed again after %.1f s", self.ledger.path, time.monotonic() - failing_since
             )
+        self._unblocked()
         return started
+
+    # -- a write lock held by another process ------------------------------------------------------
+
+    @property
+    def degraded_reason(self) -> str | None:
+        """``None``, or — while another process's write lock has held this writer's commits back for
+        ``BLOCKED_AFTER`` seconds or more — one line naming the file, for how long, and how many rows
+        and outcomes wait in memory meanwhile (what a crash now would lose)."""
+        with self._lock:
+            since = self._blocked_since if self._blocked_said else None
+            if since is None:
+                return None
+            ops = [*self._inflight, *self._queue]
+        rows = sum(1 for op in ops if isinstance(op, Start))
+        return (
+            f"the ledger file {self.ledger.path} has been locked by another process for "
+            f"{time.monotonic() - since:.1f} s; {rows} row(s) and {len(ops) - rows} outcome(s) wait in memory "
+            "for it (a crash now would lose them)"
+        )
+
+    def _blocked(self, now: float) -> None:
+        """A commit found the file locked by another process (the writer's thread): start the clock, and
+        say so once it has held the commits back for ``BLOCKED_AFTER`` seconds."""
+        with self._lock:
+            if self._blocked_since is None:
+                self._blocked_since = now
+            if self._blocked_said or now - self._blocked_since < BLOCKED_AFTER:
+                return
+            self._blocked_said = True
+            waiting = len(self._queue) + len(self._inflight)
+        log.warning(
+            "ledger %s: another process has held the file's write lock for %.1f s; %d queued write(s) wait in "
+            "memory and requests are still answered (a crash now would lose their rows and audit records)",
+            self.ledger.path,
+            now - self._blocked_since,
+            waiting,
+        )
+
+    def _unblocked(self) -> None:
+        """A commit landed: the lock, if it held the commits back, is over (said once, if it was said)."""
+        with self._lock:
+            since, said = self._blocked_since, self._blocked_said
+            self._blocked_since, self._blocked_said = None, False
+        if said and since is not None:
+            log.info(
+                "ledger %s: the file's write lock is free again; commits resume after %.1f s",
+                self.ledger.path,
+                time.monotonic() - since,
+            )
 
     def _write_once(self, ops: list[Start | Finish], rowids: Mapping[int, int]) -> list[Start | Finish]:
         """One attempt at writing ``ops`` — what was queued behind a batch ``close`` gave up on: the file
@@ -674,6 +750,12 @@ def _described(op: Start | Finish, rowids: Mapping[int, int]) -> str:
 # SQLite's primary result codes that say the statement or its values are wrong, not the file: a
 # generic SQL error (no such column, syntax), a constraint, a type mismatch, misuse, a bad index
 _NOT_THE_FILE = frozenset({1, 19, 20, 21, 25})
+
+
+def _locked_by_another(exc: BaseException) -> bool:
+    """Whether a failed write found the file's write lock taken by another connection (busy, locked)."""
+    cause = exc.__cause__
+    return isinstance(exc, LedgerBusyError) or (isinstance(cause, sqlite3.Error) and is_busy(cause))
 
 
 def _the_files_trouble(exc: BaseException) -> bool:

@@ -100,9 +100,9 @@ EXITS = textwrap.dedent(
     ledger = store._writer.ledger
     commit = ledger.transaction
 
-    def slow(work):  # a slow disk: rows are certainly still queued when the script ends
+    def slow(work, **options):  # a slow disk: rows are certainly still queued when the script ends
         time.sleep(0.02)
-        return commit(work)
+        return commit(work, **options)
 
     ledger.transaction = slow
 

@@ -38,9 +38,9 @@ class GatedLedger(Ledger):
 
     def transaction(self, work, *, wait: bool = True):
         if not self.gate.is_set():
-            if not wait:  # an event loop's attempt: a closed gate is a file locked by another process
-                raise LedgerBusyError("gated")
             self.waiting.set()
+            if not wait:  # an attempt that waits for nothing (a loop's, the thread's): a file locked by another process
+                raise LedgerBusyError("gated")
             assert self.gate.wait(WAIT)
         return super().transaction(work, wait=wait)
 
@@ -220,12 +220,12 @@ def hold_writer(store: SqliteUsageLedger, seconds: float) -> threading.Event:
     held, real = threading.Event(), writer.ledger.transaction
 
     def late(work, *, wait=True):
-        if not wait:  # the loop's attempt: the file is busy, the thread retries (and is held)
-            raise LedgerBusyError("held")
+        if threading.current_thread() is not writer._thread:  # the loop's attempt: the file is busy, the thread
+            raise LedgerBusyError("held")  # retries (and is held)
         writer.ledger.transaction = real  # type: ignore[method-assign]
         held.set()
         time.sleep(seconds)
-        return real(work)
+        return real(work, wait=wait)
 
     writer.ledger.transaction = late  # type: ignore[method-assign]
     return held
@@ -473,10 +473,10 @@ def test_a_forked_child_writes_through_a_writer_of_its_own(path: Path):
     gate, entered = threading.Event(), threading.Event()
     real = writer.ledger.transaction
 
-    def gated(work):
+    def gated(work, **options):
         entered.set()
         assert gate.wait(WAIT)
-        return real(work)
+        return real(work, **options)
 
     writer.ledger.transaction = gated  # type: ignore[method-assign]
     try:

@@ -148,6 +148,17 @@ class SqliteUsageLedger:
         """The ledger's file, or ``None`` for an in-memory ledger."""
         return None if self.ledger.path == MEMORY else Path(self.ledger.path)
 
+    @property
+    def degraded_reason(self) -> str | None:
+        """What ``/readyz`` (and ``gtl_store_degraded``) should say of the ledger, or ``None`` when all is
+        well: while another process's write lock has held the file's commits back for
+        ``ledger_writer.BLOCKED_AFTER`` seconds or more, the file, for how long, and how many rows wait
+        in memory (``LedgerWriter.degraded_reason``). It clears with the next commit."""
+        writer = self._writer
+        if self._closed or writer.forked:
+            return None
+        return writer.degraded_reason
+
     async def start(
         self, *, session_id: str, context: RequestContext, model: str | None, now: float | None = None
     ) -> int:
