@@ -101,6 +101,7 @@ __all__ = [
     "AUDIT_KEYS",
     "BATCH",
     "GENESIS",
+    "MAX_HELD",
     "AuditLog",
     "AuditSettings",
     "AuditSink",
@@ -150,6 +151,12 @@ _MAX_PENDING = 65_536  # sessions followed at once; more means RequestFinished w
 ROW_WAIT = 10.0
 """Seconds ``close`` and ``flush`` wait for the ledger to commit the rows of records still held for them
 (the ledger's writer commits every ``group_commit_ms``; only a ledger stuck on its file takes longer)."""
+MAX_HELD = 10_000
+"""Most records held in memory for their ledger rows (a window's worth of requests, normally). A ledger that
+stops committing — its SQLite file locked by another process, PostgreSQL away under ``[ledger]
+strict_durability`` — would hold them without end; past this many the oldest is written without waiting for
+its row (one warning as that begins, one line as it ends, ``degraded_reason`` meanwhile): every record kept,
+the chain whole, only the order "row first, record after" given up for those records."""
 
 AUDIT_KEYS: Mapping[str, str] = MappingProxyType(
     {
@@ -1103,6 +1110,7 @@ class AuditLog:
         wall_clock: Callable[[], float] = time.time,
         clock: Callable[[], float] = time.monotonic,
         provider_types: Mapping[str, str] | None = None,
+        max_held: int = MAX_HELD,
     ) -> None:
         self.settings = settings
         self.path = settings.path
@@ -1131,6 +1139,9 @@ class AuditLog:
         self._after_row: Callable[[Callable[[], None]], None] | None = None
         self._held: dict[int, dict[str, Any]] = {}  # records waiting for their rows, by number (under ``_progress``)
         self._held_numbers = itertools.count()
+        self._max_held = max(1, max_held)
+        self._unheld = 0  # records written without waiting for their rows since more than _max_held waited
+        self._unholding = False  # ... and that is going on now (until the rows come again: half the cap)
         self._unsubscribe: list[Callable[[], None]] = []
         #: The file log's writer (``None`` when records go to PostgreSQL only).
         self._files = _ChainFiles(settings, wall_clock) if settings.path is not None else None
@@ -1256,7 +1267,15 @@ class AuditLog:
         reasons = [reason for sink in self._sinks if (reason := sink.degraded_reason)]
         if not self._closed and not self._thread.is_alive():
             reasons.append("the audit writer thread stopped")
+        if self._unholding:
+            reasons.append(self._unheld_reason())
         return "; ".join(reasons) or None
+
+    def _unheld_reason(self) -> str:
+        return (
+            f"the ledger does not commit: more than {self._max_held} records waited for their rows, and "
+            f"{self._unheld} were written without waiting for theirs"
+        )
 
     @property
     def degraded_cause(self) -> str | None:
@@ -1266,6 +1285,8 @@ class AuditLog:
         ]
         if not self._closed and not self._thread.is_alive():
             causes.append("the audit writer thread stopped")
+        if self._unholding:
+            causes.append(self._unheld_reason())
         return "; ".join(causes) or None
 
     def attach(self, hooks: Hooks) -> Callable[[], None]:
@@ -1296,6 +1317,21 @@ class AuditLog:
             with self._progress:
                 number = next(self._held_numbers)
                 self._held[number] = record
+                oldest = self._held.pop(next(iter(self._held))) if len(self._held) > self._max_held else None
+                began = oldest is not None and not self._unholding
+                if oldest is not None:
+                    self._unheld += 1
+                    self._unholding = True
+            if began:
+                log.warning(
+                    "audit log %s: %d records wait for their ledger rows (the ledger does not commit: its file "
+                    "locked by another process, or PostgreSQL away under strict_durability); from now on the "
+                    "oldest is written without waiting for its row, so a crash could leave such records without rows",
+                    self.where,
+                    self._max_held,
+                )
+            if oldest is not None:
+                self._enqueue(oldest)
             try:
                 after(lambda: self._release(number))
             except Exception:  # a ledger closed under us: the record is not held back for a row that never comes
@@ -1368,6 +1404,16 @@ class AuditLog:
         with self._progress:
             record = self._held.pop(number, None)
             self._progress.notify_all()
+            ended = self._unholding and len(self._held) <= self._max_held // 2
+            if ended:
+                unheld, self._unheld, self._unholding = self._unheld, 0, False
+        if ended:
+            log.info(
+                "audit log %s: the ledger commits again; records wait for their rows again (%d were written "
+                "without waiting for theirs)",
+                self.where,
+                unheld,
+            )
         if record is not None:
             self._enqueue(record)
 

@@ -1148,3 +1148,66 @@ def test_records_still_waiting_for_a_stuck_ledger_at_close_are_written_not_lost(
 
     asyncio.run(close())
     assert [row["session_id"] for row in Ledger(ledger_path).rows()] == ["stuck"]  # the row landed after all
+
+
+def test_records_past_max_held_waiting_for_a_stuck_ledger_are_written_without_waiting_for_their_rows(
+    tmp_path, monkeypatch, caplog
+):
+    """Another writer holds the ledger's lock: the records held for their rows grow no further than
+    ``max_held`` — past it the oldest is written without waiting (one warning, ``degraded_reason``); once the
+    ledger commits again the rest follow their rows (one line), each record once and the chain whole."""
+    import sqlite3
+
+    from gtl_nb.engine.ledger import Ledger
+    from gtl_nb.gateway import audit as audit_module
+
+    monkeypatch.setattr(audit_module, "ROW_WAIT", 0.3)  # a flush's wait for held records, while locked
+    ledger_path = tmp_path / "ledger.sqlite3"
+    Ledger(ledger_path).close()
+    settings = load_settings(providers={"echo": {"type": "echo"}}, environ={})
+    engine = build_engine(settings, ledger=str(ledger_path))
+    log_path = tmp_path / "audit.jsonl"
+    audit = AuditLog.for_engine(AuditSettings(path=log_path, fsync=False), engine, wall_clock=lambda: NOW, max_held=3)
+    other = sqlite3.connect(ledger_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the ledger commits nothing until it is let go
+    sessions = [f"s{index}" for index in range(7)]
+
+    async def answer(session: str) -> None:
+        async for _ in engine.stream(request(session, "echo"), context=CONTEXT):
+            pass
+
+    async def answer_all() -> None:
+        for session in sessions:
+            await answer(session)
+
+    try:
+        with caplog.at_level(logging.INFO, logger="gtl_nb.gateway"):
+            asyncio.run(answer_all())
+            audit.flush()  # what is queued is written (the held ones stay held: ROW_WAIT)
+            assert [r["session_id"] for r in records(log_path)] == sessions[:4]  # the oldest, not waiting
+            assert audit.degraded_reason is not None and "4 were written without waiting" in audit.degraded_reason
+            other.execute("COMMIT")
+            engine_ledger = engine.stores.ledger
+
+            async def flush_ledger() -> None:
+                await engine_ledger.flush()
+
+            asyncio.run(flush_ledger())
+            audit.flush()
+            assert audit.degraded_reason is None
+        said = [r for r in caplog.records if "wait for their" in r.getMessage()]
+        assert [r.levelname for r in said] == ["WARNING", "INFO"], [r.getMessage() for r in said]
+        assert "4 were written without waiting" in said[1].getMessage()
+    finally:
+        if other.in_transaction:
+            other.execute("COMMIT")
+        other.close()
+        audit.close()
+
+    async def close() -> None:
+        await engine.aclose()
+
+    asyncio.run(close())
+    assert sorted(r["session_id"] for r in records(log_path)) == sessions  # each once
+    assert verify(log_path).ok
+    assert sorted(row["session_id"] for row in Ledger(ledger_path).rows()) == sessions
