@@ -1,9 +1,13 @@
-"""The SQLite ledger's spool: the writes a stop could not commit, kept beside the file until its next open.
+"""The SQLite ledger's spool: the writes the file's write lock held back, kept beside the file, crash-safe.
 
 A graceful stop writes everything queued (``engine.ledger_writer``); only a file another process keeps
 locked past the stop's deadline (``retry_for``) can hold them back. Those writes are not dropped: the
 writer appends them here — ``<ledger file>-spool.jsonl`` — and the next opening of the ledger
-(``Ledger.__init__``, before crash recovery) writes them into the file and empties the spool.
+(``Ledger.__init__``, before crash recovery) writes them into the file and empties the spool. A running
+writer whose commits the lock has held back for ``ledger_writer.BLOCKED_AFTER`` seconds appends its writes
+here too, every commit window (so a crash loses no more than a window of them), and replays the spool
+itself once the lock is free (``replay_spool(ledger, wait=False)``), learning the ids of the rows it spooled
+still open from ``ledger_spool_replayed`` (``rows_of_lines``).
 
 **The format cannot be half-read.** One line per write: the SHA-256 of the JSON that follows (64 hex
 digits), a space, the JSON, a newline. A line without its newline (a write cut short) or whose digest
@@ -62,6 +66,7 @@ from gtl_nb.engine.ledger import (
     started_values,
 )
 from gtl_nb.engine.ledger_batch import Finish, Start
+from gtl_nb.engine.sqlite_files import is_busy
 from gtl_nb.log import get_logger
 
 if TYPE_CHECKING:
@@ -79,6 +84,7 @@ __all__ = [
     "read_spool",
     "rejected_path",
     "replay_spool",
+    "rows_of_lines",
     "spool_path",
 ]
 
@@ -151,7 +157,7 @@ class SpoolWriter:
                 lines.append({"kind": "row", "id": line_id, "values": list(row)})
                 continue
             row_id = rowids.get(op.handle)
-            of = self._spooled.get(op.handle)
+            of = self._spooled.pop(op.handle, None)  # (finished: no later outcome names it)
             if row_id is None and of is None:
                 orphans += 1
                 continue
@@ -171,6 +177,21 @@ class SpoolWriter:
                 }
             )
         return lines, orphans
+
+    def remembered(self) -> dict[int, str]:
+        """The spooled rows still open (handle -> line id), for ``restore`` after lines that were not appended."""
+        return dict(self._spooled)
+
+    def restore(self, remembered: dict[int, str]) -> None:
+        self._spooled = dict(remembered)
+
+    def spooled_starts(self) -> dict[int, str]:
+        """Handle -> line id of every spooled row not finished yet (a replay gives each its row id)."""
+        return dict(self._spooled)
+
+    def forget(self, handle: int) -> None:
+        """``handle``'s row is in the file now (its row id known to the writer): outcomes name it by that."""
+        self._spooled.pop(handle, None)
 
     def append(self, lines: list[dict[str, Any]]) -> None:
         """Add ``lines`` at the end of the spool and sync it to the disk (``OSError`` if it cannot)."""
@@ -266,13 +287,32 @@ def _parsed(raw: bytes) -> tuple[str | None, dict[str, Any] | None]:
     return "not a spooled write", None
 
 
-def replay_spool(ledger: Ledger) -> int:
+def rows_of_lines(conn: sqlite3.Connection, ids: list[str]) -> dict[str, int]:
+    """Line id -> the row id a replay gave each ``row`` line of ``ids`` that it applied (any process's replay:
+    the table ``ledger_spool_replayed``); ids not there are left out."""
+    found: dict[str, int] = {}
+    exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'ledger_spool_replayed'"
+    if not ids or conn.execute(exists).fetchone() is None:
+        return found
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        marks = ", ".join("?" * len(chunk))
+        query = f"SELECT id, row_id FROM ledger_spool_replayed WHERE row_id IS NOT NULL AND id IN ({marks})"
+        found.update((line, row) for line, row in conn.execute(query, chunk))
+    return found
+
+
+def replay_spool(ledger: Ledger, *, wait: bool = True) -> int | None:
     """Write what the spool beside ``ledger``'s file holds into it, once, then empty the spool; how many
     lines were applied. Damaged lines are reported and kept aside (``<spool>.damaged``), lines the file
     refuses are moved to ``rejected_path`` (one error with their count); a replay that fails for the
     file's sake (locked for longer than ``retry_for``, a full disk) leaves the spool for the next opening,
     and so does one whose damaged or refused lines could not be kept. Never raises for the spool's sake:
-    the ledger opens whatever the spool holds."""
+    the ledger opens whatever the spool holds.
+
+    ``wait=False`` (a running writer whose file was locked: ``engine.ledger_writer``) takes the file's write
+    lock only if it is free now, and returns ``None`` — quietly when the file is still locked — whenever the
+    spool keeps lines for later."""
     path = spool_path(ledger.path)
     try:
         if path.stat().st_size == 0:
@@ -281,21 +321,35 @@ def replay_spool(ledger: Ledger) -> int:
         return 0
     except OSError as exc:
         log.error("ledger spool %s cannot be read (%s); its writes wait for the next opening", path, exc)
-        return 0
+        return 0 if wait else None
     try:
         fd = os.open(path, os.O_RDWR)
     except OSError as exc:
         log.error("ledger spool %s cannot be opened (%s); its writes wait for the next opening", path, exc)
-        return 0
+        return 0 if wait else None
     rejected: list[tuple[dict[str, Any], str]] = []
     try:
         with _locked(fd):
             data = _read_all(fd)
             contents = read_spool(data)
             _report_damaged(path, contents.damaged)
+
+            def work(conn: sqlite3.Connection) -> int:
+                return _apply(conn, contents.lines, ledger.path, rejected)
+
             try:
-                applied = ledger._write(lambda conn: _apply(conn, contents.lines, ledger.path, rejected))
+                applied = ledger._write(work) if wait else ledger.transaction(work, wait=False)
             except Exception as exc:
+                if not wait:
+                    if not _lock_taken(exc):
+                        log.error(
+                            "ledger %s: the %d write(s) its spool %s holds could not be written now (%s); trying again",
+                            ledger.path,
+                            len(contents.lines),
+                            path,
+                            exc,
+                        )
+                    return None
                 log.error(
                     "ledger %s: the %d write(s) its spool %s holds could not be written now (%s); they stay there "
                     "for the next opening",
@@ -307,15 +361,23 @@ def replay_spool(ledger: Ledger) -> int:
                 return 0
             kept = _keep_damaged(path, contents.damaged) and _keep_rejected(ledger.path, path, rejected)
             if not kept:  # the only copy of those lines is the spool: it stays, and the next opening tries again
-                return applied - len(rejected)
+                return applied - len(rejected) if wait else None
             os.ftruncate(fd, 0)
             os.fsync(fd)
     except OSError as exc:
         log.error("ledger spool %s could not be emptied (%s); a later replay finds its lines applied", path, exc)
-        return 0
+        return 0 if wait else None
     finally:
         os.close(fd)
-    if contents.lines:
+    if contents.lines and not wait:
+        log.info(
+            "ledger %s: %d write(s) spooled while the file was locked are in the ledger now (%d found there already%s)",
+            ledger.path,
+            applied - len(rejected),
+            len(contents.lines) - applied,
+            f", {len(rejected)} refused" if rejected else "",
+        )
+    elif contents.lines:
         log.warning(
             "ledger %s: %d write(s) a stop left in the spool %s are in the ledger now (%d found there already%s)",
             ledger.path,
@@ -473,6 +535,12 @@ def _execute(
         if _the_files_trouble(exc):
             raise
         return None, f"{type(exc).__name__}: {exc}"
+
+
+def _lock_taken(exc: BaseException) -> bool:
+    """Whether a failed write found the file locked by another connection."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, sqlite3.Error) else exc
+    return isinstance(cause, sqlite3.Error) and is_busy(cause)
 
 
 def _the_files_trouble(exc: BaseException) -> bool:

@@ -4,7 +4,9 @@
 once; ``start`` returns a *row handle* (a negative int, so it is never mistaken for a row id).
 Everything queued (up to ``max_batch``) is written in ONE transaction — a group commit — once every
 ``group_commit`` seconds (``[ledger] group_commit_ms``, default ``lingering.GROUP_COMMIT``). So the
-window a SIGKILL can lose is at most ``group_commit`` plus the batch being written. A request that
+window a SIGKILL can lose is at most ``group_commit`` plus the batch being written — also while another
+process holds the file's write lock, once it has held it ``BLOCKED_AFTER`` seconds: the writes then go to
+the spool every window (``engine.ledger_spool``) and are written into the file, once, when the lock goes. A request that
 ended before its start was written is one INSERT of the finished row.
 
 Who commits: the event loop that queued the operations, a window after the first of them, in one
@@ -67,7 +69,7 @@ from gtl_nb.engine.ledger import (
 )
 from gtl_nb.engine.ledger_batch import Finish, Start, write_batch
 from gtl_nb.engine.ledger_retention import PRUNE_EVERY, Retention, prune
-from gtl_nb.engine.ledger_spool import SpoolWriter, spool_path
+from gtl_nb.engine.ledger_spool import SpoolWriter, replay_spool, rows_of_lines, spool_path
 from gtl_nb.engine.ledger_watermark import Watermark
 from gtl_nb.engine.lingering import GROUP_COMMIT, checked_window
 from gtl_nb.engine.loop import stop_shared_loop
@@ -94,6 +96,8 @@ CHECKPOINT_EVERY = 0.25  # seconds from a commit to the thread's checkpoint of t
 _REPORT_EVERY = 30.0  # seconds between two log lines about the same failing commit
 GIVE_UP_MARGIN = 5.0  # seconds beyond the ledger's busy_timeout a close waits for the thread to spool
 BLOCKED_AFTER = 1.0  # seconds another process's write lock holds the commits back before the ledger says so
+# (and spools them: see "a write lock held by another process" in the class)
+_BLOCKED: dict[int, int] = {}  # what _write returns for a batch the lock held past BLOCKED_AFTER (to spool)
 
 
 class LedgerWriter:
@@ -146,6 +150,8 @@ class LedgerWriter:
         self._seq = 0  # changes queued so far
         # every change numbered up to this one is written (or reported lost), and the calls waiting for it
         self._committed = Watermark(f"ledger {ledger.path}", log, lock=lock)
+        # ... or safe in the spool (a lock held past BLOCKED_AFTER): what when_committed waits for
+        self._durable = Watermark(f"ledger {ledger.path}", log, lock=lock)
         self._idle = False
         self._last_work = -float("inf")  # monotonic time of the last commit: the writer starts idle
         self._closing = False
@@ -156,6 +162,12 @@ class LedgerWriter:
         self._flush_target = 0  # a flush waits for this change: the thread writes until it is written
         self._blocked_since: float | None = None  # monotonic time a commit first found the file locked
         self._blocked_said = False  # ... for BLOCKED_AFTER or longer: degraded_reason says so
+        # writes spooled while the lock held (see "a write lock held by another process"): until the spool
+        # is replayed into the file nothing is written to it directly, and readers wait for the replay
+        self._spool_pending = False
+        self._spooled_bound = 0  # the last change spooled
+        self._spooled_count = 0  # writes spooled since the lock began
+        self._next_replay = 0.0  # monotonic time of the thread's next try at the replay
         # commits on the loop (see "the loop's commits" below)
         self._commit_lock = threading.Lock()  # held by whoever writes to the file: the thread or the loop
         self._loop: asyncio.AbstractEventLoop | None = None  # the event loop that commits while it runs
@@ -274,7 +286,7 @@ class LedgerWriter:
         lost."""
         with self._lock:
             target = self._seq
-        self._committed.call_when(target, callback)
+        self._durable.call_when(target, callback)
 
     def flush_user(self, user: str | None) -> None:
         """``flush``, if any write still queued or being written is a row of ``user``."""
@@ -342,7 +354,12 @@ class LedgerWriter:
         while True:
             with self._lock:
                 while not (self._thread_writes() or self._closing or self._prune_due() or self._checkpoint_due()):
-                    if self._queue or self._next_checkpoint or time.monotonic() - self._last_work < IDLE_AFTER:
+                    if (
+                        self._queue
+                        or self._next_checkpoint
+                        or self._spool_pending
+                        or time.monotonic() - self._last_work < IDLE_AFTER
+                    ):
                         # busy, work queued for a loop, a checkpoint to come: look again soon; _idle
                         # stays False, nobody notifies
                         self._wake.wait(self.group_commit)
@@ -353,10 +370,16 @@ class LedgerWriter:
                 prune_now = self._prune_due()
             with self._commit_lock:  # a loop's commit in flight ends first: it may hand its batch back
                 with self._lock:
-                    if not (self._queue or self._handed_back or prune_now) and self._closing:
-                        break
+                    done = not (self._queue or self._handed_back or prune_now) and self._closing
+                if done:
+                    if self._spool_pending and not self._abandoned:  # a last try (else the next opening writes it)
+                        self._next_replay = 0.0
+                        self._try_replay()
+                    break
                 if prune_now:
                     self._prune()
+                if self._spool_pending:  # (also with nothing queued: the spooled rows reach the file)
+                    self._try_replay()
                 with self._lock:  # decided now, not before the wait for the commit lock: the loop
                     batch, bound = None, 0  # may have written everything meanwhile
                     if self._handed_back is not None:  # older than anything queued: written first
@@ -383,6 +406,8 @@ class LedgerWriter:
         """Whether the thread should write now (caller holds the lock): a batch handed back, a reader
         waiting, or work queued that no loop is committing — none adopted, or its commit overdue
         (a stopped, closed or blocked loop)."""
+        if self._spool_pending:  # a try at the replay (and the spooling of what queued) every window
+            return self._urgent or time.monotonic() >= self._next_replay
         if self._handed_back is not None or self._urgent or self._committed.value < self._flush_target:
             return True
         if not self._queue:
@@ -415,19 +440,28 @@ class LedgerWriter:
         idle thread after a loop's commit (it owes the log a checkpoint)."""
         with self._lock:
             self._inflight = []
-            ready = self._committed.raise_locked(bound)
+            ready = self._durable.raise_locked(bound)
+            if not self._spool_pending:  # (spooled: safe, but in the file only once the replay wrote them)
+                self._committed.raise_locked(bound)
             self._done.notify_all()
             if self._idle:
                 self._wake.notify()
-        self._committed.run(ready)  # in the order of their changes; one that fails never stops the writer
+        self._durable.run(ready)  # in the order of their changes; one that fails never stops the writer
 
     def _commit(self, batch: list[Start | Finish]) -> None:
         """Write ``batch`` in one transaction, retrying (and saying so) while the file fails. When the
         batch itself is what fails — a value or a defect in the batch code, which no retry changes —
         its operations are written one at a time, and only the one that fails alone is lost (loudly):
-        the writer never stalls on a batch, so the rows after it keep landing."""
+        the writer never stalls on a batch, so the rows after it keep landing. While writes wait in the
+        spool for the lock to go, ``batch`` joins them there (``_spooled_while_locked``)."""
+        if self._spooled_while_locked(batch, self._rowids):
+            return
         try:
             started = self._write(batch, self._rowids)
+            if started is _BLOCKED:  # held past BLOCKED_AFTER: spooled, unless the spool refuses
+                if self._spool_live(batch, self._rowids):
+                    return
+                started = self._write(batch, self._rowids, may_spool=False)
         except LedgerStateError as exc:  # the ledger was closed under us: nobody can write these
             log.error("ledger %s: %d queued write(s) lost: %s", self.ledger.path, len(batch), exc)
             return
@@ -496,7 +530,9 @@ class LedgerWriter:
         if self._next_checkpoint == 0.0 and self._auto_checkpoint is not None:
             self._next_checkpoint = time.monotonic() + CHECKPOINT_EVERY
 
-    def _write(self, ops: list[Start | Finish], rowids: Mapping[int, int]) -> dict[int, int] | None:
+    def _write(
+        self, ops: list[Start | Finish], rowids: Mapping[int, int], *, may_spool: bool = True
+    ) -> dict[int, int] | None:
         """``write_batch`` of ``ops`` in one transaction, retried while the file fails
         (``_the_files_trouble``: full, read-only, I/O, locked by others); ``None`` once ``close``
         gave up waiting. Any other exception is the operations' own and is raised.
@@ -504,7 +540,8 @@ class LedgerWriter:
         Each attempt waits for nothing (``wait=False``): while another process holds the write lock the
         thread tries again every few milliseconds (up to 0.1 s apart, as SQLite's own busy wait does)
         instead of sleeping inside SQLite, so it sees how long the lock has held its commits — past
-        ``BLOCKED_AFTER`` the ledger says so (``degraded_reason``, one warning) until a commit lands."""
+        ``BLOCKED_AFTER`` the ledger says so (``degraded_reason``, one warning) until a commit lands, and
+        (``may_spool``, a file's writer) returns ``_BLOCKED`` for its caller to spool ``ops``."""
         if self._abandoned:  # a close gave up already: what is left goes to the spool without waiting
             return None
         hostname = self.ledger.hostname
@@ -522,6 +559,8 @@ class LedgerWriter:
                     return None
                 if _locked_by_another(exc):
                     self._blocked(now)
+                    if may_spool and self._blocked_said and not memory:
+                        return _BLOCKED
                     if self._abandon.wait(busy_delay * random.uniform(0.5, 1.5)):  # a close gave up meanwhile
                         return None
                     busy_delay = min(busy_delay * 2, 0.1)
@@ -558,11 +597,13 @@ class LedgerWriter:
             if since is None:
                 return None
             ops = [*self._inflight, *self._queue]
+            spooled = self._spooled_count
         rows = sum(1 for op in ops if isinstance(op, Start))
+        where = f" in {self._spool.path}" if self._spool is not None else ""
         return (
             f"the ledger file {self.ledger.path} has been locked by another process for "
-            f"{time.monotonic() - since:.1f} s; {rows} row(s) and {len(ops) - rows} outcome(s) wait in memory "
-            "for it (a crash now would lose them)"
+            f"{time.monotonic() - since:.1f} s; {spooled} write(s) spooled{where} since, written into it once it is "
+            f"free; {rows} row(s) and {len(ops) - rows} outcome(s) wait in memory (at most a commit window's)"
         )
 
     def _blocked(self, now: float) -> None:
@@ -576,12 +617,117 @@ class LedgerWriter:
             self._blocked_said = True
             waiting = len(self._queue) + len(self._inflight)
         log.warning(
-            "ledger %s: another process has held the file's write lock for %.1f s; %d queued write(s) wait in "
-            "memory and requests are still answered (a crash now would lose their rows and audit records)",
+            "ledger %s: another process has held the file's write lock for %.1f s; requests are still answered, "
+            "and their %d queued write(s) and those that follow go to the spool %s every commit window until it "
+            "is free (then into the file, once)",
             self.ledger.path,
             now - self._blocked_since,
             waiting,
+            spool_path(self.ledger.path),
         )
+
+    # While the lock holds past BLOCKED_AFTER, the writes would wait in memory, where a crash loses them:
+    # they go to the spool (``engine.ledger_spool``: checksummed lines, each applied once) every window
+    # instead, and ``when_committed`` counts them safe. From the first spooled write until the spool is
+    # replayed into the file, nothing is written to the file directly (an outcome may finish a spooled
+    # row, whose id only the replay gives), and readers wait for the replay: the thread tries it every
+    # window, and once it landed it learns the ids of the spooled rows still open (``rows_of_lines``).
+    # Each write is in the spool or in a commit, never both: exactly once.
+
+    def _spool_live(self, ops: list[Start | Finish], rowids: Mapping[int, int]) -> bool:
+        """Append ``ops`` and everything queued to the spool (a lock held past ``BLOCKED_AFTER``); whether they
+        are there — else (the spool refuses: a full disk) they are as they were, for the file to take."""
+        if self.ledger.path == MEMORY:
+            return False
+        if self._spool is None:
+            self._spool = SpoolWriter(spool_path(self.ledger.path), self.ledger.hostname)
+        spool = self._spool
+        with self._lock:
+            rest = list(self._queue)
+            self._queue.clear()
+            self._queued_starts.clear()  # a finish from now on is queued on its own, never merged into a spooled start
+            self._inflight = [*ops, *rest]
+            bound = self._seq
+        every = [*ops, *rest]
+        before = spool.remembered()
+        try:
+            lines, orphans = spool.lines(every, rowids)
+            spool.append(lines)
+        except Exception as exc:  # a full disk (or a defect): the writes stay the file's to take
+            spool.restore(before)
+            with self._lock:
+                if rest:
+                    self._queue.extendleft(reversed(rest))
+                    self._queued_since = time.monotonic()
+                self._inflight = list(ops)
+            log.error(
+                "ledger %s: the spool %s refused %d write(s) (%s); they wait in memory for the file",
+                self.ledger.path,
+                spool.path,
+                len(every),
+                exc,
+            )
+            return False
+        for op in every:
+            if isinstance(op, Finish):
+                self._rowids.pop(op.handle, None)
+        with self._lock:
+            self._spool_pending = True
+            self._spooled_bound = max(self._spooled_bound, bound)
+            self._spooled_count += len(lines)
+            self._next_replay = time.monotonic() + self.group_commit
+            self._room.notify_all()
+        if orphans:
+            log.error(
+                "ledger %s: %d outcome(s) of requests whose row was never written are lost", self.ledger.path, orphans
+            )
+        self._committed_up_to(bound)  # safe in the spool: whoever waits for these rows may go on
+        return True
+
+    def _spooled_while_locked(self, batch: list[Start | Finish], rowids: Mapping[int, int]) -> bool:
+        """Whether ``batch`` went to the spool because writes spooled before it still wait there (the
+        lock still held): nothing may reach the file before them."""
+        while self._spool_pending and not self._try_replay():
+            if self._spool_live(batch, rowids):
+                return True
+            if self._abandon.wait(self.group_commit):  # a close gave up: its own spooling takes them
+                return False
+            self._next_replay = 0.0
+        return False
+
+    def _try_replay(self) -> bool:
+        """Write the spool into the file if the lock is gone (one try a window, waiting for nothing); whether
+        no write waits there any more."""
+        if not self._spool_pending:
+            return True
+        now = time.monotonic()
+        if now < self._next_replay:
+            return False
+        self._next_replay = now + self.group_commit
+        try:
+            self.ledger.transaction(_nothing, wait=False)  # free now? (reading the spool costs more than this)
+        except Exception:
+            return False
+        if replay_spool(self.ledger, wait=False) is None:
+            return False
+        assert self._spool is not None
+        open_rows = self._spool.spooled_starts()
+        try:
+            found = self.ledger.transaction(lambda conn: rows_of_lines(conn, list(open_rows.values())), wait=False)
+        except Exception:
+            return False  # the spool is written; the ids are asked again at the next try
+        for handle, line in open_rows.items():
+            self._spool.forget(handle)
+            row_id = found.get(line)
+            if row_id is not None:  # (else refused by the replay and kept aside: said there)
+                self._rowids[handle] = row_id
+        with self._lock:
+            self._spool_pending = False
+            self._spooled_count = 0
+            self._committed.raise_locked(self._spooled_bound)
+            self._done.notify_all()
+        self._unblocked()
+        return True
 
     def _unblocked(self) -> None:
         """A commit landed: the lock, if it held the commits back, is over (said once, if it was said)."""
@@ -620,6 +766,10 @@ class LedgerWriter:
         for index, op in enumerate(batch):
             try:
                 written = self._write([op], known)
+                if written is _BLOCKED:  # held past BLOCKED_AFTER: this one, the rest and the queue are spooled
+                    if self._spool_live(batch[index:], known):
+                        return started
+                    written = self._write([op], known, may_spool=False)
             except LedgerStateError as exc:
                 log.error("ledger %s: queued write(s) lost: %s", self.ledger.path, exc)
                 return started
@@ -678,7 +828,7 @@ class LedgerWriter:
             if loop is not self._loop:  # forgotten meanwhile
                 return
             self._loop_due = False
-            if self._closing or self._handed_back is not None:
+            if self._closing or self._handed_back is not None or self._spool_pending:
                 return  # the thread's to write
             if not self._commit_lock.acquire(blocking=False):  # the thread is writing: look again later
                 if self._queue:
@@ -750,6 +900,10 @@ def _described(op: Start | Finish, rowids: Mapping[int, int]) -> str:
 # SQLite's primary result codes that say the statement or its values are wrong, not the file: a
 # generic SQL error (no such column, syntax), a constraint, a type mismatch, misuse, a bad index
 _NOT_THE_FILE = frozenset({1, 19, 20, 21, 25})
+
+
+def _nothing(conn: sqlite3.Connection) -> None:
+    """An empty transaction: whether the write lock can be taken now."""
 
 
 def _locked_by_another(exc: BaseException) -> bool:

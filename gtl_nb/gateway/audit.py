@@ -153,10 +153,11 @@ ROW_WAIT = 10.0
 (the ledger's writer commits every ``group_commit_ms``; only a ledger stuck on its file takes longer)."""
 MAX_HELD = 10_000
 """Most records held in memory for their ledger rows (a window's worth of requests, normally). A ledger that
-stops committing — its SQLite file locked by another process, PostgreSQL away under ``[ledger]
-strict_durability`` — would hold them without end; past this many the oldest is written without waiting for
-its row (one warning as that begins, one line as it ends, ``degraded_reason`` meanwhile): every record kept,
-the chain whole, only the order "row first, record after" given up for those records."""
+stops committing — PostgreSQL away under ``[ledger] strict_durability``, a SQLite file locked by another
+process whose spool the disk refuses too — would hold them without end; past this many the oldest is
+written without waiting for its row (one warning as that begins, one line as it ends, ``degraded_reason``
+meanwhile): every record kept, the chain whole, only the order "row first, record after" given up for
+those records."""
 
 AUDIT_KEYS: Mapping[str, str] = MappingProxyType(
     {
@@ -1324,8 +1325,8 @@ class AuditLog:
                     self._unholding = True
             if began:
                 log.warning(
-                    "audit log %s: %d records wait for their ledger rows (the ledger does not commit: its file "
-                    "locked by another process, or PostgreSQL away under strict_durability); from now on the "
+                    "audit log %s: %d records wait for their ledger rows (the ledger does not commit: PostgreSQL "
+                    "away under strict_durability, or its file locked by another process); from now on the "
                     "oldest is written without waiting for its row, so a crash could leave such records without rows",
                     self.where,
                     self._max_held,

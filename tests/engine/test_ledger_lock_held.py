@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
@@ -17,8 +18,10 @@ import pytest
 
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.ledger import Ledger
+from gtl_nb.engine.ledger_spool import read_spool, spool_path
 from gtl_nb.engine.stores.sqlite import SqliteUsageLedger
 
+REPO = Path(__file__).resolve().parents[2]
 ADA = RequestContext(principal="ada", tenant="acme", key_id="k1", trace_id="t1")
 
 # Another process holding the file's write lock (BEGIN EXCLUSIVE) until it reads a line.
@@ -81,42 +84,127 @@ def test_a_lock_held_by_another_process_makes_the_ledger_say_it_is_degraded_unti
             row = await store.start(session_id=session, context=ADA, model="m")
             await store.finish(row, status="ok", tokens_in=1, tokens_out=2, cost=0.5)
 
-        async def before() -> None:
+        async def before() -> int:
             await one("early")
+            long = await store.start(session_id="long", context=ADA, model="m")  # committed started, finished later
             await store.flush()
+            return long
 
-        asyncio.run(before())
+        long = asyncio.run(before())
+        running = 0
         assert store.degraded_reason is None
         holder = Holder(path)
         with caplog.at_level(logging.INFO, logger="gtl_nb"):
 
             async def while_locked() -> str:
+                await store.finish(long, status="ok", tokens_in=7)  # the outcome of a row in the file
                 for index in range(3):
                     await one(f"s{index}")
-                await store.start(session_id="running", context=ADA, model="m")  # started, not finished
-                return await asyncio.to_thread(wait_until, lambda: store.degraded_reason, "the ledger to say so")
+                nonlocal running
+                running = await store.start(session_id="running", context=ADA, model="m")  # finished after the lock
+
+                def spooled() -> str | None:  # said as the lock passes BLOCKED_AFTER, spooled right after
+                    reason = store.degraded_reason
+                    return reason if reason and "0 row(s) and 0 outcome(s) wait in memory" in reason else None
+
+                return await asyncio.to_thread(wait_until, spooled, "the ledger to say so")
 
             reason = asyncio.run(while_locked())
             assert str(path) in reason and "locked by another process for" in reason
-            assert "4 row(s) and 0 outcome(s) wait in memory" in reason
-            assert sessions_of(path) == [("early", "ok")]  # nothing of them reached the file yet
+            assert f"write(s) spooled in {path}-spool.jsonl since" in reason  # safe from a crash meanwhile
+            assert "0 row(s) and 0 outcome(s) wait in memory" in reason
+            assert sessions_of(path) == [("early", "ok"), ("long", "started")]  # nothing of them reached it yet
+            assert len(read_spool(spool_path(path).read_bytes()).lines) >= 5  # (a start and its end: one or two)
             holder.release()
-            asyncio.run(store.flush())
+            asyncio.run(store.flush())  # returns once the spool is written into the file
             assert store.degraded_reason is None
+            assert sessions_of(path)[-1] == ("running", "started")
+
+            async def finish_running() -> None:  # the outcome of a row the spool's replay wrote: an UPDATE of it
+                await store.finish(running, status="ok", tokens_in=5)
+                await store.flush()
+
+            asyncio.run(finish_running())
         said = [record for record in caplog.records if "write lock" in record.getMessage()]
         assert [record.levelname for record in said] == ["WARNING", "INFO"], [r.getMessage() for r in said]
-        assert "4 queued write(s) wait in memory" in said[0].getMessage()
+        assert "queued write(s)" in said[0].getMessage() and "go to the spool" in said[0].getMessage()
         assert "free again" in said[1].getMessage()
         assert sessions_of(path) == [
             ("early", "ok"),
+            ("long", "ok"),
             ("s0", "ok"),
             ("s1", "ok"),
             ("s2", "ok"),
-            ("running", "started"),
+            ("running", "ok"),
         ]
+        assert not spool_path(path).exists() or spool_path(path).read_bytes() == b""
     finally:
         if holder is not None:
             holder.release()
         store.close()
     Ledger(path).close()
-    assert len(sessions_of(path)) == 5  # each once
+    assert len(sessions_of(path)) == 6  # each once
+
+
+# A process that answers requests while the lock is held, then is killed (SIGKILL) once its writes are spooled.
+KILLED = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from gtl_nb.engine.context import RequestContext
+    from gtl_nb.engine.stores.sqlite import SqliteUsageLedger
+
+    async def main():
+        store = SqliteUsageLedger(sys.argv[1])
+        context = RequestContext(principal="ada")
+        row = await store.start(session_id="early", context=context, model="m")
+        await store.finish(row, status="ok")
+        await store.flush()
+        print("written", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # the other process holds the lock from now on
+        for index in range(5):
+            row = await store.start(session_id=f"s{index}", context=context, model="m")
+            await store.finish(row, status="ok", tokens_in=index)
+        await store.start(session_id="open", context=context, model="m")  # running when killed
+        while "0 row(s) and 0 outcome(s) wait in memory" not in (store.degraded_reason or ""):
+            await asyncio.sleep(0.02)  # the lock passed BLOCKED_AFTER and the writes are spooled
+        print("spooled", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # killed here
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_a_process_killed_during_a_long_lock_loses_nothing_its_spool_held_and_each_row_lands_once(tmp_path: Path):
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED, str(path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    holder = None
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "written"
+        holder = Holder(path)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.stdout.readline().strip() == "spooled"
+        child.kill()  # SIGKILL: no exit handler, no drain
+        child.wait(30)
+        assert sessions_of(path) == [("early", "ok")]
+        assert len(read_spool(spool_path(path).read_bytes()).lines) >= 6  # five finished rows, one started
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+        if holder is not None:
+            holder.release()
+    Ledger(path).close()  # the next opening writes the spool, then recovery judges the rows of the dead process
+    expected = [("early", "ok")] + [(f"s{index}", "ok") for index in range(5)] + [("open", "interrupted")]
+    assert sessions_of(path) == expected
+    Ledger(path).close()
+    assert sessions_of(path) == expected  # once

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from gtl_nb.engine import ledger_spool
+from gtl_nb.engine import ledger_spool, ledger_writer
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.engine.ledger_spool import read_spool, spool_path
@@ -77,9 +77,12 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def stopped_while_locked(path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[tuple[Holder, int]]:
+def stopped_while_locked(
+    path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Holder, int]]:
     """A ledger that wrote one row, then stopped while another process held the lock past its
     deadline (``retry_for`` 0.5 s): the holder, still holding, and how many writes the stop spooled."""
+    monkeypatch.setattr(ledger_writer, "BLOCKED_AFTER", 3600.0)  # the stop spools them, not the running writer
     store = SqliteUsageLedger(Ledger(path, busy_timeout=0.1, retry_for=0.5), owns=True)
 
     async def before() -> int:

@@ -21,6 +21,7 @@ import msgspec
 import pytest
 
 from gtl_nb import sim
+from gtl_nb.engine import ledger_writer
 from gtl_nb.engine.builder import build_engine
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.core import Engine
@@ -1120,6 +1121,7 @@ def test_records_still_waiting_for_a_stuck_ledger_at_close_are_written_not_lost(
     from gtl_nb.gateway import audit as audit_module
 
     monkeypatch.setattr(audit_module, "ROW_WAIT", 0.3)
+    monkeypatch.setattr(ledger_writer, "BLOCKED_AFTER", 3600.0)  # the writer never spools: the ledger is stuck
     ledger_path = tmp_path / "ledger.sqlite3"
     Ledger(ledger_path).close()
     settings = load_settings(providers={"echo": {"type": "echo"}}, environ={})
@@ -1162,6 +1164,7 @@ def test_records_past_max_held_waiting_for_a_stuck_ledger_are_written_without_wa
     from gtl_nb.gateway import audit as audit_module
 
     monkeypatch.setattr(audit_module, "ROW_WAIT", 0.3)  # a flush's wait for held records, while locked
+    monkeypatch.setattr(ledger_writer, "BLOCKED_AFTER", 3600.0)  # the writer never spools: the ledger is stuck
     ledger_path = tmp_path / "ledger.sqlite3"
     Ledger(ledger_path).close()
     settings = load_settings(providers={"echo": {"type": "echo"}}, environ={})

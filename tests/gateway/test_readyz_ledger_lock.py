@@ -1,7 +1,7 @@
 """``/readyz`` of a gateway whose SQLite ledger file another process keeps locked (``BEGIN EXCLUSIVE``):
-requests are still answered, ``/readyz`` says the ledger is degraded — the file, how long, how many
-rows wait in memory — and ``gtl_store_degraded{store="ledger"}`` says 1, until the lock goes; then
-every row and every audit record arrives, once."""
+requests are still answered, ``/readyz`` says the ledger is degraded — the file, how long, the spool its
+writes go to meanwhile — and ``gtl_store_degraded{store="ledger"}`` says 1, until the lock goes; the
+audit records follow their spooled rows, and every row arrives in the file, once."""
 
 from __future__ import annotations
 
@@ -58,8 +58,12 @@ def test_readyz_says_the_ledger_is_degraded_while_another_process_holds_its_lock
             said = ready().json()["degraded"]
             assert list(said) == ["ledger"]
             assert str(ledger) in said["ledger"] and "locked by another process for" in said["ledger"]
-            assert "3 row(s)" in said["ledger"]
+            assert f"spooled in {ledger}-spool.jsonl" in said["ledger"]
             assert metric().endswith(" 1.0")
+            deadline = time.monotonic() + 30  # spooled, the rows are safe: their audit records are written now
+            while len([r for r in read_records(audit) if r.get("kind") == "request"]) < 4:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
             holder.release()
             deadline = time.monotonic() + 30
             while ready().json()["status"] != "ready":
