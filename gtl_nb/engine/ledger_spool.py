@@ -379,7 +379,8 @@ def replay_spool(ledger: Ledger, *, wait: bool = True) -> int | None:
         )
     elif contents.lines:
         log.warning(
-            "ledger %s: %d write(s) a stop left in the spool %s are in the ledger now (%d found there already%s)",
+            "ledger %s: %d write(s) left in the spool %s (by a stop, or during a lock) are in the ledger now (%d found "
+            "there already%s)",
             ledger.path,
             applied - len(rejected),
             path,
