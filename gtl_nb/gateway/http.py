@@ -78,6 +78,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 import msgspec
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gtl_nb.engine.context import RequestContext
@@ -185,6 +186,13 @@ _ENDPOINTS = ", ".join(
 MAX_HEAD_BYTES = 64 * 1024
 """Largest request head (h11's default was 16 KiB): an oversized token is then refused by the token
 check, with AUTH_FAILED, rather than by the HTTP parser with a bare 431."""
+MAX_PIPELINED = 16
+"""Requests a connection may have read and waiting behind the one being answered (HTTP/1.1 pipelining). At
+this many the rest of what the client sent is not parsed, and the connection is not read, until an answer
+is complete: a queued request costs ~2.4 KB (its cycle, scope and headers) against the 34 bytes a tiny
+``GET`` takes to send, so an unbounded queue let one connection grow the gateway by hundreds of MiB."""
+_HEAD_ENDS = (b"\n\r\n", b"\n\n")
+"""What ends every request head (CRLF CRLF, or a bare LF's lenient forms): a head completes only where one ends."""
 FULL_LOG_EVERY = 60.0
 """Seconds between two log lines about connections closed for the listener's share of ``max_connections``."""
 OVER_CAP_WAIT = 1.0
@@ -462,6 +470,37 @@ class _ConnectionGuard:
         return self._counts.get(address, 0)
 
 
+class _PipelineFlow(FlowControl):
+    """uvicorn's flow control, except that reading stays paused while a connection holds bytes it has not
+    parsed because ``MAX_PIPELINED`` requests wait (uvicorn resumes reading at each ``receive`` and answer)."""
+
+    def __init__(self, transport: Any, protocol: _HttpProtocol) -> None:
+        super().__init__(transport)
+        self._protocol = protocol
+
+    def resume_reading(self) -> None:
+        if self._protocol.held is None:
+            super().resume_reading()
+
+
+def _parse_now(data: bytes, room: int) -> int:
+    """How many of ``data``'s first bytes may be parsed so that at most ``room`` request heads complete in them.
+
+    Every head ends with one of ``_HEAD_ENDS``, each beginning at a newline of its own; one more head may
+    end in the first bytes (its end begun in the previous read). So the bytes up to the ``room``-th such
+    end's first byte complete at most ``room`` heads (a body's blank lines only make the cut earlier), and
+    the cut is never at 0: what is held always starts to be parsed once there is room."""
+    if room <= 0:
+        return 0
+    if data.count(_HEAD_ENDS[0]) + data.count(_HEAD_ENDS[1]) < room:
+        return len(data)
+    start = -1
+    for _ in range(room):
+        ends = [at for at in (data.find(_HEAD_ENDS[0], start + 1), data.find(_HEAD_ENDS[1], start + 1)) if at >= 0]
+        start = min(ends)
+    return start + 1
+
+
 class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
     """uvicorn's HTTP/1.1 protocol over httptools (llhttp, compiled) with the listener's limits: the
     per-address count, a bounded request head, a deadline per request, and a GTL error for what it
@@ -477,7 +516,8 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
     ``408`` and the connection closes; a shutdown answers a body still arriving with ``503`` the same way
     (``_cut``); a head longer than ``MAX_HEAD_BYTES`` gets ``431`` and a request llhttp cannot parse ``400``
     (once the requests pipelined before it are answered: ``send_400_response``). A client's half-close after
-    whole requests still gets their answers (``eof_received``).
+    whole requests still gets their answers (``eof_received``). At most ``MAX_PIPELINED`` requests wait
+    behind the one being answered: past them nothing more is parsed or read until an answer is complete.
     """
 
     guard: ClassVar[_ConnectionGuard]
@@ -502,10 +542,14 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
         self._running_cycle: Any = None  # the cycle whose application runs (the one a pipelined request waits on)
         self._refusal_due: bytes | None = None  # a bad request's answer, written once the answers before it are
         self._client_done = False  # the client shut its side (a half-close): no request follows what it sent
+        self.held: bytearray | None = None  # bytes read and not parsed: MAX_PIPELINED requests wait (data_received)
+        self._held_end = False  # the client's end arrived behind ``held``: it is read once they are
+        self._release_due = False  # ``_release`` is scheduled
 
     def connection_made(self, transport: Any) -> None:
         _no_delay(transport)
         super().connection_made(transport)
+        self.flow = _PipelineFlow(transport, self)
         self.guard.opened(transport, self.client)
         if self.guard.full():  # every descriptor of this listener's share is taken: this one goes at once
             self.guard.turned_away()
@@ -528,6 +572,16 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refusal_due is not None:  # past a request llhttp could not parse: nothing after it is read
             return
+        if self.held is not None:  # (a read already under way when reading paused)
+            self.held += data
+            return
+        now = _parse_now(data, MAX_PIPELINED - len(self.pipeline))
+        if now < len(data):  # the rest would queue more than MAX_PIPELINED requests: it waits for an answer
+            self.held = bytearray(data[now:])
+            self.flow.pause_reading()
+            if not now:
+                return
+            data = data[:now]
         if self._phase is _WHOLE:
             self._phase = _WAITING  # bytes after a whole request: the next one begins
         if self._deadline_timer is None and self._phase is _WAITING and not self._answering():
@@ -629,6 +683,9 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
         connection as before, whatever is under way (asyncio's TLS transport closes at a peer's end whatever
         the protocol answers).
         """
+        if self.held is not None and not self.transport.is_closing():  # requests not parsed yet come first
+            self._held_end = True
+            return True
         self._client_done = True
         if self.transport.is_closing() or self.scheme == "https":  # TLS: asyncio closes at the end whatever we say
             return False
@@ -689,6 +746,7 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
         super().on_response_complete()
         if upcoming is not None and not self.transport.is_closing():
             self._running_cycle = upcoming
+        self._release_soon()
         if body_arriving and not self.transport.is_closing():
             self._stop_deadline()
             self.transport.close()
@@ -697,6 +755,31 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
             # sent: its deadline starts (until now it waited its turn)
             self._start_deadline()
 
+    def _release_soon(self) -> None:
+        """An answer is complete (a waiting request started): parse what was held back, on the next turn
+        (not inside the answer's own ``send``)."""
+        if self.held is not None and not self._release_due:
+            self._release_due = True
+            self.loop.call_soon(self._release)
+
+    def _release(self) -> None:
+        """Parse the bytes held back, as far as ``MAX_PIPELINED`` allows; once all are parsed, read again."""
+        self._release_due = False
+        held, self.held = self.held, None
+        if held is None or self.transport.is_closing():
+            return
+        self.data_received(bytes(held))
+        if self.held is not None or self.transport.is_closing():
+            return
+        if self._held_end:
+            self._held_end = False
+            if not self.eof_received():
+                self.transport.close()
+            return
+        cycle = self.cycle
+        if cycle is None or len(cycle.body) <= HIGH_WATER_LIMIT:  # (uvicorn's own pause for a body stays)
+            self.flow.resume_reading()
+
     def _after_the_last_request(self) -> None:
         """An answer is complete and no request may follow the ones read (a bad request, or the client's end):
         start the next one pipelined before it, else write the bad request's ``400`` (if any) and close."""
@@ -704,6 +787,7 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
             upcoming = self.pipeline[-1][0]
             super().on_response_complete()  # uvicorn starts it
             self._running_cycle = upcoming
+            self._release_soon()
             return
         self._stop_deadline()
         self.server_state.total_requests += 1

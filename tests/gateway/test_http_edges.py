@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from gtl_nb import sim
+from gtl_nb.gateway import http as http_gateway
 from tests.gateway.conftest import LONG_PROMPT, MODEL, SIM_KEY
 from tests.gateway.test_http import serving
 from tests.ledger_wait import rows_when
@@ -278,3 +279,37 @@ def test_a_shutdown_with_requests_before_a_malformed_one_answers_each_once(gatew
         ("error", "PROVIDER_UNAVAILABLE")
     ]
     assert _one_row_each(gateway.ledger, "first", "queued") == ["ok", "error"]
+
+
+# -- many requests pipelined behind a long answer ----------------------------------------------------------------
+
+
+def test_requests_pipelined_behind_a_long_answer_wait_at_most_max_pipelined_and_are_all_answered(gateway, monkeypatch):
+    """A streamed answer lasting seconds, and behind it in one write a thousand requests (``GET /healthz`` and,
+    every 50th, a GTL request of its own): the connection never holds more than ``MAX_PIPELINED`` of them
+    parsed and waiting (the rest are not parsed, and the socket not read, until answers are complete), and
+    every one is answered, in order. Until 2026-12-07 every request read was queued: 300,000 tiny ``GET``s
+    grew the gateway by ~700 MiB."""
+    depths: list[int] = []
+    original = http_gateway._HttpProtocol.on_headers_complete
+
+    def counted(self: Any) -> None:
+        original(self)
+        depths.append(len(self.pipeline))  # the requests read and waiting behind the one being answered
+
+    monkeypatch.setattr(http_gateway._HttpProtocol, "on_headers_complete", counted)
+    lead = _post("/v1/gtl", _gtl("lead", model=f"paced:{MODEL}", prompt=LONG_PROMPT))
+    health = b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+    behind = [_post("/v1/gtl", _gtl(f"q{n}", stream=False)) if n % 50 == 49 else health for n in range(1000)]
+    with serving(gateway.config) as served, socket.create_connection(_address(served.url)) as sock:
+        sock.sendall(lead + b"".join(behind))
+        sock.shutdown(socket.SHUT_WR)
+        data = _until_closed(sock, seconds=60)
+    answers = _responses(data)
+    assert len(answers) == 1 + len(behind)
+    assert all(status == 200 for status, _, _ in answers)
+    sessions = [frame["session_id"] for _, _, body in answers[1:] for frame in _terminals(body)]
+    assert sessions == [f"q{n}" for n in range(1000) if n % 50 == 49]  # in the order they were sent
+    assert [frame["type"] for frame in _terminals(answers[0][2])] == ["done"]
+    assert len(depths) == 1 + len(behind)
+    assert max(depths) == http_gateway.MAX_PIPELINED  # the queue filled up to the limit, never past it
