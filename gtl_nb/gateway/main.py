@@ -75,16 +75,16 @@ def run(args: argparse.Namespace) -> int:
         authenticate = build_authenticator(settings, options, principal=args.principal)
         credentials = build_credentials(settings, options)
 
-        async def serve_pipes() -> None:
+        async def serve_pipes() -> str | None:
             shutdown = Shutdown(grace=options.shutdown_grace)
             _on_signals(shutdown)
-            await serve_stdio(
+            return await serve_stdio(
                 settings, authenticate=authenticate, frames_fd=frames_fd, shutdown=shutdown, credentials=credentials
             )
 
         with _pidfile(getattr(args, "pidfile", None)):
-            event_loop.run(serve_pipes(), options.event_loop)
-        return 0
+            failure = event_loop.run(serve_pipes(), options.event_loop)
+        return 1 if failure is not None else 0  # (the answers did not all reach standard output: logged)
     early = _EarlySignals()  # first: from here until the loop handles them, a signal must not end the gateway
     try:
         settings = load_settings(config=args.config)

@@ -7,7 +7,10 @@ spec says nothing of it): what runs is cancelled, not finished as after gRPC's h
 session's ``CANCELLED`` is still written to standard output, for a client that closed only its side.
 A regular file as standard input (``gtl serve --stdio < requests.jsonl > answers.jsonl``) is a batch:
 its end is the end of the requests, which run to their end before the process exits (``file_relay``
-carries files the event loop's pipes cannot take).
+carries files the event loop's pipes cannot take). Answers that cannot be written — a full disk, a
+file size limit, ``/dev/full``, the output's reader gone — end the connection as a client leaving does
+(what runs is cancelled, its rows completed), and ``serve_stdio`` returns why: the process then says so
+and exits 1.
 
 It opens what ``gtl serve`` opens beside its listeners (``server.open_parts``): the audit log of
 ``[gateway.audit]`` — one record per finished request, as on every other transport; a log file another
@@ -17,6 +20,7 @@ tracer of ``[gateway.tracing]``.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import math
 
@@ -27,10 +31,13 @@ from gtl_nb.gateway.offload import OffloadedFrames
 from gtl_nb.gateway.server import open_parts
 from gtl_nb.gateway.sessions import Authenticate, GatewayConnection
 from gtl_nb.gateway.settings import GatewaySettings
+from gtl_nb.log import get_logger
 from gtl_nb.protocol.connection import GTLConnection
-from gtl_nb.transports.stdio import input_is_a_file, open_server_channel
+from gtl_nb.transports.stdio import answers_failure, input_is_a_file, open_server_channel
 
 __all__ = ["serve_stdio"]
+
+log = get_logger("gateway.stdio")
 
 
 async def serve_stdio(
@@ -41,12 +48,13 @@ async def serve_stdio(
     in_fd: int = 0,
     shutdown: Shutdown | None = None,
     credentials: CredentialResolver | None = None,
-) -> None:
+) -> str | None:
     """Serve one GTL connection on ``in_fd`` / ``frames_fd`` (see ``transports.stdio.take_stdout``).
 
     The ``[gateway]`` limits apply, but for ``idle_timeout``: the client that started this process
     owns it, so a quiet pipe is not a reason to exit. ``shutdown`` (SIGTERM) lets running sessions
-    finish within its grace period."""
+    finish within its grace period. Returns why the answers did not all reach standard output (logged
+    as an ``ERROR``), or ``None``."""
     options = GatewaySettings.from_settings(settings)
     limits = dataclasses.replace(options.limits, idle_timeout=math.inf)
     connection = GTLConnection("server", max_frame_bytes=options.max_frame_bytes, features=limits.features)
@@ -70,5 +78,10 @@ async def serve_stdio(
             await gateway.run()
         finally:
             await channel.aclose()
+        failure = await asyncio.to_thread(answers_failure, channel)  # (a file's relay copies what it can first)
+        if failure is not None:
+            cut = ": the sessions still running were cancelled" if channel.output_lost else ""
+            log.error("%s%s; the process exits 1", failure, cut)
+        return failure
     finally:
         await parts.aclose()  # the refusals' rows and records first, then the audit log, then the engine

@@ -4,6 +4,10 @@ Reading uses asyncio's ``StreamReader`` (which stops reading the pipe while its 
 writing uses the pipe transport directly with a small flow-control protocol, so ``drain()`` waits
 while the transport's buffer is above its high-water mark and returns at once when the reader went
 away. Pipes, sockets and terminals only (``loop.connect_read_pipe`` refuses regular files: ``file_relay``).
+
+Whoever reads the output going away before the channel's close (a pipe's reader gone, or a file's relay
+stopped by a failed write) is the peer leaving: ``read`` returns the end at once, whatever is still
+unread, and ``output_lost`` says so.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ class _Outflow(asyncio.BaseProtocol):
         self.paused = False
         self.lost = False
         self.gone = asyncio.Event()
+        self.on_lost: Callable[[], object] | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     def pause_writing(self) -> None:
@@ -39,6 +44,8 @@ class _Outflow(asyncio.BaseProtocol):
         self.lost = True
         self.gone.set()
         self._wake()
+        if self.on_lost is not None:
+            self.on_lost()
 
     async def wait_for_room(self) -> None:
         if self.paused and not self.lost:
@@ -67,17 +74,44 @@ class PipeChannel:
         """Called once at the end of the input when set: the peer sends no more but still reads (a
         regular file as standard input), so ``read`` then waits for the channel's close instead of
         answering the end at once."""
-        self._closed = asyncio.Event()
+        self._closed = asyncio.Event()  # the channel's close, or the output's reader gone
+        self._closing = False
+        self._ended = False  # ``read`` returned the end: the connection is over, its last answers going out
+        self.output_gone = asyncio.Event()
+        """Set when the output's reader went away before the channel's close: the peer left (what it did not
+        read is lost; ``transports.stdio.answers_failure`` says why)."""
+        self.output_fd: int | None = None
+        """The descriptor written (``open_pipe_channel``)."""
+        self.input_transport: asyncio.BaseTransport | None = None
+        """The pipe transport ``reader`` is fed by (``open_pipe_channel``)."""
+        outflow.on_lost = self._output_gone
+
+    def _output_gone(self) -> None:
+        if self._closing or self._ended:  # (a client that closed our input first may stop reading then)
+            return
+        self.output_gone.set()
+        self.on_half_close = None  # requests not read yet, or still running, can no longer be answered
+        if self.input_transport is not None:
+            self.input_transport.close()  # nothing more is read: a read waiting for bytes returns the end now
+        self._closed.set()  # and so does one waiting after the input's end
+
+    @property
+    def output_lost(self) -> bool:
+        """Whether ``output_gone`` is set."""
+        return self.output_gone.is_set()
 
     async def read(self) -> bytes:
-        try:
-            data = await self._reader.read(READ_SIZE)
-        except (ConnectionError, OSError):
-            return b""
-        if not data and self.on_half_close is not None:
-            hook, self.on_half_close = self.on_half_close, None
-            hook()
-            await self._closed.wait()
+        data = b""
+        if not self.output_lost:
+            with contextlib.suppress(ConnectionError, OSError):
+                data = await self._reader.read(READ_SIZE)
+            if not data and self.on_half_close is not None:
+                hook, self.on_half_close = self.on_half_close, None
+                hook()
+                await self._closed.wait()
+        if self.output_lost:
+            data = b""
+        self._ended = not data
         return data
 
     def write(self, data: bytes) -> None:
@@ -92,6 +126,7 @@ class PipeChannel:
         await self._outflow.wait_for_room()
 
     async def aclose(self) -> None:
+        self._closing = True
         self._closed.set()
         if not self._transport.is_closing():
             self._transport.close()  # flushes what is buffered, then closes the pipe (the peer reads EOF)
@@ -106,9 +141,11 @@ async def open_pipe_channel(in_fd: int, out_fd: int, *, peer: str | None = None)
     """
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=READ_SIZE)
-    await loop.connect_read_pipe(
+    input_transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader),
         open(in_fd, "rb", buffering=0, closefd=False),  # noqa: SIM115
     )
     transport, outflow = await loop.connect_write_pipe(_Outflow, os.fdopen(out_fd, "wb", buffering=0))
-    return PipeChannel(reader, transport, outflow, peer=peer)
+    channel = PipeChannel(reader, transport, outflow, peer=peer)
+    channel.output_fd, channel.input_transport = out_fd, input_transport
+    return channel

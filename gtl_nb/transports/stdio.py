@@ -41,6 +41,7 @@ from gtl_nb.transports.remote import RemoteBackend
 __all__ = [
     "SCHEME",
     "StdioEndpoint",
+    "answers_failure",
     "gateway_command",
     "input_is_a_file",
     "open_server_channel",
@@ -60,10 +61,17 @@ def take_stdout() -> int:
     """Keep standard output for frames: return a duplicate of descriptor 1, then point 1 at standard error.
 
     Call it before anything can print; afterwards ``print()`` and ``sys.stdout`` write to standard
-    error, and only the returned descriptor reaches the client.
+    error, and only the returned descriptor reaches the client. A closed standard output (``>&-``) is a
+    ``ConfigurationError``: there is nowhere to answer.
     """
-    sys.stdout.flush()
-    frames = os.dup(1)
+    try:
+        frames = os.dup(1)
+    except OSError:
+        raise ConfigurationError(
+            "standard output is closed: the stdio gateway writes its answers there (give it a pipe or a file)"
+        ) from None
+    if sys.stdout is not None:
+        sys.stdout.flush()
     os.dup2(2, 1)
     return frames
 
@@ -72,6 +80,18 @@ async def open_server_channel(frames_fd: int, *, in_fd: int = 0) -> PipeChannel:
     """The gateway's channel: frames read from ``in_fd`` (standard input) and written to ``frames_fd`` —
     each a pipe, a socket or a terminal, or a regular file relayed through a pipe (``file_relay``)."""
     return await open_pipe_channel(file_relay.readable(in_fd), file_relay.writable(frames_fd), peer="stdio")
+
+
+def answers_failure(channel: PipeChannel) -> str | None:
+    """Why not every answer written to the closed ``channel`` reached standard output, or ``None``: a file's
+    (or device's) relay stopped by a failed write (after copying what it could), or the reader of the
+    pipe gone while the connection was still open."""
+    error = file_relay.failure(channel.output_fd) if channel.output_fd is not None else None
+    if error is not None:
+        return f"cannot write the answers to standard output: {error.strerror or error}"
+    if channel.output_lost:
+        return "the reader of standard output went away before every answer was written"
+    return None
 
 
 def input_is_a_file(in_fd: int = 0) -> bool:

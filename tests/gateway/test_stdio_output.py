@@ -1,0 +1,122 @@
+"""The stdio gateway's standard output failing, on a real gateway process (docs/transports.md, "stdio"):
+
+* answers written into a file that fills up mid-batch (``gtl serve --stdio < requests > answers`` on a full
+  disk; here the process's file size limit, ``RLIMIT_FSIZE``, with ``SIGXFSZ`` ignored: ``EFBIG``): the
+  sessions still running are cancelled as for a client that left (rows ``cancelled``, none left ``started``),
+  one ``ERROR`` line says why, and the process exits 1 — not 0 over a truncated file;
+* standard output a device that refuses every write (``> /dev/full``): one clear line, exit 1, no row left
+  ``started`` (uvloop aborted the process, SIGABRT and no message);
+* standard output closed (``>&-``): one ``gtl gateway: error:`` line and exit 2, no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+from pathlib import Path
+
+from gtl_nb.engine.ledger import Ledger
+from gtl_nb.transports.stdio import gateway_command
+from tests.gateway.conftest import write_toml
+from tests.gateway.test_stdio_edges import _request
+
+LIMIT = 1024 * 1024
+"""The answers file's size limit: two long echo answers, streamed, pass it; the ledger stays far below it."""
+PROMPT = "Streaming answers into a file that fills up: every session still running must be told. " * 700
+"""About 60 KB: echo quotes it back streamed, ~800 KB of token frames."""
+
+
+def _config(tmp_path: Path) -> tuple[Path, Path]:
+    ledger = tmp_path / "ledger.sqlite"
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {
+            "providers.echo": {},
+            # minutes of streaming: still running when the answers file fills up
+            "providers.slowecho": {"type": "echo", "options": {"pace": 0.05}},
+            "ledger": {"path": str(ledger)},
+        },
+    )
+    return config, ledger
+
+
+def _file_size_limit() -> None:
+    """In the gateway's process, before it starts: writes past ``LIMIT`` bytes fail with ``EFBIG``."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+
+
+def _rows(ledger: Path) -> dict[str, str]:
+    rows = Ledger(ledger).rows()
+    assert not [row for row in rows if row["status"] == "started"], rows
+    return {row["session_id"]: row["status"] for row in rows}
+
+
+def test_answers_that_fill_the_file_cancel_what_runs_say_so_and_exit_1(tmp_path):
+    config, ledger = _config(tmp_path)
+    requests, answers = tmp_path / "requests.jsonl", tmp_path / "answers.jsonl"
+    asked = [
+        _request("slow1", "slowecho:echo", PROMPT),
+        _request("slow2", "slowecho:echo", PROMPT),
+        _request("fast1", "echo", PROMPT),
+        _request("fast2", "echo", PROMPT),
+    ]
+    requests.write_text("".join(json.dumps(request) + "\n" for request in asked))
+    with requests.open("rb") as stdin, answers.open("wb") as stdout:
+        finished = subprocess.run(
+            gateway_command(config),
+            stdin=stdin,
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            preexec_fn=_file_size_limit,  # the child's own limit, set before it runs anything
+            timeout=120,
+            check=False,
+        )
+    stderr = finished.stderr.decode()
+    assert finished.returncode == 1, stderr[-2000:]
+    assert answers.stat().st_size == LIMIT  # the file is full: its last frame cut
+    errors = [line for line in stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "cannot write the answers to standard output: File too large" in errors[0], stderr
+    assert "Traceback" not in stderr
+    rows = _rows(ledger)
+    assert rows["slow1"] == rows["slow2"] == "cancelled"  # minutes from their end: not run on for nobody
+
+
+def test_standard_output_that_refuses_every_write_is_one_error_line_and_exit_1(tmp_path):
+    config, ledger = _config(tmp_path)
+    requests = tmp_path / "requests.jsonl"
+    requests.write_text(json.dumps(_request("s1", "slowecho:echo", PROMPT)) + "\n")
+    with requests.open("rb") as stdin, open("/dev/full", "wb") as stdout:
+        finished = subprocess.run(
+            gateway_command(config), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=120, check=False
+        )
+    stderr = finished.stderr.decode()
+    assert finished.returncode == 1, (finished.returncode, stderr[-2000:])
+    assert "cannot write the answers to standard output: No space left on device" in stderr
+    assert "Traceback" not in stderr
+    assert set(_rows(ledger).values()) <= {"cancelled"}
+
+
+def test_a_closed_standard_output_is_one_error_line_and_exit_2(tmp_path):
+    config, _ = _config(tmp_path)
+
+    def close_standard_output() -> None:
+        os.close(1)
+
+    finished = subprocess.run(
+        gateway_command(config),
+        stdin=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=close_standard_output,  # ``gtl serve --stdio >&-``
+        timeout=120,
+        check=False,
+    )
+    stderr = finished.stderr.decode()
+    assert finished.returncode == 2, stderr
+    assert stderr.strip().splitlines() == [
+        "gtl gateway: error: standard output is closed: the stdio gateway writes its answers there "
+        "(give it a pipe or a file)"
+    ]
