@@ -39,6 +39,10 @@ whatever the transport under ``framed``:
   still carries answers): sessions and queries running go on to their end — each its ``done`` or
   ``error`` — and then the connection closes, as in a stop. A client that reads nothing meanwhile is
   still let go by the transport's write timeout.
+* **A batch** (``batch``: stdio's file of requests, which no client reads to try again): a request past
+  ``max_sessions_per_connection`` or ``max_sessions_per_principal`` is not refused; the reader waits for a
+  session to end (and so stops reading the file), unless the batch's answers can no longer be written —
+  the connection then ends.
 * **The end.** When the connection ends — the client closed it, broke the protocol too often, or
   ``run`` was cancelled — every session's task is cancelled and awaited, so each ledger row is
   complete before ``run`` returns. A session the connection itself ended (a bad frame) is cancelled
@@ -205,6 +209,7 @@ class GatewayConnection:
         clock: Callable[[], float] = time.monotonic,
         transport: str | None = None,
         answers_after_end: bool = False,
+        batch: asyncio.Event | None = None,
     ) -> None:
         self.engine = engine
         self.framed = framed
@@ -252,6 +257,11 @@ class GatewayConnection:
         # a client that sent no hello, refused: each request read with its implied hello gets this as its own
         # error, then the connection ends with it (``_welcome``, ``_read``)
         self._refused_unasked: AuthenticationError | None = None
+        self._batch = batch
+        """A batch's (stdio's file of requests): a request past a session cap waits for a session to end rather
+        than being refused ``OVERLOADED`` (no client is there to try it again); set, its answers can no longer
+        be written, and the connection ends (``_room_in_batch``)."""
+        self._room: asyncio.Event | None = None  # set when a session ends, for a batch waiting at a cap
 
     @property
     def live_sessions(self) -> int:
@@ -283,6 +293,8 @@ class GatewayConnection:
         while True:
             async for event in framed.events():
                 self._last_activity = self._clock()
+                if self._batch is not None and isinstance(event, CompletionRequest) and not await self._room_in_batch():
+                    return  # its answers can no longer be written: the connection ends
                 refusal = self._handle(event)
                 if refusal is not None:  # a request refused at a cap or by the stop: its row first (gateway.refusals)
                     self._refusing = True
@@ -311,6 +323,29 @@ class GatewayConnection:
             self._close(None)
         else:
             self.framed.read_no_more = True  # ``_read`` closes once what it holds is handled
+
+    async def _room_in_batch(self) -> bool:
+        """A batch's next request waits while the connection (or its principal) runs all the sessions it may:
+        the reader stops, and so does the reading of the file. ``False`` when the batch's answers can no
+        longer be written (``self._batch`` set)."""
+        gone = self._batch
+        assert gone is not None
+        while self._tasks and self._at_a_cap() and not gone.is_set():
+            self._room = asyncio.Event()
+            waits = [asyncio.ensure_future(self._room.wait()), asyncio.ensure_future(gone.wait())]
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        return not gone.is_set()
+
+    def _at_a_cap(self) -> bool:
+        if len(self._tasks) >= self.max_sessions:
+            return True
+        context = self.context
+        limit = self.limits.max_sessions_per_principal
+        return context is not None and self._principals.running(context.principal) >= limit
 
     def client_done_sending(self) -> None:
         """The client ended its messages but still reads (gRPC's half-close): what runs goes on to its end,
@@ -443,6 +478,8 @@ class GatewayConnection:
                 del self._tasks[request.session_id]
                 del self._endings[request.session_id]
             self._cancelled.discard(task)  # type: ignore[arg-type]
+            if self._room is not None:
+                self._room.set()  # a batch waiting at a cap reads its next request
             if self._stopped_and_idle():
                 self._finish()  # the last session of a shutdown has ended
             elif not self._tasks:

@@ -72,6 +72,8 @@ async def serve_stdio(
                 shutdown=shutdown,
                 transport="stdio",
                 answers_after_end=True,  # a client that closed our input may still read our output
+                # a file of requests is a batch: nobody could retry an OVERLOADED, so at a cap it waits
+                batch=channel.output_gone if from_a_file else None,
             )
             if from_a_file:  # the file's end is the end of the requests: they run to their end, then we exit
                 channel.on_half_close = gateway.client_done_sending

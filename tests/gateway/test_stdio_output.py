@@ -6,7 +6,9 @@
   one ``ERROR`` line says why, and the process exits 1 — not 0 over a truncated file;
 * standard output a device that refuses every write (``> /dev/full``): one clear line, exit 1, no row left
   ``started`` (uvloop aborted the process, SIGABRT and no message);
-* standard output closed (``>&-``): one ``gtl gateway: error:`` line and exit 2, no traceback.
+* standard output closed (``>&-``): one ``gtl gateway: error:`` line and exit 2, no traceback;
+* a file of requests larger than ``max_sessions_per_connection``: read as sessions end (back-pressure), every
+  request run, none refused with an ``OVERLOADED`` nobody could retry.
 """
 
 from __future__ import annotations
@@ -120,3 +122,31 @@ def test_a_closed_standard_output_is_one_error_line_and_exit_2(tmp_path):
         "gtl gateway: error: standard output is closed: the stdio gateway writes its answers there "
         "(give it a pipe or a file)"
     ]
+
+
+def test_a_batch_larger_than_the_session_cap_waits_at_the_cap_and_runs_every_request(tmp_path):
+    """Six streamed requests in a file, a connection allowed two sessions at once: the file is read as sessions
+    end (back-pressure), not refused past the cap with a retryable ``OVERLOADED`` nobody could retry."""
+    ledger = tmp_path / "ledger.sqlite"
+    config = write_toml(
+        tmp_path / "gtl.toml",
+        {
+            "providers.slowecho": {"type": "echo", "options": {"pace": 0.02}},
+            "ledger": {"path": str(ledger)},
+            "gateway": {"max_sessions_per_connection": 2},
+        },
+    )
+    requests, answers = tmp_path / "requests.jsonl", tmp_path / "answers.jsonl"
+    asked = [f"b{n}" for n in range(6)]
+    requests.write_text("".join(json.dumps(_request(sid, "slowecho:echo", "a few words")) + "\n" for sid in asked))
+    with requests.open("rb") as stdin, answers.open("wb") as stdout:
+        finished = subprocess.run(
+            gateway_command(config), stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, timeout=120, check=False
+        )
+    assert finished.returncode == 0, finished.stderr.decode()[-2000:]
+    frames = [json.loads(line) for line in answers.read_text().splitlines() if line.strip()]
+    ends = {
+        frame["session_id"]: frame.get("code", frame["type"]) for frame in frames if frame["type"] in ("done", "error")
+    }
+    assert ends == dict.fromkeys(asked, "done"), ends
+    assert _rows(ledger) == dict.fromkeys(asked, "ok")
