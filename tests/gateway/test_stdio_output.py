@@ -150,3 +150,35 @@ def test_a_batch_larger_than_the_session_cap_waits_at_the_cap_and_runs_every_req
     }
     assert ends == dict.fromkeys(asked, "done"), ends
     assert _rows(ledger) == dict.fromkeys(asked, "ok")
+
+
+def test_a_reader_of_the_answers_that_goes_away_while_the_input_is_open_cancels_what_runs(tmp_path):
+    """A client that stops reading the gateway's standard output for good (its end of the pipe closed) while
+    the gateway's input is still open: nobody can be answered, so what runs is cancelled (rows ``cancelled``)
+    and the process exits 1 with one ``ERROR`` line — it used to run every session to its end, billed, and
+    wait for an input end that might never come."""
+    config, ledger = _config(tmp_path)
+    errors_file = tmp_path / "stderr.txt"
+    with errors_file.open("wb") as errors_out:
+        process = subprocess.Popen(
+            gateway_command(config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors_out
+        )
+    try:
+        assert process.stdin is not None and process.stdout is not None
+        hello = json.dumps({"type": "hello", "versions": ["1.0"]})
+        process.stdin.write(f"{hello}\n{json.dumps(_request('s1', 'slowecho:echo', PROMPT))}\n".encode())
+        process.stdin.flush()
+        while (line := process.stdout.readline()) and b'"type":"token"' not in line:
+            pass  # until the session streams
+        process.stdout.close()
+        process.wait(60)  # the input stays open all the while
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        process.stdin.close()
+    stderr = errors_file.read_text()
+    assert process.returncode == 1, stderr[-2000:]
+    errors = [line for line in stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "the reader of standard output went away" in errors[0], stderr
+    assert _rows(ledger) == {"s1": "cancelled"}
