@@ -191,6 +191,8 @@ MAX_PIPELINED = 16
 this many the rest of what the client sent is not parsed, and the connection is not read, until an answer
 is complete: a queued request costs ~2.4 KB (its cycle, scope and headers) against the 34 bytes a tiny
 ``GET`` takes to send, so an unbounded queue let one connection grow the gateway by hundreds of MiB."""
+_HELD_PIECE = 16 * 1024
+"""Bytes held back (``MAX_PIPELINED``) are parsed this many at a time once answers make room."""
 _HEAD_ENDS = (b"\n\r\n", b"\n\n")
 """What ends every request head (CRLF CRLF, or a bare LF's lenient forms): a head completes only where one ends."""
 FULL_LOG_EVERY = 60.0
@@ -575,13 +577,22 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
         if self.held is not None:  # (a read already under way when reading paused)
             self.held += data
             return
-        now = _parse_now(data, MAX_PIPELINED - len(self.pipeline))
-        if now < len(data):  # the rest would queue more than MAX_PIPELINED requests: it waits for an answer
-            self.held = bytearray(data[now:])
+        used = self._parse(data)
+        if used < len(data):  # the rest would queue more than MAX_PIPELINED requests: it waits for an answer
+            self.held = bytearray(data[used:])
             self.flow.pause_reading()
+
+    def _parse(self, data: bytes) -> int:
+        """Parse as much of ``data`` as ``MAX_PIPELINED`` allows; how many of its bytes that was."""
+        now = _parse_now(data, MAX_PIPELINED - len(self.pipeline))
+        if now < len(data):
             if not now:
-                return
+                return 0
             data = data[:now]
+        self._read_now(data)
+        return now
+
+    def _read_now(self, data: bytes) -> None:
         if self._phase is _WHOLE:
             self._phase = _WAITING  # bytes after a whole request: the next one begins
         if self._deadline_timer is None and self._phase is _WAITING and not self._answering():
@@ -763,13 +774,23 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
             self.loop.call_soon(self._release)
 
     def _release(self) -> None:
-        """Parse the bytes held back, as far as ``MAX_PIPELINED`` allows; once all are parsed, read again."""
+        """Parse the bytes held back, as far as ``MAX_PIPELINED`` allows; once all are parsed, read again.
+
+        They are parsed a piece at a time (``_HELD_PIECE``), each taken off the front of the buffer, so a
+        read's worth held back is not copied or scanned whole for every request it makes room for."""
         self._release_due = False
         held, self.held = self.held, None
-        if held is None or self.transport.is_closing():
-            return
-        self.data_received(bytes(held))
-        if self.held is not None or self.transport.is_closing():
+        while held and not self.transport.is_closing() and self._refusal_due is None:
+            if self.transport.get_protocol() is not self:  # (upgraded: the rest is the new protocol's)
+                self.transport.get_protocol().data_received(bytes(held))
+                return
+            piece = bytes(held[:_HELD_PIECE])
+            used = self._parse(piece)
+            del held[:used]
+            if used < len(piece):  # no more room: the rest waits for the next answer
+                self.held = held
+                return
+        if self.transport.is_closing() or self._refusal_due is not None:
             return
         if self._held_end:
             self._held_end = False

@@ -284,12 +284,15 @@ def test_a_shutdown_with_requests_before_a_malformed_one_answers_each_once(gatew
 # -- many requests pipelined behind a long answer ----------------------------------------------------------------
 
 
-def test_requests_pipelined_behind_a_long_answer_wait_at_most_max_pipelined_and_are_all_answered(gateway, monkeypatch):
+@pytest.mark.parametrize("prompt", ["Say something", "x" * 40_000], ids=["short-bodies", "bodies-over-16-KiB"])
+def test_requests_pipelined_behind_a_long_answer_wait_at_most_max_pipelined_and_are_all_answered(
+    gateway, monkeypatch, prompt
+):
     """A streamed answer lasting seconds, and behind it in one write a thousand requests (``GET /healthz`` and,
     every 50th, a GTL request of its own): the connection never holds more than ``MAX_PIPELINED`` of them
     parsed and waiting (the rest are not parsed, and the socket not read, until answers are complete), and
-    every one is answered, in order. Until 2026-12-07 every request read was queued: 300,000 tiny ``GET``s
-    grew the gateway by ~700 MiB."""
+    every one is answered, in order (bodies longer than the 16 KiB pieces held bytes are parsed in too). Until
+    2026-12-07 every request read was queued: 300,000 tiny ``GET``s grew the gateway by ~700 MiB."""
     depths: list[int] = []
     original = http_gateway._HttpProtocol.on_headers_complete
 
@@ -300,7 +303,9 @@ def test_requests_pipelined_behind_a_long_answer_wait_at_most_max_pipelined_and_
     monkeypatch.setattr(http_gateway._HttpProtocol, "on_headers_complete", counted)
     lead = _post("/v1/gtl", _gtl("lead", model=f"paced:{MODEL}", prompt=LONG_PROMPT))
     health = b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
-    behind = [_post("/v1/gtl", _gtl(f"q{n}", stream=False)) if n % 50 == 49 else health for n in range(1000)]
+    behind = [
+        _post("/v1/gtl", _gtl(f"q{n}", stream=False, prompt=prompt)) if n % 50 == 49 else health for n in range(1000)
+    ]
     with serving(gateway.config) as served, socket.create_connection(_address(served.url)) as sock:
         sock.sendall(lead + b"".join(behind))
         sock.shutdown(socket.SHUT_WR)
