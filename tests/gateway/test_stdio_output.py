@@ -7,8 +7,10 @@
 * standard output a device that refuses every write (``> /dev/full``): one clear line, exit 1, no row left
   ``started`` (uvloop aborted the process, SIGABRT and no message);
 * standard output closed (``>&-``): one ``gtl gateway: error:`` line and exit 2, no traceback;
+* a pipe's reader that goes away while the gateway's input is still open: the same as a failed write;
 * a file of requests larger than ``max_sessions_per_connection``: read as sessions end (back-pressure), every
-  request run, none refused with an ``OVERLOADED`` nobody could retry.
+  request run, none refused with an ``OVERLOADED`` nobody could retry — and a batch waiting at the cap when its
+  answers' reader goes away ends at once.
 """
 
 from __future__ import annotations
@@ -31,18 +33,17 @@ PROMPT = "Streaming answers into a file that fills up: every session still runni
 """About 60 KB: echo quotes it back streamed, ~800 KB of token frames."""
 
 
-def _config(tmp_path: Path) -> tuple[Path, Path]:
+def _config(tmp_path: Path, **gateway: object) -> tuple[Path, Path]:
     ledger = tmp_path / "ledger.sqlite"
-    config = write_toml(
-        tmp_path / "gtl.toml",
-        {
-            "providers.echo": {},
-            # minutes of streaming: still running when the answers file fills up
-            "providers.slowecho": {"type": "echo", "options": {"pace": 0.05}},
-            "ledger": {"path": str(ledger)},
-        },
-    )
-    return config, ledger
+    tables: dict[str, object] = {
+        "providers.echo": {},
+        # minutes of streaming: still running when the answers file fills up
+        "providers.slowecho": {"type": "echo", "options": {"pace": 0.05}},
+        "ledger": {"path": str(ledger)},
+    }
+    if gateway:
+        tables["gateway"] = gateway
+    return write_toml(tmp_path / "gtl.toml", tables), ledger
 
 
 def _file_size_limit() -> None:
@@ -182,3 +183,31 @@ def test_a_reader_of_the_answers_that_goes_away_while_the_input_is_open_cancels_
     errors = [line for line in stderr.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and "the reader of standard output went away" in errors[0], stderr
     assert _rows(ledger) == {"s1": "cancelled"}
+
+
+def test_a_batch_waiting_at_the_session_cap_ends_when_its_answers_cannot_be_written(tmp_path):
+    """The back-pressure and a reader that goes away together: a batch allowed two sessions, both paced (minutes
+    long), the third request waiting for one to end, when the reader of the answers closes its end — the wait
+    ends with the connection (it would have lasted until a session ran its minutes out): what runs is
+    cancelled, the waiting request never starts, exit 1."""
+    config, ledger = _config(tmp_path, max_sessions_per_connection=2)
+    requests = tmp_path / "requests.jsonl"
+    asked = ["slow1", "slow2", "slow3"]
+    requests.write_text("".join(json.dumps(_request(sid, "slowecho:echo", PROMPT)) + "\n" for sid in asked))
+    errors_file = tmp_path / "stderr.txt"
+    with requests.open("rb") as stdin, errors_file.open("wb") as errors_out:
+        process = subprocess.Popen(gateway_command(config), stdin=stdin, stdout=subprocess.PIPE, stderr=errors_out)
+    try:
+        assert process.stdout is not None
+        while (line := process.stdout.readline()) and not (b'"type":"token"' in line and b'"slow2"' in line):
+            pass  # until both sessions stream: the third request waits at the cap
+        process.stdout.close()
+        process.wait(60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    stderr = errors_file.read_text()
+    assert process.returncode == 1, stderr[-2000:]
+    assert "the reader of standard output went away" in stderr
+    assert _rows(ledger) == {"slow1": "cancelled", "slow2": "cancelled"}
