@@ -485,18 +485,21 @@ class _PipelineFlow(FlowControl):
             super().resume_reading()
 
 
-def _parse_now(data: bytes, room: int) -> int:
-    """How many of ``data``'s first bytes may be parsed so that at most ``room`` request heads complete in them.
+def _parse_now(data: bytes, room: int, body: int = 0) -> int:
+    """How many of ``data``'s first bytes may be parsed so that at most ``room`` request heads complete in them,
+    its first ``body`` bytes being the rest of a body (no head ends there; they are not scanned).
 
     Every head ends with one of ``_HEAD_ENDS``, each beginning at a newline of its own; one more head may
     end in the first bytes (its end begun in the previous read). So the bytes up to the ``room``-th such
     end's first byte complete at most ``room`` heads (a body's blank lines only make the cut earlier), and
     the cut is never at 0: what is held always starts to be parsed once there is room."""
-    if room <= 0:
-        return 0
-    if data.count(_HEAD_ENDS[0]) + data.count(_HEAD_ENDS[1]) < room:
+    if body >= len(data):
         return len(data)
-    start = -1
+    if room <= 0:
+        return body
+    if data.count(_HEAD_ENDS[0], body) + data.count(_HEAD_ENDS[1], body) < room:
+        return len(data)
+    start = body - 1
     for _ in range(room):
         ends = [at for at in (data.find(_HEAD_ENDS[0], start + 1), data.find(_HEAD_ENDS[1], start + 1)) if at >= 0]
         start = min(ends)
@@ -544,6 +547,8 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
         self._running_cycle: Any = None  # the cycle whose application runs (the one a pipelined request waits on)
         self._refusal_due: bytes | None = None  # a bad request's answer, written once the answers before it are
         self._client_done = False  # the client shut its side (a half-close): no request follows what it sent
+        self._length = 0  # the current request's content-length, as its head says
+        self._body_left = 0  # bytes of its body (a content-length's) not parsed yet: no head ends in them
         self.held: bytearray | None = None  # bytes read and not parsed: MAX_PIPELINED requests wait (data_received)
         self._held_end = False  # the client's end arrived behind ``held``: it is read once they are
         self._release_due = False  # ``_release`` is scheduled
@@ -584,7 +589,7 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
 
     def _parse(self, data: bytes) -> int:
         """Parse as much of ``data`` as ``MAX_PIPELINED`` allows; how many of its bytes that was."""
-        now = _parse_now(data, MAX_PIPELINED - len(self.pipeline))
+        now = _parse_now(data, MAX_PIPELINED - len(self.pipeline), self._body_left if self._phase is _BODY else 0)
         if now < len(data):
             if not now:
                 return 0
@@ -623,6 +628,7 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         self._phase = _HEAD
+        self._length = 0
         self._head_size = 0
         self._codings = []
         super().on_message_begin()
@@ -633,8 +639,11 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._head_size += len(name) + len(value) + 4  # ": " and CRLF
-        if name.lower() == b"transfer-encoding":
+        lowered = name.lower()
+        if lowered == b"transfer-encoding":
             self._codings += [coding.strip().lower() for coding in value.split(b",")]
+        elif lowered == b"content-length" and value.isdigit():  # (llhttp refuses any other)
+            self._length = int(value)
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -653,6 +662,7 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
             return
         self._phase = _BODY
         self._head_bytes = 0
+        self._body_left = 0 if codings else self._length
         before = self.cycle
         super().on_headers_complete()
         cycle = self.cycle
@@ -666,6 +676,8 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
                 self._keep_alive_held = cycle
 
     def on_body(self, body: bytes) -> None:
+        if self._body_left:  # (a chunked body's is 0)
+            self._body_left -= len(body)
         if not self.transport.is_closing():  # (a head refused with 431 has no cycle to take its body)
             super().on_body(body)
 
