@@ -483,6 +483,7 @@ def test_plaintext_binds_to_loopback_only():
 
 
 def test_gtl_serve_http_answers_curl_style_requests(base_config):
+    base_config.chmod(0o600)  # it holds a provider key: kept private, as the start's warning would ask
     command = [sys.executable, "-m", "gtl_nb.gateway", "--http", "127.0.0.1:0", "--config", str(base_config)]
     child = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env={**os.environ})
     try:
