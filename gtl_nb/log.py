@@ -73,8 +73,6 @@ place in the text (``str.lower`` may change a text's length: ``"İ".lower()`` is
 _LEAST_PIECE = 12
 """The fewest of a secret's first (or last) characters a text must quote for them to be scrubbed: a key's
 first 12 characters are, past a provider's prefix, random — another text holds them only by quoting it."""
-_CUT_MARKS = ("..", "\u2026", "*", "\u2022")
-"""What shows a quoted key was cut or masked where it stops: dots, an ellipsis, a mask."""
 _BASE64_RUN = frozenset(string.ascii_letters + string.digits + "+/-_")
 """What a base64 rendering is written with, in either alphabet (its ``=`` padding ends it only)."""
 
@@ -102,12 +100,8 @@ def _forms(secret: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
 
 def _quoted_spans(text: str, secret: str) -> list[tuple[int, int]]:
     """Where ``text`` (folded as ``secret`` is) quotes ``secret``: whole, or its first or last
-    ``_LEAST_PIECE`` characters or more where the text stops quoting it as a cut key stops
-    (``_cut_after``, ``_cut_before``) — not where it goes on with a word of its own, nor where it ends
-    with one of the secret's own words: a header value such as ``organization-acme-production-7f3a…``
-    shares its first words with innocent text (``organization-acme-production-server``), and blanking
-    them mangled error messages. ``str.find`` from where the last match ended, each match grown by at
-    most the secret's length: linear in the text."""
+    ``_LEAST_PIECE`` characters or more. ``str.find`` from where the last match ended, each match grown
+    by at most the secret's length: linear in the text."""
     spans: list[tuple[int, int]] = []
     piece = min(_LEAST_PIECE, len(secret))
     head, tail = secret[:piece], secret[-piece:]
@@ -116,37 +110,16 @@ def _quoted_spans(text: str, secret: str) -> list[tuple[int, int]]:
         end = found + piece
         while end - found < len(secret) and end < len(text) and text[end] == secret[end - found]:
             end += 1
-        if end - found == len(secret) or _cut_after(text, end, secret[end - found]):
-            spans.append((found, end))
+        spans.append((found, end))
         found = text.find(head, end)
     found = text.find(tail)
     while found >= 0:
         start, end = found, found + piece
         while end - start < len(secret) and start > 0 and text[start - 1] == secret[-(end - start) - 1]:
             start -= 1
-        if end - start == len(secret) or _cut_before(text, start, secret[-(end - start) - 1]):
-            spans.append((start, end))
+        spans.append((start, end))
         found = text.find(tail, end)
     return spans
-
-
-def _cut_after(text: str, end: int, missing: str) -> bool:
-    """Whether ``text``, quoting a secret's first characters up to ``end``, stops there as a key cut short
-    does: at the text's end, at a cut mark (``...``, ``…``, a mask), or at a character no key run goes on
-    with (a space, a quote, a colon) where the secret itself goes on within a run (``missing``, its next
-    character, is a letter or digit). Text that goes on with a letter or digit of its own, or stops where
-    the secret's own word ends, is other text that shares the secret's first words."""
-    if end >= len(text) or text.startswith(_CUT_MARKS, end):
-        return True
-    return not text[end].isalnum() and missing.isalnum()
-
-
-def _cut_before(text: str, start: int, missing: str) -> bool:
-    """``_cut_after`` for a quote of a secret's last characters, which begins at ``start`` (``missing`` is
-    the secret's character before them)."""
-    if start == 0 or text.endswith(_CUT_MARKS, 0, start):
-        return True
-    return not text[start - 1].isalnum() and missing.isalnum()
 
 
 def _base64_spans(text: str, form: str) -> list[tuple[int, int]]:
@@ -185,9 +158,7 @@ def _without(text: str, spans: list[tuple[int, int]]) -> str:
 
 def scrub_secret(text: str, secret: str) -> str:
     """``text`` without ``secret`` (at least 8 characters) in any form a provider has been seen to quote
-    a key in: whole or its first or last 12 characters or more (``_LEAST_PIECE``) cut as a key is cut —
-    at a cut mark, or inside one of its runs of letters and digits (``_quoted_spans``: text that merely
-    shares a secret's first or last words is left alone) —, in any letter case,
+    a key in: whole or its first or last 12 characters or more (``_LEAST_PIECE``), in any letter case,
     percent-encoded, or base64-encoded (``_forms``); or any masked rendering of it — a token holding a
     mask (``*``, ``•``, ``…``, ``...``) whose part before the mask begins the secret, or whose part after
     it ends the secret, by four characters or more, in any letter case, as providers quote a refused key

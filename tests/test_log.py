@@ -143,45 +143,6 @@ def test_what_is_not_the_key_is_left_alone():
     assert scrub_secret("Hello HELLO hello", "hello-world-key") == "Hello HELLO hello"
 
 
-HEADER_CANARY = "organization-acme-production-7f3A9c1e5b2d"  # a secret header value that begins with words
-HOST_CANARY = "svc-7f3A9c1e5b2d.gateway.example.com"  # one that ends with a host name's words
-
-
-def test_innocent_text_sharing_a_secrets_first_or_last_words_is_left_alone():
-    from gtl_nb.log import scrub_secret
-
-    text = (
-        "upstream organization-acme-production-server refused the call; see organization-acme-production in the console"
-    )
-    assert scrub_secret(text, HEADER_CANARY) == text
-    text = "could not reach api.example.com, nor gateway.example.com: Connection refused"
-    assert scrub_secret(text, HOST_CANARY) == text
-
-
-@pytest.mark.parametrize(
-    ("mark", "quoted", "secret"),
-    [
-        ("", HEADER_CANARY[:33] + "\u2026", HEADER_CANARY),  # cut, with an ellipsis
-        ("", HEADER_CANARY[:31] + "...", HEADER_CANARY),
-        ("", HEADER_CANARY[:34].lower(), HEADER_CANARY),  # cut inside its random part, another letter case
-        ("\u2026", HOST_CANARY[-26:], HOST_CANARY),
-        ("", HOST_CANARY[-30:].upper(), HOST_CANARY),
-        ("", HEADER_CANARY, HEADER_CANARY),
-        ("", HOST_CANARY, HOST_CANARY),
-    ],
-)
-def test_the_same_secrets_cut_or_whole_are_still_scrubbed(mark, quoted, secret):
-    from gtl_nb.log import scrub_secret
-
-    shown = mark + "[redacted]" + quoted[len(quoted.rstrip(".\u2026")) :]  # a cut mark stays beside it
-    for text, scrubbed in [
-        (f"refused header {mark}{quoted}: see the docs", f"refused header {shown}: see the docs"),
-        (f'{{"error": "{mark}{quoted}"}}', f'{{"error": "{shown}"}}'),
-        (f"value {mark}{quoted}", f"value {shown}"),
-    ]:
-        assert scrub_secret(text, secret) == scrubbed
-
-
 def test_scrubbing_a_key_in_its_forms_is_linear_in_the_text():
     from gtl_nb.log import scrub_secret
 
