@@ -162,3 +162,21 @@ def test_quotes_secret_finds_a_key_whole_in_any_letter_case_or_masked_and_ignore
     assert not quotes_secret("gpt-4o-2024-08-06", [key])
     assert not quotes_secret("a model named short", ["short"])  # under 8 characters: no secret to find
     assert not quotes_secret(f"model-{key}", [])
+
+
+@pytest.mark.parametrize(
+    "quoted",
+    [
+        lambda key: f"Invalid x-api-key {key[:22]} (truncated)",  # cut at the key's own '_'
+        lambda key: f"key '{key[:35]}' was revoked",  # cut at the key's own '-'
+        lambda key: f"token={key[:20]}Q refused",  # a prefix, then a letter of the text's own
+        lambda key: f"Invalid x-api-key {key[:20]} (truncated)",  # cut inside a run
+    ],
+)
+def test_a_key_cut_where_its_own_punctuation_falls_is_still_scrubbed(quoted):
+    """A provider's key (base64url: '-' and '_' fall anywhere in its random part) quoted up to one of
+    its own punctuation marks is a leak like any other cut."""
+    from gtl_nb.log import scrub_secret
+
+    key = "sk-ant-api03-Zq8vT3kLm9_Xw2RbN7pQe4-HsJ6yUc1aFgD5oKiV0lMnB8tWx3ZrE9qYpA7sL2dGh4jK6fN1vC0bX5mQ-AbCdEfAA"
+    assert key[13:20] not in scrub_secret(quoted(key), key)
