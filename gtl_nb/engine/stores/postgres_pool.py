@@ -318,7 +318,7 @@ def shown_url(url: str) -> str:
             host = f"[{host}]"
         netloc = f"{parts.username or ''}:***@{host}{'' if port is None else f':{port}'}"
     shown = f"{parts.scheme}://{netloc}{parts.path}"  # (urlunsplit would drop the "//" of an empty authority)
-    return shown + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    return shown + (f"?{query}" if query else "") + ("#…" if parts.fragment else "")  # (a fragment: never quoted)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -206,16 +206,17 @@ def shown_url(url: str) -> str:
         f"{name}={'***' if _may_be_secret(name) else value}"
         for name, value in parse_qsl(parts.query, keep_blank_values=True)
     )
-    if not parts.netloc:
-        return url  # nothing after the scheme: no password either
-    if parts.password is None:
+    fragment = "…" if parts.fragment else ""  # (no store reads one: it is shown as there, never quoted)
+    if not parts.netloc or parts.password is None:  # (no host: no password there, the query may hold one)
         netloc = parts.netloc
     else:
         host = parts.hostname or ""
         if ":" in host:  # an IPv6 address keeps its brackets
             host = f"[{host}]"
         netloc = f"{parts.username or ''}:***@{host}{'' if port is None else f':{port}'}"
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if not netloc:  # (urlunsplit would drop the "//" of "redis:///0": shown as it was written)
+        return f"{parts.scheme}://{parts.path}{f'?{query}' if query else ''}{f'#{fragment}' if fragment else ''}"
+    return urlunsplit((parts.scheme, netloc, parts.path, query, fragment))
 
 
 _SECRET_WORDS = ("pass", "pw", "secret", "token", "auth", "cred", "key")

@@ -261,3 +261,22 @@ def test_two_clients_on_one_redis_share_requests_per_minute(redis_url: str):
         assert client.zcard("gtl:budget:{ann}:times") == 3  # counted in Redis, not in either process
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis:///0?password=CanaryPw9x",
+        "redis:///0?socket_timeout=1&password=CanaryPw9x",
+        "redis://h:6379/0#CanaryPw9x",
+    ],
+)
+def test_a_url_without_a_host_or_with_a_fragment_is_shown_without_its_secret(url):
+    """A host-less URL was shown as written, query and all (its refusal quoted the password); a
+    fragment, which no store reads, too."""
+    shown = shown_url(url)
+    assert "CanaryPw9x" not in shown and shown.startswith(url.split("?")[0].split("#")[0])
+    try:
+        parse_store_url(url, where="[budgets] backend")
+    except Exception as refused:  # (a host-less one is refused: in words that quote no password)
+        assert "CanaryPw9x" not in str(refused)
