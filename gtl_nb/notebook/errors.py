@@ -98,11 +98,13 @@ def in_notebook_words(message: str) -> str:
 def mistake(exc: BaseException) -> UsageError:
     """A caller mistake from the client as a one-line ``UsageError`` that names the notebook's fix."""
     from gtl_nb.protocol import ConfigurationError, InvalidRequestError, ModelNotFoundError
+    from gtl_nb.protocol.errors import escaped
 
     if isinstance(exc, ModelNotFoundError):
         return UsageError(in_notebook_words(str(exc)))
     if isinstance(exc, (ConfigurationError, InvalidRequestError)):
-        message = getattr(exc, "message", "") or str(exc)
+        # (a gateway's words may hold control characters: shown escaped, as str(exc) shows them)
+        message = escaped(getattr(exc, "message", "") or "") or str(exc)
         if "provider" in message and ("configured" in message or "missing" in message):
             message += " (in a notebook: `%gtl providers NAME api_key_env=VAR base_url=...` or `%gtl config file=PATH`)"
         return UsageError(in_notebook_words(message))
