@@ -603,6 +603,8 @@ class GatewayConnection:
         """End the connection from the gateway's side: the peer is told, the reader stops, ``run`` returns."""
         if self.framed.closed:
             return
+        if error is not None and self.gave_up_with is None:
+            self.gave_up_with = error  # what a WebSocket's close code says (no hello in time: 1013)
         self.framed.close_nowait(error)
         self._closed_here = True
         if self._reading is not None and not self._reading.done():

@@ -175,3 +175,25 @@ def test_an_upgrades_head_is_held_to_the_listeners_one_limit(base_config, paddin
         assert status.startswith(b"HTTP/1.1 431"), data[:300]
         error = json.loads(data.partition(b"\r\n\r\n")[2].strip().splitlines()[-1])
         assert error["type"] == "error" and "head" in error["message"]
+
+
+def test_a_connection_that_sends_no_hello_in_time_closes_saying_try_again(base_config):
+    """The hello deadline ends a connection with a retryable error; its close says so (1013, try again
+    later), not 1000 (OK)."""
+    import json
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect as ws_connect
+
+    from gtl_nb.gateway.listeners import Limits
+
+    with (
+        gateway(base_config, limits=Limits(header_timeout=0.5)) as url,
+        ws_connect(url.replace("http://", "ws://") + "/v1/gtl/ws") as ws,
+    ):
+        said = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                said.append(json.loads(ws.recv(timeout=30)))
+        assert said and said[-1]["code"] == "PROVIDER_UNAVAILABLE" and "no hello" in said[-1]["message"]
+        assert ws.close_code == 1013
