@@ -4,6 +4,7 @@ said to be never used. Neither message quotes a secret."""
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -64,12 +65,14 @@ def test_a_url_with_a_password_and_a_secret_key_count_and_a_secret_env_does_not(
     assert PASSWORD not in warning
 
 
-def test_a_literal_api_key_the_vault_overrides_is_said_to_be_never_used(tmp_path: Path):
+def test_a_literal_api_key_the_vault_overrides_is_said_to_be_never_used(tmp_path: Path, monkeypatch):
     master = tmp_path / "vault.key"
     assert gtl(["keys", "genkey", "--out", str(master)]) == 0
-    tables = _tables(
-        tmp_path, path=str(tmp_path / "vault.json"), master_key_file=str(master), keys={"openai": "team-openai"}
-    )
+    vault = tmp_path / "vault.json"  # (a vault path naming no file refuses the start: it is made first)
+    where = ["--vault", str(vault), "--key-file", str(master)]
+    monkeypatch.setattr("sys.stdin", io.StringIO("sk-vault-held-0123456789\n"))
+    assert gtl(["keys", "add", "team-openai", "--deployment", "openai", *where]) == 0
+    tables = _tables(tmp_path, path=str(vault), master_key_file=str(master), keys={"openai": "team-openai"})
     config = write_toml(tmp_path / "gtl.toml", tables)
     os.chmod(config, 0o600)
     with start_gateway(config, env={"GTL_NB_LOG": ""}) as gateway:
