@@ -378,13 +378,16 @@ class LedgerWriter:
                     break
                 if prune_now:
                     self._prune()
+                spool_window = False
                 if self._spool_pending:  # (also with nothing queued: the spooled rows reach the file)
-                    self._try_replay()
+                    with self._lock:  # this window's queue goes to the spool (or, the lock gone, into the
+                        spool_window = bool(self._queue) and self._thread_writes()  # file): decided before
+                    self._try_replay()  # the try moves the next one a window on (which _thread_writes reads)
                 with self._lock:  # decided now, not before the wait for the commit lock: the loop
                     batch, bound = None, 0  # may have written everything meanwhile
                     if self._handed_back is not None:  # older than anything queued: written first
                         (batch, bound), self._handed_back = self._handed_back, None
-                    elif self._closing or self._thread_writes():
+                    elif self._closing or spool_window or self._thread_writes():
                         batch, bound = self._take()
                     self._urgent = False
                 if batch:

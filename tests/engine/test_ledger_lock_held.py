@@ -208,3 +208,83 @@ def test_a_process_killed_during_a_long_lock_loses_nothing_its_spool_held_and_ea
     assert sessions_of(path) == expected
     Ledger(path).close()
     assert sessions_of(path) == expected  # once
+
+
+# A process writing a finished row every ~10 ms all through a long lock: once its writes go to the spool (the lock
+# passed BLOCKED_AFTER) it says how many rows it has finished 1.5 s later, writes on, and is killed (SIGKILL).
+STREAMING = textwrap.dedent(
+    """
+    import asyncio, sys
+    from gtl_nb.engine.context import RequestContext
+    from gtl_nb.engine.stores.sqlite import SqliteUsageLedger
+
+    async def main():
+        store = SqliteUsageLedger(sys.argv[1], loop_commits=sys.argv[2] == "loop")
+        context = RequestContext(principal="ada")
+        print("ready", flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # the other process holds the lock from now on
+        finished = 0
+
+        async def write():
+            nonlocal finished
+            while True:
+                row = await store.start(session_id=f"s{finished}", context=context, model="m")
+                await store.finish(row, status="ok", tokens_in=finished)
+                finished += 1
+                await asyncio.sleep(0.01)
+
+        writing = asyncio.create_task(write())
+        while "spooled in" not in (store.degraded_reason or ""):  # the lock passed BLOCKED_AFTER
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(1.5)  # many commit windows, each of whose writes goes to the spool
+        print("mark", finished, flush=True)
+        await asyncio.to_thread(sys.stdin.readline)  # killed here, still writing
+        writing.cancel()
+
+    asyncio.run(main())
+    """
+)
+
+
+@pytest.mark.parametrize("commits", ["thread", "loop"])
+def test_a_process_killed_late_in_a_long_lock_loses_none_of_the_rows_it_finished_windows_before(
+    tmp_path: Path, commits: str
+):
+    path = tmp_path / "ledger.sqlite3"
+    Ledger(path).close()
+    child = subprocess.Popen(
+        [sys.executable, "-c", STREAMING, str(path), commits],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    holder = None
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        assert child.stdout.readline().strip() == "ready"
+        holder = Holder(path)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        word, count = child.stdout.readline().split()
+        assert word == "mark"
+        marked = int(count)
+        assert marked > 0
+        time.sleep(1.0)  # it writes on (the writes of the last windows may be lost with it)
+        child.kill()  # SIGKILL, 3.5 s into the lock: no exit handler, no drain
+        child.wait(30)
+        assert sessions_of(path) == []  # nothing reached the file: everything is in the spool or lost
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait(30)
+        if holder is not None:
+            holder.release()
+    Ledger(path).close()  # the next opening writes the spool
+    rows = sessions_of(path)
+    sessions = [session for session, _ in rows]
+    assert len(sessions) == len(set(sessions))  # each once
+    landed = dict(rows)
+    missing = [index for index in range(marked) if landed.get(f"s{index}") != "ok"]
+    assert missing == [], f"{len(missing)} of the {marked} rows finished long before the kill are lost"
+    assert len(rows) >= marked
