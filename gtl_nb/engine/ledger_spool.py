@@ -194,17 +194,42 @@ class SpoolWriter:
         self._spooled.pop(handle, None)
 
     def append(self, lines: list[dict[str, Any]]) -> None:
-        """Add ``lines`` at the end of the spool and sync it to the disk (``OSError`` if it cannot)."""
+        """Add ``lines`` at the end of the spool and sync it to the disk — all of them, or (``OSError``: a
+        full disk, a failed sync) none: what reached the spool of them is cut off again, so a caller that
+        keeps the writes for the file never has them in the spool too (the replay would write them twice)."""
         if not lines:
             return
-        data = b"".join(_line(body) for body in lines)
+        data = memoryview(b"".join(_line(body) for body in lines))
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
-            with _locked(fd):
-                os.write(fd, data)
-                os.fsync(fd)
+            with _locked(fd):  # no other writer appends nor replays meanwhile: the size is the spool's own
+                size = os.fstat(fd).st_size
+                try:
+                    while data:  # a filling disk writes part first (the next write says it is full)
+                        written = os.write(fd, data)
+                        if written <= 0:
+                            raise OSError(f"the spool {self.path} took no more bytes")
+                        data = data[written:]
+                    os.fsync(fd)
+                except BaseException:
+                    _cut_back(fd, size, self.path)
+                    raise
         finally:
             os.close(fd)
+
+
+def _cut_back(fd: int, size: int, path: Path) -> None:
+    """The spool back to ``size`` bytes: an append that failed part-way leaves nothing of its lines."""
+    try:
+        os.ftruncate(fd, size)
+        os.fsync(fd)
+    except OSError as exc:  # the lines that reached it stay: the replay applies them (each once)
+        log.error(
+            "ledger spool %s: a failed append could not be cut off again (%s); its lines that reached the spool "
+            "may also be written into the file by this process",
+            path,
+            exc,
+        )
 
 
 def _cleaned(op: Finish) -> dict[str, Any] | None:

@@ -12,13 +12,14 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gtl_nb.engine import ledger_spool, ledger_writer
+from gtl_nb.engine import ledger_batch, ledger_spool, ledger_writer
 from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.engine.ledger_spool import read_spool, spool_path
@@ -444,3 +445,118 @@ def test_a_corrupt_file_is_no_rows_fault_the_replay_waits_whole(
     monkeypatch.setattr(ledger_spool, "_execute", real)
     Ledger(path).close()
     assert [row[0] for row in rows_of(path)] == ["early", "s0", "s1", "s2", "running"]
+
+
+# Appends to a spool whose disk fills mid-append: the process's file size limit (RLIMIT_FSIZE, SIGXFSZ ignored)
+# lets the first bytes of the append through and refuses the rest (EFBIG), as a filling disk does (ENOSPC).
+FILLING = textwrap.dedent(
+    """
+    import resource, signal, sys
+    from pathlib import Path
+    from gtl_nb.engine.ledger_batch import Start
+    from gtl_nb.engine.ledger_spool import SpoolWriter
+
+    spool = Path(sys.argv[1])
+    writer = SpoolWriter(spool, "host")
+
+    def lines(first, count):
+        ops = [Start(-(first + i + 1), first + i + 1, 1.0, f"s{first + i}", "ada", "m") for i in range(count)]
+        return writer.lines(ops, {})[0]
+
+    writer.append(lines(0, 2))
+    size = spool.stat().st_size
+    more = lines(2, 50)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (size + 4096, resource.RLIM_INFINITY))
+    try:
+        writer.append(more)
+    except OSError as exc:
+        print("refused", exc.errno, size, flush=True)
+    else:
+        print("taken", 0, size, flush=True)
+    """
+)
+
+
+def test_an_append_the_disk_fills_during_is_refused_whole_and_leaves_the_spool_as_it_was(tmp_path: Path):
+    spool = tmp_path / "ledger.sqlite3-spool.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-c", FILLING, str(spool)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    said, errno, size = done.stdout.split()
+    assert said == "refused" and int(errno) in (27, 28)  # EFBIG (the limit), ENOSPC (a full disk)
+    assert spool.stat().st_size == int(size)  # the lines that got through were cut off again
+    contents = read_spool(spool.read_bytes())
+    assert contents.damaged == []
+    assert [line["kind"] for line in contents.lines] == ["row", "row"]
+
+
+def test_an_append_whose_sync_fails_leaves_nothing_of_its_lines_in_the_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    spool = tmp_path / "ledger.sqlite3-spool.jsonl"
+    writer = ledger_spool.SpoolWriter(spool, "host")
+    first, _ = writer.lines([ledger_batch.Start(-1, 1, T0, "s0", "ada", "m")], {})
+    writer.append(first)
+    before = spool.read_bytes()
+    real = os.fsync
+    synced: list[int] = []
+
+    def failing_once(fd: int) -> None:
+        synced.append(fd)
+        if len(synced) == 1:
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", failing_once)
+    more, _ = writer.lines([ledger_batch.Start(-2, 2, T0, "s1", "ada", "m")], {})
+    with pytest.raises(OSError, match="Input/output error"):
+        writer.append(more)
+    assert spool.read_bytes() == before  # written, then cut off again: the caller keeps the write for the file
+
+
+def test_writes_the_spool_refused_during_a_lock_land_once_when_it_goes(
+    path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    monkeypatch.setattr(ledger_writer, "BLOCKED_AFTER", 0.2)
+    real = os.fsync
+    refused: list[int] = []
+
+    def failing_while_it_holds_lines(fd: int) -> None:  # the spool's sync fails once its bytes are written
+        if os.fstat(fd).st_size > 0:
+            refused.append(fd)
+            raise OSError(5, "Input/output error")
+        real(fd)
+
+    store = SqliteUsageLedger(path)
+    holder = Holder(path)
+    try:
+        monkeypatch.setattr(os, "fsync", failing_while_it_holds_lines)
+
+        async def while_locked() -> None:
+            for index in range(3):
+                row = await store.start(session_id=f"s{index}", context=ADA, model="m", now=T0 + index)
+                await store.finish(row, status="ok", tokens_in=index, now=T0 + index + 1)
+
+        with caplog.at_level(logging.ERROR, logger="gtl_nb"):
+            asyncio.run(while_locked())
+            deadline = time.monotonic() + 30
+            while not refused:  # the lock passed BLOCKED_AFTER: the writer tried the spool, which refused
+                assert time.monotonic() < deadline, "the writer never tried the spool"
+                time.sleep(0.02)
+        assert "refused" in caplog.text and "they wait in memory for the file" in caplog.text
+        assert not spool_path(path).exists() or read_spool(spool_path(path).read_bytes()).lines == []
+        monkeypatch.setattr(os, "fsync", real)
+        holder.release()
+        asyncio.run(store.flush())
+    finally:
+        monkeypatch.setattr(os, "fsync", real)
+        holder.release()
+        store.close()
+    Ledger(path).close()  # a spool holding the refused lines too would write them a second time here
+    assert [row[:3] for row in rows_of(path)] == [("s0", "ok", 0), ("s1", "ok", 1), ("s2", "ok", 2)]
