@@ -2,10 +2,10 @@
 
 The event loop's pipe transports take pipes, sockets and terminals only: asyncio refuses a regular
 file, and uvloop aborts the whole process on one (SIGABRT, no message) — which is what
-``gtl serve --stdio < requests.jsonl > answers.jsonl`` hands it, and ``> /dev/full`` too (a device that
-is no terminal). ``readable(fd)`` returns ``fd`` itself for anything but a regular file, ``writable(fd)``
-for a pipe, a socket or a terminal; otherwise each returns the end of a fresh pipe that a thread copies
-to or from ``fd``, so the gateway sees a pipe either way and the file gets every byte.
+``gtl serve --stdio < requests.jsonl > answers.jsonl`` hands it, and ``> /dev/full`` or ``< /dev/null`` too
+(devices that are no terminal). ``readable(fd)`` and ``writable(fd)`` return ``fd`` itself for a pipe, a
+socket or a terminal; otherwise each returns the end of a fresh pipe that a thread copies to or from
+``fd``, so the gateway sees a pipe either way and the file gets every byte.
 
 A written file's relay ends when the gateway closes its end of the pipe (the channel's close); the
 process waits for it at exit (``RELAY_EXIT_WAIT``), so the answers written last reach the file. A write
@@ -22,7 +22,7 @@ import threading
 
 from gtl_nb.log import get_logger
 
-__all__ = ["RELAY_EXIT_WAIT", "failure", "is_regular_file", "readable", "writable"]
+__all__ = ["RELAY_EXIT_WAIT", "failure", "is_regular_file", "readable", "relayed_input", "writable"]
 
 log = get_logger("transports.file_relay")
 
@@ -52,9 +52,16 @@ def is_regular_file(fd: int) -> bool:
         return False
 
 
+def relayed_input(fd: int) -> bool:
+    """Whether ``readable`` relays ``fd``: neither a pipe, a socket nor a terminal (a regular file, a device
+    such as ``/dev/null``)."""
+    return not _a_stream(fd)
+
+
 def readable(fd: int) -> int:
-    """``fd``, or for a regular file the read end of a pipe a thread fills from it (closed at its end)."""
-    if not is_regular_file(fd):
+    """``fd`` for a pipe, a socket or a terminal; for anything else (a regular file, a device such as
+    ``/dev/null``) the read end of a pipe a thread fills from ``fd`` (closed at its end)."""
+    if _a_stream(fd):
         return fd
     pipe_read, pipe_write = os.pipe()
     threading.Thread(target=_copy, args=(fd, pipe_write, False), name="gtl-stdin-relay", daemon=True).start()

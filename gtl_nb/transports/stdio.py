@@ -78,7 +78,7 @@ def take_stdout() -> int:
 
 async def open_server_channel(frames_fd: int, *, in_fd: int = 0) -> PipeChannel:
     """The gateway's channel: frames read from ``in_fd`` (standard input) and written to ``frames_fd`` —
-    each a pipe, a socket or a terminal, or a regular file relayed through a pipe (``file_relay``)."""
+    each a pipe, a socket or a terminal, or a regular file or a device relayed through a pipe (``file_relay``)."""
     return await open_pipe_channel(file_relay.readable(in_fd), file_relay.writable(frames_fd), peer="stdio")
 
 
@@ -95,9 +95,10 @@ def answers_failure(channel: PipeChannel) -> str | None:
 
 
 def input_is_a_file(in_fd: int = 0) -> bool:
-    """Whether standard input is a regular file: its end is then the end of the requests, not the client
-    leaving (``gtl serve --stdio < requests.jsonl``)."""
-    return file_relay.is_regular_file(in_fd)
+    """Whether standard input is read like a file — a regular file, or a device such as ``/dev/null`` (neither
+    pipe, socket nor terminal): its end is then the end of the requests, not the client leaving (``gtl serve
+    --stdio < requests.jsonl``)."""
+    return file_relay.relayed_input(in_fd)
 
 
 # -- client half ------------------------------------------------------------------------------------------

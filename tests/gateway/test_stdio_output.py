@@ -8,6 +8,8 @@
   ``started`` (uvloop aborted the process, SIGABRT and no message);
 * standard output closed (``>&-``): one ``gtl gateway: error:`` line and exit 2, no traceback;
 * a pipe's reader that goes away while the gateway's input is still open: the same as a failed write;
+* standard input ``/dev/null`` (cron, systemd, ``nohup``): read like a file, an empty batch, exit 0 (uvloop
+  aborted the process, SIGABRT and no message);
 * a file of requests larger than ``max_sessions_per_connection``: read as sessions end (back-pressure), every
   request run, none refused with an ``OVERLOADED`` nobody could retry — and a batch waiting at the cap when its
   answers' reader goes away ends at once.
@@ -211,3 +213,15 @@ def test_a_batch_waiting_at_the_session_cap_ends_when_its_answers_cannot_be_writ
     assert process.returncode == 1, stderr[-2000:]
     assert "the reader of standard output went away" in stderr
     assert _rows(ledger) == {"slow1": "cancelled", "slow2": "cancelled"}
+
+
+def test_standard_input_dev_null_is_an_empty_batch(tmp_path):
+    """``gtl serve --stdio < /dev/null``: a device that is neither pipe, socket nor terminal is read like a
+    file — no request, nothing written, exit 0 (uvloop's pipe reader aborted the process on it, silently)."""
+    config, _ = _config(tmp_path)
+    with open(os.devnull, "rb") as stdin:
+        finished = subprocess.run(gateway_command(config), stdin=stdin, capture_output=True, timeout=120, check=False)
+    stderr = finished.stderr.decode()
+    assert finished.returncode == 0, (finished.returncode, stderr[-2000:])
+    assert finished.stdout == b""
+    assert "ERROR" not in stderr and "Traceback" not in stderr, stderr
