@@ -5,12 +5,12 @@ it ends — the client closed its end of the pipe, or went away — every sessio
 ledger row completed, and the process exits. The end of standard input is the client leaving (the GTL
 spec says nothing of it): what runs is cancelled, not finished as after gRPC's half-close, but each
 session's ``CANCELLED`` is still written to standard output, for a client that closed only its side.
-A regular file as standard input (``gtl serve --stdio < requests.jsonl > answers.jsonl``) is a batch:
-its end is the end of the requests, which run to their end before the process exits (``file_relay``
-carries files the event loop's pipes cannot take). Answers that cannot be written — a full disk, a
-file size limit, ``/dev/full``, the output's reader gone — end the connection as a client leaving does
-(what runs is cancelled, its rows completed), and ``serve_stdio`` returns why: the process then says so
-and exits 1.
+A regular file (or a device, ``/dev/null``) as standard input (``gtl serve --stdio < requests.jsonl >
+answers.jsonl``) is a batch: its end is the end of the requests, which run to their end before the process
+exits (``file_relay`` carries files and devices the event loop's pipes cannot take). Answers that cannot be
+written — a full disk, a file size limit, ``/dev/full``, the output's reader gone — end the connection as a
+client leaving does (what runs is cancelled, its rows completed), and ``serve_stdio`` returns why: the process
+then says so and exits 1. A reader gone once it had every answer, nothing running, lost nothing: no failure.
 
 It opens what ``gtl serve`` opens beside its listeners (``server.open_parts``): the audit log of
 ``[gateway.audit]`` — one record per finished request, as on every other transport; a log file another
@@ -77,13 +77,19 @@ async def serve_stdio(
             )
             if from_a_file:  # the file's end is the end of the requests: they run to their end, then we exit
                 channel.on_half_close = gateway.client_done_sending
+            running_when_gone: list[int] = []  # sessions running when the output went (the end cancels them)
+            channel.on_output_gone = lambda: running_when_gone.append(gateway.live_sessions)
             await gateway.run()
         finally:
             await channel.aclose()
-        failure = await asyncio.to_thread(answers_failure, channel)  # (a file's relay copies what it can first)
+        sessions_cut = any(running_when_gone)
+        # (a file's relay copies what it can first)
+        failure = await asyncio.to_thread(answers_failure, channel, sessions_cut=sessions_cut)
         if failure is not None:
-            cut = ": the sessions still running were cancelled" if channel.output_lost else ""
+            cut = ": the sessions still running were cancelled" if sessions_cut else ""
             log.error("%s%s; the process exits 1", failure, cut)
+        elif channel.output_lost:
+            log.debug("the reader of standard output went away after the last answer, with nothing running")
         return failure
     finally:
         await parts.aclose()  # the refusals' rows and records first, then the audit log, then the engine

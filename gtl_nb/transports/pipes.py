@@ -7,7 +7,8 @@ away. Pipes, sockets and terminals only (``loop.connect_read_pipe`` refuses regu
 
 Whoever reads the output going away before the channel's close (a pipe's reader gone, or a file's relay
 stopped by a failed write) is the peer leaving: ``read`` returns the end at once, whatever is still
-unread, and ``output_lost`` says so.
+unread, and ``output_lost`` says so; ``answers_dropped`` says whether bytes were lost with it (some still
+buffered then, or written afterwards) — a reader that left once it had read everything lost none.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class _Outflow(asyncio.BaseProtocol):
     def __init__(self) -> None:
         self.paused = False
         self.lost = False
+        self.cut = False  # the pipe was lost with bytes still buffered (a write failed: its reader gone)
         self.gone = asyncio.Event()
         self.on_lost: Callable[[], object] | None = None
         self._waiters: deque[asyncio.Future[None]] = deque()
@@ -42,6 +44,7 @@ class _Outflow(asyncio.BaseProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self.cut = exc is not None  # (both loops pass the failed write's error; a reader gone while idle: None)
         self.gone.set()
         self._wake()
         if self.on_lost is not None:
@@ -84,12 +87,18 @@ class PipeChannel:
         """The descriptor written (``open_pipe_channel``)."""
         self.input_transport: asyncio.BaseTransport | None = None
         """The pipe transport ``reader`` is fed by (``open_pipe_channel``)."""
+        self.on_output_gone: Callable[[], object] | None = None
+        """Called when ``output_gone`` is set, before anything else reacts to it (the gateway notes whether
+        sessions were still running, which the end of the connection then cancels)."""
+        self._dropped = False  # bytes written once the output was gone: they reached nobody
         outflow.on_lost = self._output_gone
 
     def _output_gone(self) -> None:
         if self._closing or self._ended:  # (a client that closed our input first may stop reading then)
             return
         self.output_gone.set()
+        if self.on_output_gone is not None:
+            self.on_output_gone()
         self.on_half_close = None  # requests not read yet, or still running, can no longer be answered
         if self.input_transport is not None:
             self.input_transport.close()  # nothing more is read: a read waiting for bytes returns the end now
@@ -99,6 +108,12 @@ class PipeChannel:
     def output_lost(self) -> bool:
         """Whether ``output_gone`` is set."""
         return self.output_gone.is_set()
+
+    @property
+    def answers_dropped(self) -> bool:
+        """Whether bytes written to the channel never reached its output: still buffered when the output's
+        reader went away, or written after that (only answers handed to the pipe before count as read)."""
+        return self._outflow.cut or self._dropped
 
     async def read(self) -> bytes:
         data = b""
@@ -115,8 +130,12 @@ class PipeChannel:
         return data
 
     def write(self, data: bytes) -> None:
-        if data and not self._outflow.lost and not self._transport.is_closing():
+        if not data:
+            return
+        if not self._outflow.lost and not self._transport.is_closing():
             self._transport.write(data)
+        elif self.output_lost:
+            self._dropped = True
 
     def has_room(self) -> bool:
         """Whether ``drain()`` would return at once (``FramedConnection.drain_when_full`` asks per event)."""

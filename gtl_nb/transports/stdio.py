@@ -82,14 +82,16 @@ async def open_server_channel(frames_fd: int, *, in_fd: int = 0) -> PipeChannel:
     return await open_pipe_channel(file_relay.readable(in_fd), file_relay.writable(frames_fd), peer="stdio")
 
 
-def answers_failure(channel: PipeChannel) -> str | None:
+def answers_failure(channel: PipeChannel, *, sessions_cut: bool = False) -> str | None:
     """Why not every answer written to the closed ``channel`` reached standard output, or ``None``: a file's
     (or device's) relay stopped by a failed write (after copying what it could), or the reader of the
-    pipe gone while the connection was still open."""
+    pipe gone while the connection was still open with an answer lost — bytes left unwritten
+    (``PipeChannel.answers_dropped``), or ``sessions_cut``: sessions were running then, and are cancelled.
+    A reader that went away once it had every answer, with nothing running, lost nothing: ``None``."""
     error = file_relay.failure(channel.output_fd) if channel.output_fd is not None else None
     if error is not None:
         return f"cannot write the answers to standard output: {error.strerror or error}"
-    if channel.output_lost:
+    if channel.output_lost and (sessions_cut or channel.answers_dropped):
         return "the reader of standard output went away before every answer was written"
     return None
 

@@ -7,7 +7,9 @@
 * standard output a device that refuses every write (``> /dev/full``): one clear line, exit 1, no row left
   ``started`` (uvloop aborted the process, SIGABRT and no message);
 * standard output closed (``>&-``): one ``gtl gateway: error:`` line and exit 2, no traceback;
-* a pipe's reader that goes away while the gateway's input is still open: the same as a failed write;
+* a pipe's reader that goes away while the gateway's input is still open: the same as a failed write when a
+  session was running or an answer was left unwritten — and no failure at all (exit 0, no ``ERROR``) when it
+  left once it had read every answer, nothing running (``gtl serve --stdio < requests | head -n ALL``);
 * standard input ``/dev/null`` (cron, systemd, ``nohup``): read like a file, an empty batch, exit 0 (uvloop
   aborted the process, SIGABRT and no message);
 * a file of requests larger than ``max_sessions_per_connection``: read as sessions end (back-pressure), every
@@ -213,6 +215,85 @@ def test_a_batch_waiting_at_the_session_cap_ends_when_its_answers_cannot_be_writ
     assert process.returncode == 1, stderr[-2000:]
     assert "the reader of standard output went away" in stderr
     assert _rows(ledger) == {"slow1": "cancelled", "slow2": "cancelled"}
+
+
+def _read_every_answer_then_leave(process: subprocess.Popen[bytes], sessions: list[str]) -> int:
+    """Read the gateway's answers until each of ``sessions`` has its ``done`` (a frame per line), then close
+    the reading end, as ``head -n`` or a script that got what it waited for does; the lines read."""
+    assert process.stdout is not None
+    waiting, lines = set(sessions), 0
+    while waiting and (line := process.stdout.readline()):
+        lines += 1
+        frame = json.loads(line)
+        if frame["type"] == "done":
+            waiting.discard(frame["session_id"])
+    process.stdout.close()
+    assert not waiting, waiting
+    return lines
+
+
+def test_a_reader_that_leaves_once_it_has_every_answer_is_no_failure(tmp_path):
+    """A client that reads every answer, then closes its end of the gateway's output while the gateway's input
+    is still open (so the gateway finds its reader gone before anything else ends the connection): nothing
+    was left unwritten and nothing runs, so the process exits 0 with no ``ERROR`` — it said sessions were
+    cancelled when none were, and exited 1."""
+    config, ledger = _config(tmp_path)
+    asked = [f"r{n}" for n in range(3)]
+    errors_file = tmp_path / "stderr.txt"
+    with errors_file.open("wb") as errors_out:
+        process = subprocess.Popen(
+            gateway_command(config), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors_out
+        )
+    try:
+        assert process.stdin is not None
+        hello = json.dumps({"type": "hello", "versions": ["1.0"]})
+        lines = [hello] + [json.dumps(_request(sid, "echo", "hi")) for sid in asked]
+        process.stdin.write("".join(line + "\n" for line in lines).encode())
+        process.stdin.flush()
+        _read_every_answer_then_leave(process, asked)
+        process.wait(60)  # the input stays open all the while: the reader's leaving ends the connection
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+        process.stdin.close()
+    stderr = errors_file.read_text()
+    assert process.returncode == 0, stderr[-2000:]
+    assert "ERROR" not in stderr and "Traceback" not in stderr, stderr
+    assert _rows(ledger) == dict.fromkeys(asked, "ok")
+
+
+def test_a_batch_read_to_its_last_answer_by_head_exits_0(tmp_path):
+    """``gtl serve --stdio < requests | head -n ALL``: the file's requests all answered and read, then ``head``
+    gone while the gateway tears down — exit 0, no ``ERROR``, every row ``ok``."""
+    config, ledger = _config(tmp_path)
+    asked = [f"h{n}" for n in range(5)]
+    requests, answers = tmp_path / "requests.jsonl", tmp_path / "answers.jsonl"
+    requests.write_text("".join(json.dumps(_request(sid, "echo", "hi")) + "\n" for sid in asked))
+    with requests.open("rb") as stdin, answers.open("wb") as stdout:  # how many lines the answers are
+        subprocess.run(gateway_command(config), stdin=stdin, stdout=stdout, timeout=120, check=True)
+    every_line = len(answers.read_bytes().splitlines())
+    errors_file = tmp_path / "stderr.txt"
+    with requests.open("rb") as stdin, errors_file.open("wb") as errors_out:
+        gateway = subprocess.Popen(gateway_command(config), stdin=stdin, stdout=subprocess.PIPE, stderr=errors_out)
+    assert gateway.stdout is not None
+    head = subprocess.Popen(["head", "-n", str(every_line)], stdin=gateway.stdout, stdout=subprocess.PIPE)
+    gateway.stdout.close()  # head is its only reader
+    try:
+        read, _ = head.communicate(timeout=120)
+        gateway.wait(60)
+    finally:
+        for process in (head, gateway):
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+    stderr = errors_file.read_text()
+    assert gateway.returncode == 0, stderr[-2000:]
+    assert "ERROR" not in stderr and "Traceback" not in stderr, stderr
+    done = {json.loads(line)["session_id"] for line in read.splitlines() if b'"type":"done"' in line}
+    assert done == set(asked)
+    statuses = [row["status"] for row in Ledger(ledger).rows()]  # both runs': each request ran twice
+    assert statuses == ["ok"] * 2 * len(asked), statuses
 
 
 def test_standard_input_dev_null_is_an_empty_batch(tmp_path):
