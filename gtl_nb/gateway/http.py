@@ -68,6 +68,7 @@ import functools
 import gzip as gzip_module
 import logging
 import math
+import re
 import socket
 import string
 import time
@@ -193,8 +194,9 @@ is complete: a queued request costs ~2.4 KB (its cycle, scope and headers) again
 ``GET`` takes to send, so an unbounded queue let one connection grow the gateway by hundreds of MiB."""
 _HELD_PIECE = 16 * 1024
 """Bytes held back (``MAX_PIPELINED``) are parsed this many at a time once answers make room."""
-_HEAD_ENDS = (b"\n\r\n", b"\n\n")
-"""What ends every request head (CRLF CRLF, or a bare LF's lenient forms): a head completes only where one ends."""
+_BLANK_LINE = re.compile(rb"\n\r?\n")
+"""What ends every request head (CRLF CRLF, or a bare LF's lenient forms), and a chunked body (its last chunk's
+empty line): a head completes only where one ends."""
 FULL_LOG_EVERY = 60.0
 """Seconds between two log lines about connections closed for the listener's share of ``max_connections``."""
 OVER_CAP_WAIT = 1.0
@@ -481,29 +483,36 @@ class _PipelineFlow(FlowControl):
         self._protocol = protocol
 
     def resume_reading(self) -> None:
-        if self._protocol.held is None:
+        protocol = self._protocol
+        if protocol.held is None:
             super().resume_reading()
+        elif protocol._phase is _BODY:  # (bytes are held only between whole requests: a body never waits on them)
+            protocol._release_soon()
 
 
-def _parse_now(data: bytes, room: int, body: int = 0) -> int:
-    """How many of ``data``'s first bytes may be parsed so that at most ``room`` request heads complete in them,
-    its first ``body`` bytes being the rest of a body (no head ends there; they are not scanned).
+def _cut_after_heads(data: bytes, pos: int, room: int, tail: bytes) -> int:
+    """Where to cut ``data`` (parsed up to ``pos``) so that at most ``room`` request heads complete in
+    ``data[pos:cut]``: just past its ``room``-th blank line (a head ends at its first one), or its end when
+    it has fewer. ``tail`` is the last two bytes parsed before ``pos``, for a blank line that began there.
 
-    Every head ends with one of ``_HEAD_ENDS``, each beginning at a newline of its own; one more head may
-    end in the first bytes (its end begun in the previous read). So the bytes up to the ``room``-th such
-    end's first byte complete at most ``room`` heads (a body's blank lines only make the cut earlier), and
-    the cut is never at 0: what is held always starts to be parsed once there is room."""
-    if body >= len(data):
-        return len(data)
-    if room <= 0:
-        return body
-    if data.count(_HEAD_ENDS[0], body) + data.count(_HEAD_ENDS[1], body) < room:
-        return len(data)
-    start = body - 1
-    for _ in range(room):
-        ends = [at for at in (data.find(_HEAD_ENDS[0], start + 1), data.find(_HEAD_ENDS[1], start + 1)) if at >= 0]
-        start = min(ends)
-    return start + 1
+    A body's blank lines count too: they only make the cut earlier (the caller goes on parsing; it holds
+    bytes back only between whole requests). The cut is never at ``pos``: parsing always moves on."""
+    seen = 0
+    if tail.endswith(b"\n") and (data.startswith(b"\n", pos) or data.startswith(b"\r\n", pos)):
+        seen, start = 1, pos + (1 if data.startswith(b"\n", pos) else 2)
+        if seen >= room:
+            return start
+    elif tail.endswith(b"\n\r") and data.startswith(b"\n", pos):
+        seen, start = 1, pos + 1
+        if seen >= room:
+            return start
+    else:
+        start = pos
+    for found in _BLANK_LINE.finditer(data, start):
+        seen += 1
+        if seen >= room:
+            return found.end()
+    return len(data)
 
 
 class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
@@ -550,6 +559,7 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
         self._length = 0  # the current request's content-length, as its head says
         self._body_left = 0  # bytes of its body (a content-length's) not parsed yet: no head ends in them
         self.held: bytearray | None = None  # bytes read and not parsed: MAX_PIPELINED requests wait (data_received)
+        self._tail = b""  # the last two bytes parsed (a blank line may begin in them: _cut_after_heads)
         self._held_end = False  # the client's end arrived behind ``held``: it is read once they are
         self._release_due = False  # ``_release`` is scheduled
 
@@ -588,14 +598,36 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
             self.flow.pause_reading()
 
     def _parse(self, data: bytes) -> int:
-        """Parse as much of ``data`` as ``MAX_PIPELINED`` allows; how many of its bytes that was."""
-        now = _parse_now(data, MAX_PIPELINED - len(self.pipeline), self._body_left if self._phase is _BODY else 0)
-        if now < len(data):
-            if not now:
-                return 0
-            data = data[:now]
-        self._read_now(data)
-        return now
+        """Parse as much of ``data`` as ``MAX_PIPELINED`` allows; how many of its bytes that was.
+
+        Bytes are held back only between whole requests, once ``MAX_PIPELINED`` whole ones wait behind the
+        one being answered: never inside a request still arriving (its head, or its body, chunked or not),
+        whose application may be waiting for them. Until then ``data`` is parsed in pieces, each completing
+        at most as many heads as there is room for (it ends at a blank line, or where a content-length body
+        does), and the queue is looked at again after each: a body's own blank lines only make the pieces
+        smaller."""
+        pos, size = 0, len(data)
+        while pos < size:
+            room = MAX_PIPELINED - len(self.pipeline)
+            if self._phase is _BODY:
+                if self._body_left:  # the rest of a content-length body: no head ends in it
+                    cut = min(size, pos + self._body_left)
+                else:  # a chunked body, which ends at a blank line
+                    cut = _cut_after_heads(data, pos, max(room, 1), self._tail)
+            elif room <= 0:
+                return pos  # the rest waits for an answer
+            else:
+                cut = _cut_after_heads(data, pos, room, self._tail)
+            piece = data if pos == 0 and cut == size else data[pos:cut]
+            self._read_now(piece)
+            self._tail = (self._tail + piece[-2:])[-2:]
+            pos = cut
+            if self.transport.is_closing() or self._refusal_due is not None:
+                return size  # nothing after it is read
+            if pos < size and self.transport.get_protocol() is not self:  # upgraded: the rest is the new protocol's
+                self.transport.get_protocol().data_received(data[pos:])
+                return size
+        return size
 
     def _read_now(self, data: bytes) -> None:
         if self._phase is _WHOLE:

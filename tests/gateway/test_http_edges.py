@@ -318,3 +318,84 @@ def test_requests_pipelined_behind_a_long_answer_wait_at_most_max_pipelined_and_
     assert [frame["type"] for frame in _terminals(answers[0][2])] == ["done"]
     assert len(depths) == 1 + len(behind)
     assert max(depths) == http_gateway.MAX_PIPELINED  # the queue filled up to the limit, never past it
+
+
+# -- blank lines inside a request's own body ----------------------------------------------------------------------
+
+
+def _spaced_gtl(session_id: str, **more: Any) -> bytes:
+    """A GTL request's JSON with 40 blank lines of whitespace after its first brace (valid JSON)."""
+    text = json.dumps(_gtl(session_id, stream=False, **more), indent=1)
+    return text.replace("{", "{" + "\n" * 41, 1).encode()
+
+
+def _chunked_post(path: str, body: bytes) -> bytes:
+    head = [f"POST {path} HTTP/1.1", "host: 127.0.0.1", "content-type: application/json", "transfer-encoding: chunked"]
+    return "\r\n".join([*head, "", ""]).encode() + b"%x\r\n" % len(body) + body + b"\r\n0\r\n\r\n"
+
+
+def _spaced_post(session_id: str, chunked: bool) -> bytes:
+    body = _spaced_gtl(session_id)
+    if chunked:
+        return _chunked_post("/v1/gtl", body)
+    head = ["POST /v1/gtl HTTP/1.1", "host: 127.0.0.1", "content-type: application/json"]
+    return "\r\n".join([*head, f"content-length: {len(body)}", "", ""]).encode() + body
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_holding_many_blank_lines_sent_with_its_head_is_answered(gateway, chunked):
+    """Blank lines in a request's own body are no request heads: a POST whose pretty-printed JSON holds 40 of
+    them, head and body in one write, is answered. Until 2026-12-08 the pipelining bound counted them as heads,
+    held the rest of the body back and stopped reading: the request waited for its body for ever."""
+    with serving(gateway.config) as served, socket.create_connection(_address(served.url)) as sock:
+        sock.sendall(_spaced_post("spaced", chunked))
+        sock.shutdown(socket.SHUT_WR)
+        answers = _responses(_until_closed(sock))
+    assert [status for status, _, _ in answers] == [200]
+    assert [frame["type"] for frame in _terminals(answers[0][2])] == ["done"]
+    assert _one_row_each(gateway.ledger, "spaced") == ["ok"]
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_bodies_holding_many_blank_lines_pipelined_behind_a_long_answer_are_answered(gateway, chunked):
+    """The same bodies, three of them pipelined in one write behind a streamed answer lasting seconds: each is
+    answered, in order, after it (their blank lines are no requests waiting in the queue)."""
+    lead = _post("/v1/gtl", _gtl("lead", model=f"paced:{MODEL}", prompt=LONG_PROMPT))
+    behind = [_spaced_post(f"spaced{n}", chunked) for n in range(3)]
+    with serving(gateway.config) as served, socket.create_connection(_address(served.url)) as sock:
+        sock.sendall(lead + b"".join(behind))
+        sock.shutdown(socket.SHUT_WR)
+        answers = _responses(_until_closed(sock))
+    assert [status for status, _, _ in answers] == [200] * 4
+    sessions = [frame["session_id"] for _, _, body in answers for frame in _terminals(body)]
+    assert sessions == ["lead", "spaced0", "spaced1", "spaced2"]
+    assert _one_row_each(gateway.ledger, "lead", "spaced0", "spaced1", "spaced2") == ["ok"] * 4
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+def test_a_body_with_blank_lines_that_fills_the_pipelining_queue_is_read_whole_and_the_rest_waits(
+    gateway, monkeypatch, chunked
+):
+    """Behind a long answer, 15 ``GET``s and then such a POST (the ``MAX_PIPELINED``-th request waiting): its
+    body is read to its end although the queue is full, the requests after it wait, and every one is
+    answered in order, the queue never past the limit."""
+    depths: list[int] = []
+    original = http_gateway._HttpProtocol.on_headers_complete
+
+    def counted(self: Any) -> None:
+        original(self)
+        depths.append(len(self.pipeline))
+
+    monkeypatch.setattr(http_gateway._HttpProtocol, "on_headers_complete", counted)
+    lead = _post("/v1/gtl", _gtl("lead", model=f"paced:{MODEL}", prompt=LONG_PROMPT))
+    health = b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"
+    before = health * (http_gateway.MAX_PIPELINED - 1)
+    with serving(gateway.config) as served, socket.create_connection(_address(served.url)) as sock:
+        sock.sendall(lead + before + _spaced_post("spaced", chunked) + health * 20)
+        sock.shutdown(socket.SHUT_WR)
+        answers = _responses(_until_closed(sock))
+    assert [status for status, _, _ in answers] == [200] * (1 + http_gateway.MAX_PIPELINED + 20)
+    spaced = answers[http_gateway.MAX_PIPELINED]
+    assert [frame["session_id"] for frame in _terminals(spaced[2])] == ["spaced"]
+    assert max(depths) == http_gateway.MAX_PIPELINED
+    assert _one_row_each(gateway.ledger, "lead", "spaced") == ["ok", "ok"]
