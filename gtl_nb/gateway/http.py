@@ -606,6 +606,13 @@ class _HttpProtocol(WriteStallBound, HttpToolsProtocol):
         at most as many heads as there is room for (it ends at a blank line, or where a content-length body
         does), and the queue is looked at again after each: a body's own blank lines only make the pieces
         smaller."""
+        if data.count(b"\n\n") + data.count(b"\n\r\n") + 1 < MAX_PIPELINED - len(self.pipeline):
+            # the usual read: fewer blank lines (plus one begun in the last read) than there is room
+            # for heads, so no piece could pass the bound — parsed whole, without the regular
+            # expression's scan and the loop (bytes.count is C's; it may count more, never fewer)
+            self._read_now(data)
+            self._tail = (self._tail + data[-2:])[-2:]
+            return len(data)
         pos, size = 0, len(data)
         while pos < size:
             room = MAX_PIPELINED - len(self.pipeline)
