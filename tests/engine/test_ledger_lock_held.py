@@ -20,39 +20,10 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.engine.ledger_spool import read_spool, spool_path
 from gtl_nb.engine.stores.sqlite import SqliteUsageLedger
+from tests.ledger_locks import Holder
 
 REPO = Path(__file__).resolve().parents[2]
 ADA = RequestContext(principal="ada", tenant="acme", key_id="k1", trace_id="t1")
-
-# Another process holding the file's write lock (BEGIN EXCLUSIVE) until it reads a line.
-HOLDER = textwrap.dedent(
-    """
-    import sqlite3, sys
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    conn.execute("BEGIN EXCLUSIVE")
-    print("held", flush=True)
-    sys.stdin.readline()
-    conn.execute("COMMIT")
-    conn.close()
-    """
-)
-
-
-class Holder:
-    """The other process: ``release()`` lets the lock go and waits for it to end."""
-
-    def __init__(self, path: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "held"
-
-    def release(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.write("\n")
-            self.process.stdin.flush()
-            assert self.process.wait(30) == 0
 
 
 def wait_until(condition, what: str, limit: float = 30.0):

@@ -24,40 +24,11 @@ from gtl_nb.engine.context import RequestContext
 from gtl_nb.engine.ledger import Ledger
 from gtl_nb.engine.ledger_spool import read_spool, spool_path
 from gtl_nb.engine.stores.sqlite import SqliteUsageLedger
+from tests.ledger_locks import Holder
 
 REPO = Path(__file__).resolve().parents[2]
 ADA = RequestContext(principal="ada", tenant="acme", key_id="k1", trace_id="t1")
 T0 = 1_700_000_000.25
-
-# Another process holding the file's write lock (BEGIN IMMEDIATE) until it reads a line.
-HOLDER = textwrap.dedent(
-    """
-    import sqlite3, sys
-    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
-    print("held", flush=True)
-    sys.stdin.readline()
-    conn.execute("COMMIT")
-    conn.close()
-    """
-)
-
-
-class Holder:
-    """The other process: ``release()`` lets the lock go and waits for it to end."""
-
-    def __init__(self, path: Path) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        assert self.process.stdout is not None and self.process.stdout.readline().strip() == "held"
-
-    def release(self) -> None:
-        if self.process.poll() is None:
-            assert self.process.stdin is not None
-            self.process.stdin.write("\n")
-            self.process.stdin.flush()
-            assert self.process.wait(30) == 0
 
 
 def rows_of(path: Path) -> list[tuple[Any, ...]]:
@@ -92,7 +63,7 @@ def stopped_while_locked(
         return early
 
     early = asyncio.run(before())
-    holder = Holder(path)
+    holder = Holder(path, "IMMEDIATE")
 
     async def while_locked() -> None:
         await store.finish(early, status="ok", tokens_in=1, cost=0.5, now=T0 + 1)
@@ -236,7 +207,7 @@ def test_an_audit_logs_records_follow_rows_a_stuck_stop_spooled(tmp_path: Path, 
     engine = build_engine(settings, ledger=store)
     log_path = tmp_path / "audit.jsonl"
     audit = AuditLog.for_engine(AuditSettings(path=log_path, fsync=False), engine)
-    holder = Holder(path)
+    holder = Holder(path, "IMMEDIATE")
     request = CompletionRequest(session_id="stuck", model="echo", messages=[Message(role="user", content="hi")])
 
     async def answer_then_stop() -> None:
@@ -290,7 +261,7 @@ def test_a_spooled_row_of_a_process_gone_is_recovered_as_interrupted_by_its_own_
         [sys.executable, "-c", STOPPING, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env
     )
     assert stopping.stdout is not None and stopping.stdout.readline().strip() == "ready"
-    holder = Holder(path)
+    holder = Holder(path, "IMMEDIATE")
     try:
         assert stopping.stdin is not None
         stopping.stdin.write("\n")
@@ -534,7 +505,7 @@ def test_writes_the_spool_refused_during_a_lock_land_once_when_it_goes(
         real(fd)
 
     store = SqliteUsageLedger(path)
-    holder = Holder(path)
+    holder = Holder(path, "IMMEDIATE")
     try:
         monkeypatch.setattr(os, "fsync", failing_while_it_holds_lines)
 

@@ -9,7 +9,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from tests.engine.test_ledger_lock_held import Holder
+from tests.ledger_locks import Holder
 
 BODY = {"model": "echo", "messages": [{"role": "user", "content": "hi"}]}
 
